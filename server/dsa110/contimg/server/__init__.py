@@ -1,0 +1,1 @@
+"""contimg-grpc server: servicers -> domain -> repositories -> storage (imports only point down)."""

@@ -1,0 +1,133 @@
+"""Assembles and runs the server: storage, event bus, servicers, health, reflection, interceptors.
+
+This module owns every gRPC server option.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from dsa110.contimg.v1 import (
+    images_pb2,
+    images_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    measurement_sets_pb2,
+    measurement_sets_pb2_grpc,
+    sources_pb2,
+    sources_pb2_grpc,
+)
+from google.rpc import error_details_pb2  # noqa: F401  (registers ErrorInfo/BadRequest for reflection)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from .config import ServerConfig
+from .events.local import LocalEventBus
+from .events.watch import JobWatcher
+from .interceptors.logging import LoggingInterceptor
+from .servicers.common import Paging
+from .servicers.images import ImageServicer
+from .servicers.jobs import JobServicer
+from .servicers.measurement_sets import MSServicer
+from .servicers.sources import SourceServicer
+from .storage.sqlite.database import SQLiteSettings
+from .storage.sqlite.storage import SQLiteStorage
+
+log = logging.getLogger("contimg.server")
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in ((images_pb2, "ImageService"), (sources_pb2, "SourceService"), (jobs_pb2, "JobService"),
+                         (measurement_sets_pb2, "MSService"))
+)
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    size = config.max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.keepalive_time_ms", config.keepalive_time_s * 1000),
+        ("grpc.keepalive_timeout_ms", config.keepalive_timeout_s * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients may ping every 10 s without being told to go away (ENHANCE_YOUR_CALM).
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # A second server on the same port must fail to bind, unless we fork workers on purpose.
+        ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+    ]
+
+
+@dataclass
+class ContimgServer:
+    config: ServerConfig
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.bus = LocalEventBus()
+        self.storage = SQLiteStorage(
+            SQLiteSettings(path=self.config.database_path, readers=self.config.readers,
+                           synchronous=self.config.synchronous.upper(),
+                           statement_timeout_s=self.config.statement_timeout_s),
+            self.bus)
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        await self.storage.open()
+        paging = Paging(self.storage.page_token_secret)
+        interceptors = [LoggingInterceptor()] if self.config.log_rpcs else []
+        server = grpc.aio.server(
+            interceptors=interceptors, options=server_options(self.config),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None)
+        images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.storage.images, paging), server)
+        sources_pb2_grpc.add_SourceServiceServicer_to_server(SourceServicer(self.storage.sources, paging), server)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(self.storage.jobs, paging, JobWatcher(self.storage.jobs, self.bus)), server)
+        measurement_sets_pb2_grpc.add_MSServiceServicer_to_server(
+            MSServicer(self.storage.measurement_sets, paging), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"),
+                                            server)
+        self.port = server.add_insecure_port(self.config.address)
+        if self.port == 0:
+            await self.storage.close()
+            raise RuntimeError(f"could not bind {self.config.address}")
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.config.database_path)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first (load balancers drain), then let in-flight RPCs finish, then close storage."""
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.config.grace_s if grace is None else grace)
+        self._server = None
+        await self.storage.close()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = ContimgServer(config)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("signal received: draining for up to %.1f s", config.grace_s)
+    await server.stop()

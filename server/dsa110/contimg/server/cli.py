@@ -1,0 +1,80 @@
+"""`contimg-server`: serve, fill a database with demo data, or apply migrations."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from . import config as config_mod
+
+
+def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            use_uvloop = False
+    if use_uvloop:
+        uvloop.run(coro)
+    else:
+        asyncio.run(coro)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="contimg-server", description="DSA-110 continuum imaging gRPC backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="serve the gRPC API")
+    config_mod.add_arguments(serve_p)
+    serve_p.add_argument("--demo-images", type=int, default=0,
+                         help="fill the database with this many demo images first, if it has none")
+    demo_p = sub.add_parser("demo-data", help="fill the database with realistic demo data")
+    config_mod.add_arguments(demo_p)
+    demo_p.add_argument("--images", type=int, default=1000, help="number of images (1,000 to 1,000,000)")
+    demo_p.add_argument("--seed", type=int, default=110)
+    migrate_p = sub.add_parser("migrate", help="create or upgrade the schema and exit")
+    config_mod.add_arguments(migrate_p)
+    args = parser.parse_args(argv)
+    cfg = config_mod.from_sources(args)
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    if args.command == "serve":
+        from .app import serve
+        from .demo import fill_if_empty
+
+        async def run() -> None:
+            if args.demo_images:
+                await fill_if_empty(cfg, args.demo_images)
+            await serve(cfg)
+
+        if cfg.workers > 1:
+            from .workers import run_workers
+
+            run_workers(cfg, lambda: _run(run(), cfg.uvloop))
+        else:
+            _run(run(), cfg.uvloop)
+    elif args.command == "demo-data":
+        from .demo import fill
+
+        async def run_demo() -> None:
+            await fill(cfg, args.images, seed=args.seed)
+
+        _run(run_demo(), cfg.uvloop)
+    else:
+        from .storage.sqlite.database import Database, SQLiteSettings
+
+        async def run_migrate() -> None:
+            db = Database(SQLiteSettings(cfg.database_path))
+            await db.open()
+            print(f"schema version {await db.schema_version()} at {cfg.database_path}")
+            await db.close()
+
+        _run(run_migrate(), False)
+
+
+if __name__ == "__main__":
+    main()

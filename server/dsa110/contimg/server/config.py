@@ -1,0 +1,100 @@
+"""Every server option in one typed object, read from CLI flags and CONTIMG_* environment variables.
+
+Precedence: command-line flag > environment variable > default. The README's configuration table
+is this class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 or [::] for all)"})
+    port: int = field(default=50051, metadata={"help": "port to bind (0 picks a free one)"})
+    data_dir: Path = field(default=Path("data"), metadata={"help": "directory of the SQLite database"})
+    database: str = field(default="", metadata={"help": "SQLite file (default DATA_DIR/contimg.sqlite3)"})
+    readers: int = field(default=4, metadata={"help": "read-only SQLite connections in the pool"})
+    synchronous: str = field(default="FULL", metadata={
+        "help": "SQLite synchronous mode: FULL (acknowledged writes survive power loss) or NORMAL "
+                "(survive a process crash only)"})
+    statement_timeout_s: float = field(default=30.0, metadata={"help": "cap on one storage query, seconds"})
+    max_message_mb: int = field(default=64, metadata={"help": "max send/receive message size, MiB"})
+    max_concurrent_rpcs: int = field(default=2000, metadata={
+        "help": "RPCs in flight before new ones get RESOURCE_EXHAUSTED (0 = unlimited)"})
+    keepalive_time_s: int = field(default=30, metadata={"help": "server keepalive ping interval, seconds"})
+    keepalive_timeout_s: int = field(default=10, metadata={"help": "keepalive ping ack timeout, seconds"})
+    grace_s: float = field(default=10.0, metadata={"help": "shutdown grace for in-flight RPCs, seconds"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_rpcs: bool = field(default=True, metadata={"help": "log one line per RPC"})
+    uvloop: bool = field(default=True, metadata={"help": "run on uvloop when installed"})
+    redis_url: str = field(default="", metadata={"help": "redis://host:port/db for cache and events (off if empty)"})
+    workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database) if self.database else self.data_dir / "contimg.sqlite3"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _convert(kind: Any, text: str) -> Any:
+    if kind in (bool, "bool"):
+        lowered = text.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"not a boolean: {text!r}")
+        return lowered in ("1", "true", "yes", "on")
+    if kind in (int, "int"):
+        return int(text)
+    if kind in (float, "float"):
+        return float(text)
+    if kind in (Path, "Path"):
+        return Path(text)
+    return text
+
+
+def env_name(name: str) -> str:
+    return "CONTIMG_" + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}; default {f.default}]"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerConfig):
+        raw: Any = getattr(args, f.name, None) if args is not None else None
+        source = f"--{f.name.replace('_', '-')}"
+        if raw is None and env_name(f.name) in env:
+            raw, source = env[env_name(f.name)], env_name(f.name)
+        if raw is None:
+            continue
+        try:
+            values[f.name] = raw if isinstance(raw, bool) else _convert(f.type, str(raw))
+        except ValueError as exc:
+            raise SystemExit(f"invalid {source}: {exc}") from None
+    config = ServerConfig(**values)
+    if config.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+        raise SystemExit("invalid synchronous mode: use FULL, NORMAL or EXTRA")
+    if not 0 <= config.port <= 65535:
+        raise SystemExit("invalid port")
+    if config.workers < 1 or config.readers < 1:
+        raise SystemExit("workers and readers must be at least 1")
+    return config

@@ -1,0 +1,75 @@
+"""One exception hierarchy for everything the domain can refuse; servicers map it to gRPC codes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every expected failure. `reason` is the ErrorInfo reason (see common.proto)."""
+
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation], *, reason: str | None = None):
+        self.violations = list(violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
+        more = f" (+{len(self.violations) - 5} more)" if len(self.violations) > 5 else ""
+        super().__init__(f"invalid argument: {summary}{more}", reason=reason)
+
+    @classmethod
+    def single(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        return cls([FieldViolation(field, description)], reason=reason)
+
+
+class NotFound(DomainError):
+    reason = "NOT_FOUND"
+
+    def __init__(self, kind: str, name: str):
+        super().__init__(f"{kind.replace('_', ' ').lower()} {name!r} not found",
+                         reason=f"{kind}_NOT_FOUND", metadata={"resource": name})
+
+
+class AlreadyExists(DomainError):
+    reason = "ALREADY_EXISTS"
+
+    def __init__(self, kind: str, name: str, *, reason: str | None = None, message: str | None = None):
+        super().__init__(message or f"{kind.replace('_', ' ').lower()} {name!r} already exists",
+                         reason=reason or f"{kind}_ALREADY_EXISTS", metadata={"resource": name})
+
+
+class FailedPrecondition(DomainError):
+    reason = "FAILED_PRECONDITION"
+
+
+class RequestIdMismatch(DomainError):
+    """A request_id was reused for a different request (AIP-155): ABORTED."""
+
+    reason = "REQUEST_ID_MISMATCH"
+
+    def __init__(self, request_id: str):
+        super().__init__(f"request_id {request_id!r} was already used for a different request",
+                         metadata={"request_id": request_id})
+
+
+class StorageUnavailable(DomainError):
+    """Storage is temporarily unable to serve (e.g. locked past the busy timeout): UNAVAILABLE."""
+
+    reason = "STORAGE_UNAVAILABLE"

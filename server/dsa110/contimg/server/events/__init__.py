@@ -1,0 +1,1 @@
+"""Job event delivery: committed events fan out to WatchJob/WatchJobs streams."""

@@ -1,0 +1,73 @@
+"""One log line per RPC: method, status code, duration, peer (never metadata, so never tokens)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from .wrapping import wrap_handler
+
+log = logging.getLogger("contimg.rpc")
+
+
+def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> str:
+    code = context.code()
+    if code is None or code == 0:
+        return "OK" if failed is None else "CANCELLED" if isinstance(failed, BaseException) and not isinstance(
+            failed, Exception) else "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    try:
+        return grpc.StatusCode(tuple(s.value for s in grpc.StatusCode if s.value[0] == code)[0]).name
+    except (IndexError, ValueError):
+        return str(code)
+
+
+class LoggingInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith("/grpc.reflection."):
+            return handler
+        return wrap_handler(handler, details.method, self._around, self._around_stream)
+
+    async def _around(self, method: str, context: grpc.aio.ServicerContext,
+                      call: Callable[[], Awaitable[Any]]) -> Any:
+        start = time.perf_counter()
+        failed: BaseException | None = None
+        try:
+            return await call()
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            self._log(method, context, failed, start, None)
+
+    async def _around_stream(self, method: str, context: grpc.aio.ServicerContext,
+                             call: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        failed: BaseException | None = None
+        sent = 0
+        try:
+            async for item in call():
+                sent += 1
+                yield item
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            self._log(method, context, failed, start, sent)
+
+    @staticmethod
+    def _log(method: str, context: grpc.aio.ServicerContext, failed: BaseException | None, start: float,
+             sent: int | None) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        ms = (time.perf_counter() - start) * 1000
+        extra = f" messages={sent}" if sent is not None else ""
+        log.info("rpc method=%s code=%s duration_ms=%.2f peer=%s%s", method, _code(context, failed), ms,
+                 context.peer(), extra)

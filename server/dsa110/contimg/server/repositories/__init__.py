@@ -1,0 +1,1 @@
+"""Repositories: async Protocols per resource. Storage engines implement them; servicers use them."""

@@ -1,0 +1,93 @@
+"""What the servicers may ask of storage, one Protocol per resource.
+
+Every method is atomic. Writes that take an `idempotency` key return the first result when the
+same key comes again with the same fingerprint, and raise RequestIdMismatch for a different one.
+Keyset pagination: `after` is the keyset returned as `Page.next_after` of the previous page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..domain.query import Condition, OrderKey
+from ..domain.records import (
+    Image,
+    Job,
+    JobEvent,
+    JobEventType,
+    JobLogEntry,
+    JobTransition,
+    Match,
+    MeasurementSet,
+    Page,
+    Photometry,
+    PhotometryResult,
+    Source,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    request_id: str
+    method: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    conditions: Sequence[Condition]
+    order: Sequence[OrderKey]
+    page_size: int
+    after: list[object] | None
+
+
+class MeasurementSetRepository(Protocol):
+    async def get_many(self, paths: Sequence[str]) -> list[MeasurementSet | None]: ...
+    async def list(self, query: ListQuery) -> Page[MeasurementSet]: ...
+    async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet: ...
+    async def upsert(self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool,
+                     idem: Idempotency | None) -> MeasurementSet: ...
+    async def delete(self, path: str, force: bool) -> None: ...
+
+
+class ImageRepository(Protocol):
+    async def get_many(self, ids: Sequence[int]) -> list[Image | None]: ...
+    async def list(self, query: ListQuery) -> Page[Image]: ...
+    async def search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]: ...
+    async def create(self, image: Image, idem: Idempotency | None) -> Image: ...
+    async def update(self, image: Image, fields: Sequence[str], idem: Idempotency | None) -> Image: ...
+    async def delete(self, image_id: int, force: bool) -> None: ...
+
+
+class SourceRepository(Protocol):
+    async def get_many(self, ids: Sequence[str]) -> list[Source | None]: ...
+    async def list(self, query: ListQuery) -> Page[Source]: ...
+    async def search(self, ra_deg: float, dec_deg: float, radius_deg: float,
+                     query: ListQuery) -> Page[Match[Source]]: ...
+    def lightcurve(self, source_id: str, start_mjd: float, end_mjd: float,
+                   chunk: int) -> AsyncIterator[list[Photometry]]: ...
+    async def record_photometry(self, image_id: int, rows: Sequence[Photometry],
+                                idem: Idempotency | None) -> PhotometryResult: ...
+
+
+# A pure function deciding a transition (domain.jobs.apply, bound to its arguments).
+JobMutation = Callable[[Job, int], tuple[Job, JobTransition, JobEventType]]
+
+
+class JobRepository(Protocol):
+    async def get(self, job_id: str, *, with_transitions: bool = True) -> Job | None: ...
+    async def list(self, query: ListQuery) -> Page[Job]: ...
+    async def create(self, job: Job, idem: Idempotency | None) -> Job: ...
+    async def transition(self, job_id: str, mutate: JobMutation, idem: Idempotency | None) -> Job: ...
+    async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int: ...
+    async def list_logs(self, job_id: str, page_size: int, after: int) -> Page[JobLogEntry]: ...
+    async def events_after(self, sequence: int, job_id: str | None, limit: int) -> list[JobEvent]: ...
+    async def last_sequence(self) -> int: ...
+
+
+class EventPublisher(Protocol):
+    """Where committed job events go (in-process bus; Redis later). Called in commit order."""
+
+    def publish(self, event: JobEvent) -> None: ...

@@ -1,0 +1,1 @@
+"""gRPC servicers: translate messages to domain calls and back, nothing else."""

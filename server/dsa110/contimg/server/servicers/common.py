@@ -1,0 +1,59 @@
+"""Request plumbing shared by every servicer: list queries, page tokens, idempotency keys."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ..domain.checks import Checker, page_size
+from ..domain.errors import InvalidArgument
+from ..domain.query import FieldSpec, OrderKey, PageTokens, fingerprint, parse_filter, parse_order_by
+from ..domain.records import Page
+from ..domain.validation import MAX_BATCH_GET, check_request_id
+from ..repositories.protocols import Idempotency, ListQuery
+
+
+class Paging:
+    """Builds ListQuery objects from List/Search requests and signs their next page tokens."""
+
+    def __init__(self, secret: bytes):
+        self.tokens = PageTokens(secret)
+
+    def query(self, method: str, request: Any, specs: Mapping[str, FieldSpec], default_order: Sequence[OrderKey],
+              *, bound_to: Sequence[object] = (), sortable: bool = True) -> tuple[ListQuery, str]:
+        size = page_size(request.page_size)
+        conditions = parse_filter(request.filter, specs)
+        order = parse_order_by(request.order_by, specs, default_order) if sortable else []
+        fp = fingerprint(method, request.filter, request.order_by if sortable else "", *bound_to)
+        after = self.tokens.decode(request.page_token, fp)
+        return ListQuery(conditions, order, size, after), fp
+
+    def next_token(self, page: Page[Any], fp: str) -> str:
+        return self.tokens.encode(page.next_after, fp) if page.next_after is not None else ""
+
+
+def idempotency(method: str, request: Message) -> Idempotency | None:
+    request_id: str = getattr(request, "request_id", "")
+    if not request_id:
+        return None
+    c = Checker()
+    check_request_id(request_id, c)
+    c.raise_if_any()
+    body = type(request)()
+    body.CopyFrom(request)
+    body.ClearField("request_id")  # type: ignore[arg-type]
+    digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+    return Idempotency(request_id, method, digest)
+
+
+def batch_names(names: Sequence[str]) -> None:
+    if not 1 <= len(names) <= MAX_BATCH_GET:
+        raise InvalidArgument.single("names", f"must contain between 1 and {MAX_BATCH_GET} names")
+
+
+def require(request: Message, field: str) -> None:
+    if not request.HasField(field):
+        raise InvalidArgument.single(field, "required")

@@ -1,0 +1,105 @@
+"""ImageService."""
+
+from __future__ import annotations
+
+import grpc
+from dsa110.contimg.v1 import images_pb2 as pb
+from dsa110.contimg.v1 import images_pb2_grpc as pb_grpc
+from google.protobuf import empty_pb2
+
+from ..domain import names
+from ..domain.checks import Checker
+from ..domain.errors import InvalidArgument, NotFound
+from ..domain.listing import IMAGE_DEFAULT_ORDER, IMAGE_FIELDS
+from ..domain.records import IMAGE_UPDATABLE_FIELDS
+from ..domain.validation import check_image
+from ..repositories.protocols import ImageRepository
+from .common import Paging, batch_names, idempotency, require
+from .convert import image_from_proto, image_to_proto
+from .errors import unary
+
+Ctx = grpc.aio.ServicerContext
+_ALL_FIELDS = tuple(dict.fromkeys(f for attrs in IMAGE_UPDATABLE_FIELDS.values() for f in attrs))
+
+
+class ImageServicer(pb_grpc.ImageServiceServicer):
+    def __init__(self, repo: ImageRepository, paging: Paging):
+        self.repo = repo
+        self.paging = paging
+
+    @unary
+    async def GetImage(self, request: pb.GetImageRequest, context: Ctx) -> pb.Image:
+        [img] = await self.repo.get_many([names.parse_image_name(request.name)])
+        if img is None:
+            raise NotFound("IMAGE", request.name)
+        return image_to_proto(img)
+
+    @unary
+    async def BatchGetImages(self, request: pb.BatchGetImagesRequest, context: Ctx) -> pb.BatchGetImagesResponse:
+        batch_names(request.names)
+        ids = [names.parse_image_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
+        found = await self.repo.get_many(ids)
+        for name, img in zip(request.names, found, strict=True):
+            if img is None:
+                raise NotFound("IMAGE", name)
+        return pb.BatchGetImagesResponse(images=[image_to_proto(i) for i in found if i])
+
+    @unary
+    async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> pb.ListImagesResponse:
+        query, fp = self.paging.query("ListImages", request, IMAGE_FIELDS, IMAGE_DEFAULT_ORDER)
+        page = await self.repo.list(query)
+        return pb.ListImagesResponse(images=[image_to_proto(i) for i in page.items],
+                                     next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+
+    @unary
+    async def SearchImages(self, request: pb.SearchImagesRequest, context: Ctx) -> pb.SearchImagesResponse:
+        c = Checker()
+        c.ra("ra_deg", request.ra_deg)
+        c.dec("dec_deg", request.dec_deg)
+        c.raise_if_any()
+        query, fp = self.paging.query("SearchImages", request, IMAGE_FIELDS, (), sortable=False,
+                                      bound_to=(request.ra_deg, request.dec_deg))
+        page = await self.repo.search(request.ra_deg, request.dec_deg, query)
+        return pb.SearchImagesResponse(
+            matches=[pb.ImageMatch(image=image_to_proto(m.item), separation_deg=m.separation_deg) for m in page.items],
+            next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+
+    @unary
+    async def CreateImage(self, request: pb.CreateImageRequest, context: Ctx) -> pb.Image:
+        require(request, "image")
+        msg = request.image
+        path = names.check_path(msg.path, "image.path")
+        if not msg.measurement_set:
+            raise InvalidArgument.single("image.measurement_set", "required")
+        ms_path = names.parse_ms_name(msg.measurement_set, "image.measurement_set")
+        record = image_from_proto(msg, 0, ms_path)
+        record.path = path
+        c = Checker()
+        check_image(record, _ALL_FIELDS, "image", c)
+        c.raise_if_any()
+        return image_to_proto(await self.repo.create(record, idempotency("CreateImage", request)))
+
+    @unary
+    async def UpdateImage(self, request: pb.UpdateImageRequest, context: Ctx) -> pb.Image:
+        require(request, "image")
+        image_id = names.parse_image_name(request.image.name, "image.name")
+        if not request.update_mask.paths:
+            raise InvalidArgument.single("update_mask", "required: name the fields to update")
+        c = Checker()
+        fields: list[str] = []
+        for i, p in enumerate(request.update_mask.paths):
+            attrs = IMAGE_UPDATABLE_FIELDS.get(p)
+            if attrs is None:
+                c.add(f"update_mask.paths[{i}]", f"{p!r} is not an updatable Image field")
+            else:
+                fields.extend(a for a in attrs if a not in fields)
+        c.raise_if_any()
+        record = image_from_proto(request.image, image_id, "")
+        check_image(record, fields, "image", c)
+        c.raise_if_any()
+        return image_to_proto(await self.repo.update(record, fields, idempotency("UpdateImage", request)))
+
+    @unary
+    async def DeleteImage(self, request: pb.DeleteImageRequest, context: Ctx) -> empty_pb2.Empty:
+        await self.repo.delete(names.parse_image_name(request.name), request.force)
+        return empty_pb2.Empty()

@@ -1,0 +1,167 @@
+"""JobService."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from functools import partial
+
+import grpc
+from dsa110.contimg.v1 import jobs_pb2 as pb
+from dsa110.contimg.v1 import jobs_pb2_grpc as pb_grpc
+
+from ..domain import jobs as rules
+from ..domain import names
+from ..domain.checks import Checker, page_size
+from ..domain.errors import NotFound
+from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
+from ..domain.query import fingerprint, parse_filter
+from ..domain.records import Job, JobEvent, JobStage
+from ..domain.validation import MAX_ARTIFACTS, check_job, check_lines
+from ..events.watch import JobWatcher
+from ..repositories.protocols import JobRepository
+from .common import Paging, idempotency, require
+from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json
+from .errors import streaming, unary
+
+Ctx = grpc.aio.ServicerContext
+
+
+class JobServicer(pb_grpc.JobServiceServicer):
+    def __init__(self, repo: JobRepository, paging: Paging, watcher: JobWatcher):
+        self.repo = repo
+        self.paging = paging
+        self.watcher = watcher
+
+    @unary
+    async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
+        job = await self.repo.get(names.parse_job_name(request.name))
+        if job is None:
+            raise NotFound("JOB", request.name)
+        return job_to_proto(job)
+
+    @unary
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
+        query, fp = self.paging.query("ListJobs", request, JOB_FIELDS, JOB_DEFAULT_ORDER)
+        page = await self.repo.list(query)
+        return pb.ListJobsResponse(jobs=[job_to_proto(j) for j in page.items],
+                                   next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+
+    @unary
+    async def CreateJob(self, request: pb.CreateJobRequest, context: Ctx) -> pb.Job:
+        require(request, "job")
+        msg = request.job
+        job_id = names.check_job_id(request.job_id, "job_id") if request.job_id else f"job-{uuid.uuid4().hex}"
+        ms_path = names.parse_ms_name(msg.measurement_set, "job.measurement_set") if msg.measurement_set else ""
+        job = Job(id=job_id, type=msg.type, ms_path=ms_path, target_path=msg.ms_path or ms_path,
+                  parameters_json=parameters_json(msg.parameters), max_attempts=msg.max_attempts or 3)
+        c = Checker()
+        check_job(job, c)
+        c.raise_if_any()
+        return job_to_proto(await self.repo.create(job, idempotency("CreateJob", request)))
+
+    async def _transition(self, method: str, request: object, action: rules.Action, **kwargs: object) -> pb.Job:
+        job_id = names.parse_job_name(getattr(request, "name", ""))
+        mutate = partial(_apply, action=action, kwargs=kwargs)
+        job = await self.repo.transition(job_id, mutate, idempotency(method, request))  # type: ignore[arg-type]
+        return job_to_proto(job)
+
+    @unary
+    async def StartJob(self, request: pb.StartJobRequest, context: Ctx) -> pb.Job:
+        return await self._transition("StartJob", request, rules.Action.START)
+
+    @unary
+    async def ReportJobProgress(self, request: pb.ReportJobProgressRequest, context: Ctx) -> pb.Job:
+        c = Checker()
+        c.enum("stage", request.stage, JobStage)
+        c.finite("progress_percent", request.progress_percent, lo=0.0, hi=100.0)
+        c.text("message", request.message, max_len=4096)
+        c.raise_if_any()
+        return await self._transition("ReportJobProgress", request, rules.Action.PROGRESS, stage=request.stage,
+                                      progress=request.progress_percent, message=request.message)
+
+    @unary
+    async def SucceedJob(self, request: pb.SucceedJobRequest, context: Ctx) -> pb.Job:
+        c = Checker()
+        if len(request.artifacts) > MAX_ARTIFACTS:
+            c.add("artifacts", f"at most {MAX_ARTIFACTS} artifacts")
+        for i, a in enumerate(request.artifacts[:MAX_ARTIFACTS]):
+            c.text(f"artifacts[{i}]", a, max_len=1024, required=True)
+        c.text("message", request.message, max_len=4096)
+        c.raise_if_any()
+        return await self._transition("SucceedJob", request, rules.Action.SUCCEED,
+                                      artifacts=list(request.artifacts), message=request.message)
+
+    @unary
+    async def FailJob(self, request: pb.FailJobRequest, context: Ctx) -> pb.Job:
+        c = Checker()
+        c.text("error_message", request.error_message, max_len=4096, required=True)
+        c.raise_if_any()
+        return await self._transition("FailJob", request, rules.Action.FAIL, message=request.error_message)
+
+    @unary
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.Job:
+        c = Checker()
+        c.text("reason", request.reason, max_len=4096)
+        c.raise_if_any()
+        return await self._transition("CancelJob", request, rules.Action.CANCEL, message=request.reason)
+
+    @unary
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Ctx) -> pb.Job:
+        return await self._transition("RetryJob", request, rules.Action.RETRY)
+
+    @unary
+    async def AppendJobLog(self, request: pb.AppendJobLogRequest, context: Ctx) -> pb.AppendJobLogResponse:
+        job_id = names.parse_job_name(request.name)
+        c = Checker()
+        check_lines(request.lines, "lines", c, max_items=1000)
+        c.raise_if_any()
+        total = await self.repo.append_log(job_id, list(request.lines), idempotency("AppendJobLog", request))
+        return pb.AppendJobLogResponse(log_line_count=total)
+
+    @unary
+    async def ListJobLogEntries(self, request: pb.ListJobLogEntriesRequest,
+                                context: Ctx) -> pb.ListJobLogEntriesResponse:
+        job_id = names.parse_job_name(request.parent, "parent")
+        size = page_size(request.page_size, default=100)
+        fp = fingerprint("ListJobLogEntries", job_id)
+        after = self.paging.tokens.decode(request.page_token, fp)
+        start = after[0] if after and isinstance(after[0], int) else 0
+        page = await self.repo.list_logs(job_id, size, start)
+        return pb.ListJobLogEntriesResponse(entries=[log_entry_to_proto(e) for e in page.items],
+                                            next_page_token=self.paging.next_token(page, fp),
+                                            total_size=page.total_size)
+
+    @streaming
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> AsyncIterator[pb.JobEvent]:
+        job_id = names.parse_job_name(request.name)
+        c = Checker()
+        if request.after_sequence < 0:
+            c.add("after_sequence", "must not be negative")
+        c.raise_if_any()
+        async for event in self.watcher.watch_job(job_id, max(request.after_sequence, 0)):
+            yield event_to_proto(event)
+
+    @streaming
+    async def WatchJobs(self, request: pb.WatchJobsRequest, context: Ctx) -> AsyncIterator[pb.JobEvent]:
+        c = Checker()
+        if request.after_sequence < 0:
+            c.add("after_sequence", "must not be negative")
+        c.raise_if_any()
+        conditions = parse_filter(request.filter, JOB_WATCH_FIELDS)
+
+        def accept(event: JobEvent) -> bool:
+            for cond in conditions:
+                value = {"state": event.job.state, "type": event.job.type,
+                         "measurement_set": event.job.ms_path}[cond.field]
+                if (value == cond.value) != (cond.op == "="):
+                    return False
+            return True
+
+        async for event in self.watcher.watch_jobs(accept, max(request.after_sequence, 0)):
+            yield event_to_proto(event)
+
+
+def _apply(job: Job, now: int, *, action: rules.Action, kwargs: dict[str, object]
+           ) -> tuple[Job, object, object]:
+    return rules.apply(job, action, now, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,118 @@
+"""MSService."""
+
+from __future__ import annotations
+
+import grpc
+from dsa110.contimg.v1 import measurement_sets_pb2 as pb
+from dsa110.contimg.v1 import measurement_sets_pb2_grpc as pb_grpc
+from google.protobuf import empty_pb2
+
+from ..domain import names
+from ..domain.checks import Checker
+from ..domain.errors import InvalidArgument, NotFound
+from ..domain.listing import MS_DEFAULT_ORDER, MS_FIELDS
+from ..domain.records import MS_WRITABLE_FIELDS, MSStage, MSStatus
+from ..domain.validation import check_measurement_set
+from ..repositories.protocols import MeasurementSetRepository
+from .common import Paging, batch_names, idempotency, require
+from .convert import ms_from_proto, ms_to_proto, set_fields
+from .errors import unary
+
+Ctx = grpc.aio.ServicerContext
+
+
+def _target_path(msg: pb.MeasurementSet) -> str:
+    if msg.name:
+        path = names.parse_ms_name(msg.name, "measurement_set.name")
+        if msg.path and msg.path != path:
+            raise InvalidArgument.single("measurement_set.path", "does not match measurement_set.name")
+        return path
+    return names.check_path(msg.path, "measurement_set.path")
+
+
+class MSServicer(pb_grpc.MSServiceServicer):
+    def __init__(self, repo: MeasurementSetRepository, paging: Paging):
+        self.repo = repo
+        self.paging = paging
+
+    @unary
+    async def GetMeasurementSet(self, request: pb.GetMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
+        path = names.parse_ms_name(request.name)
+        [ms] = await self.repo.get_many([path])
+        if ms is None:
+            raise NotFound("MEASUREMENT_SET", request.name)
+        return ms_to_proto(ms)
+
+    @unary
+    async def BatchGetMeasurementSets(self, request: pb.BatchGetMeasurementSetsRequest,
+                                      context: Ctx) -> pb.BatchGetMeasurementSetsResponse:
+        batch_names(request.names)
+        paths = [names.parse_ms_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
+        found = await self.repo.get_many(paths)
+        for name, ms in zip(request.names, found, strict=True):
+            if ms is None:
+                raise NotFound("MEASUREMENT_SET", name)
+        return pb.BatchGetMeasurementSetsResponse(measurement_sets=[ms_to_proto(m) for m in found if m])
+
+    @unary
+    async def ListMeasurementSets(self, request: pb.ListMeasurementSetsRequest,
+                                  context: Ctx) -> pb.ListMeasurementSetsResponse:
+        query, fp = self.paging.query("ListMeasurementSets", request, MS_FIELDS, MS_DEFAULT_ORDER)
+        page = await self.repo.list(query)
+        return pb.ListMeasurementSetsResponse(measurement_sets=[ms_to_proto(m) for m in page.items],
+                                              next_page_token=self.paging.next_token(page, fp),
+                                              total_size=page.total_size)
+
+    @unary
+    async def CreateMeasurementSet(self, request: pb.CreateMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
+        require(request, "measurement_set")
+        path = _target_path(request.measurement_set)
+        record = ms_from_proto(request.measurement_set, path)
+        c = Checker()
+        check_measurement_set(record, MS_WRITABLE_FIELDS, "measurement_set", c)
+        c.raise_if_any()
+        return ms_to_proto(await self.repo.create(record, idempotency("CreateMeasurementSet", request)))
+
+    @unary
+    async def UpdateMeasurementSet(self, request: pb.UpdateMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
+        require(request, "measurement_set")
+        path = _target_path(request.measurement_set)
+        paths = list(request.update_mask.paths)
+        if not paths:
+            fields = [f for f in set_fields(request.measurement_set) if f in MS_WRITABLE_FIELDS]
+        elif paths == ["*"]:
+            fields = list(MS_WRITABLE_FIELDS)
+        else:
+            c = Checker()
+            for i, p in enumerate(paths):
+                if p not in MS_WRITABLE_FIELDS:
+                    c.add(f"update_mask.paths[{i}]", f"{p!r} is not a writable MeasurementSet field")
+            c.raise_if_any()
+            fields = list(dict.fromkeys(paths))
+        record = ms_from_proto(request.measurement_set, path)
+        c = Checker()
+        check_measurement_set(record, fields, "measurement_set", c)
+        c.raise_if_any()
+        updated = await self.repo.upsert(record, fields, request.allow_missing,
+                                         idempotency("UpdateMeasurementSet", request))
+        return ms_to_proto(updated)
+
+    @unary
+    async def AdvanceMeasurementSetStage(self, request: pb.AdvanceMeasurementSetStageRequest,
+                                         context: Ctx) -> pb.MeasurementSet:
+        path = names.parse_ms_name(request.name)
+        c = Checker()
+        c.enum("stage", request.stage, MSStage, required=True)
+        c.enum("status", request.status, MSStatus)
+        c.raise_if_any()
+        record = ms_from_proto(pb.MeasurementSet(), path)
+        record.stage = request.stage
+        record.status = request.status or MSStatus.IN_PROGRESS
+        updated = await self.repo.upsert(record, ["stage", "status"], False,
+                                         idempotency("AdvanceMeasurementSetStage", request))
+        return ms_to_proto(updated)
+
+    @unary
+    async def DeleteMeasurementSet(self, request: pb.DeleteMeasurementSetRequest, context: Ctx) -> empty_pb2.Empty:
+        await self.repo.delete(names.parse_ms_name(request.name), request.force)
+        return empty_pb2.Empty()

@@ -1,0 +1,113 @@
+"""SourceService."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from dsa110.contimg.v1 import sources_pb2 as pb
+from dsa110.contimg.v1 import sources_pb2_grpc as pb_grpc
+
+from ..domain import names
+from ..domain.checks import Checker
+from ..domain.errors import NotFound
+from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
+from ..domain.validation import MAX_MEASUREMENTS, check_measurements
+from ..repositories.protocols import SourceRepository
+from .common import Paging, batch_names, idempotency
+from .convert import photometry_from_proto, photometry_to_proto, source_to_proto
+from .errors import streaming, unary
+
+Ctx = grpc.aio.ServicerContext
+MAX_RADIUS_DEG = 10.0
+
+
+class SourceServicer(pb_grpc.SourceServiceServicer):
+    def __init__(self, repo: SourceRepository, paging: Paging):
+        self.repo = repo
+        self.paging = paging
+
+    @unary
+    async def GetSource(self, request: pb.GetSourceRequest, context: Ctx) -> pb.Source:
+        [src] = await self.repo.get_many([names.parse_source_name(request.name)])
+        if src is None:
+            raise NotFound("SOURCE", request.name)
+        return source_to_proto(src)
+
+    @unary
+    async def BatchGetSources(self, request: pb.BatchGetSourcesRequest, context: Ctx) -> pb.BatchGetSourcesResponse:
+        batch_names(request.names)
+        ids = [names.parse_source_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
+        found = await self.repo.get_many(ids)
+        for name, src in zip(request.names, found, strict=True):
+            if src is None:
+                raise NotFound("SOURCE", name)
+        return pb.BatchGetSourcesResponse(sources=[source_to_proto(s) for s in found if s])
+
+    @unary
+    async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> pb.ListSourcesResponse:
+        query, fp = self.paging.query("ListSources", request, SOURCE_FIELDS, SOURCE_DEFAULT_ORDER)
+        page = await self.repo.list(query)
+        return pb.ListSourcesResponse(sources=[source_to_proto(s) for s in page.items],
+                                      next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+
+    @unary
+    async def SearchSources(self, request: pb.SearchSourcesRequest, context: Ctx) -> pb.SearchSourcesResponse:
+        c = Checker()
+        c.ra("ra_deg", request.ra_deg)
+        c.dec("dec_deg", request.dec_deg)
+        c.finite("radius_deg", request.radius_deg, lo=0.0, lo_open=True, hi=MAX_RADIUS_DEG)
+        c.raise_if_any()
+        query, fp = self.paging.query("SearchSources", request, SOURCE_FIELDS, (), sortable=False,
+                                      bound_to=(request.ra_deg, request.dec_deg, request.radius_deg))
+        page = await self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, query)
+        return pb.SearchSourcesResponse(
+            matches=[pb.SourceMatch(source=source_to_proto(m.item), separation_deg=m.separation_deg)
+                     for m in page.items],
+            next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+
+    @streaming
+    async def GetLightcurve(self, request: pb.GetLightcurveRequest, context: Ctx
+                            ) -> AsyncIterator[pb.GetLightcurveResponse]:
+        source_id = names.parse_source_name(request.name)
+        c = Checker()
+        c.mjd_range("start_mjd", request.start_mjd, "end_mjd", request.end_mjd)
+        if not 0 <= request.max_points_per_message <= 10_000:
+            c.add("max_points_per_message", "must be between 0 (default 1000) and 10000")
+        c.raise_if_any()
+        [src] = await self.repo.get_many([source_id])
+        if src is None:
+            raise NotFound("SOURCE", request.name)
+        first = pb.GetLightcurveResponse(source=source_to_proto(src))
+        sent_first = False
+        async for points in self.repo.lightcurve(source_id, request.start_mjd, request.end_mjd,
+                                                 request.max_points_per_message or 1000):
+            msg = first if not sent_first else pb.GetLightcurveResponse()
+            msg.points.extend(photometry_to_proto(p) for p in points)
+            sent_first = True
+            yield msg
+        if not sent_first:
+            yield first
+
+    @unary
+    async def RecordPhotometry(self, request: pb.RecordPhotometryRequest, context: Ctx) -> pb.RecordPhotometryResponse:
+        image_id = names.parse_image_name(request.image, "image")
+        c = Checker()
+        rows = []
+        for i, m in enumerate(request.measurements[:MAX_MEASUREMENTS]):
+            try:
+                source_id = names.parse_source_name(m.source, f"measurements[{i}].source")
+            except Exception as exc:  # collect alongside the other violations
+                c.violations.extend(getattr(exc, "violations", []))
+                source_id = f"invalid-{i}"
+            rows.append(photometry_from_proto(m, source_id))
+            if len(c.violations) >= 100:
+                break
+        if len(request.measurements) > MAX_MEASUREMENTS:
+            c.add("measurements", f"at most {MAX_MEASUREMENTS} measurements per call")
+        check_measurements(rows, c)
+        c.raise_if_any()
+        result = await self.repo.record_photometry(image_id, rows, idempotency("RecordPhotometry", request))
+        return pb.RecordPhotometryResponse(image=f"images/{result.image_id}", recorded_count=result.recorded_count,
+                                           created_source_count=result.created_source_count,
+                                           updated_source_count=result.updated_source_count)

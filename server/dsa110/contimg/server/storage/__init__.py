@@ -1,0 +1,1 @@
+"""Storage engines behind the repository Protocols. Dialect-specific SQL lives only here."""

@@ -1,0 +1,1 @@
+"""Embedded SQLite storage on aiosqlite: one serialized writer, a small pool of readers."""

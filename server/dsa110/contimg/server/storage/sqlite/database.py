@@ -1,0 +1,224 @@
+"""The SQLite database: connections, pragmas, migrations, transactions, idempotency records.
+
+One writer connection serializes every write (SQLite allows one writer anyway; queueing in-process
+is cheaper than lock retries), each write is one `BEGIN IMMEDIATE ... COMMIT` run as a shielded
+task so a cancelled caller never leaves a transaction half done. Reads go to a small pool of
+read-only connections (WAL lets them run beside the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from ...domain.errors import RequestIdMismatch, StorageUnavailable
+from ...repositories.protocols import Idempotency
+from .migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Row = Sequence[Any]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SQLiteSettings:
+    path: Path
+    readers: int = 4
+    busy_timeout_ms: int = 10_000
+    # FULL: a commit is on disk before the RPC is acknowledged, even across power loss.
+    synchronous: str = "FULL"
+    cache_mb: int = 64
+    statement_timeout_s: float = 30.0
+
+
+class Database:
+    def __init__(self, settings: SQLiteSettings):
+        self.settings = settings
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+        self._write_lock = asyncio.Lock()
+        self.page_token_secret = b""
+
+    async def _connect(self, read_only: bool) -> aiosqlite.Connection:
+        s = self.settings
+        conn = await aiosqlite.connect(str(s.path), isolation_level=None, check_same_thread=False)
+        await conn.execute(f"PRAGMA busy_timeout = {int(s.busy_timeout_ms)}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute(f"PRAGMA cache_size = {-1024 * int(s.cache_mb)}")
+        await conn.execute("PRAGMA temp_store = MEMORY")
+        if read_only:
+            await conn.execute("PRAGMA query_only = ON")
+            await conn.execute("PRAGMA mmap_size = 268435456")
+        else:
+            await conn.execute(f"PRAGMA synchronous = {s.synchronous}")
+        return conn
+
+    async def open(self) -> None:
+        self.settings.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect(read_only=False)
+        mode = await self._writer.execute_fetchall("PRAGMA journal_mode = WAL")
+        if list(mode)[0][0] != "wal":
+            raise RuntimeError(f"could not enable WAL on {self.settings.path}")
+        await self._migrate()
+        for _ in range(max(1, self.settings.readers)):
+            conn = await self._connect(read_only=True)
+            self._all_readers.append(conn)
+            self._readers.put_nowait(conn)
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            for conn in self._all_readers:
+                await conn.close()
+            self._all_readers.clear()
+            if self._writer is not None:
+                await self._writer.execute("PRAGMA optimize")
+                await self._writer.close()
+                self._writer = None
+
+    async def _migrate(self) -> None:
+        w = self._writer
+        assert w is not None
+        await w.execute("BEGIN IMMEDIATE")
+        try:
+            await w.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_time INTEGER NOT NULL)")
+            done = {r[0] for r in await w.execute_fetchall("SELECT version FROM schema_migrations")}
+            for version, name, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                log.info("applying migration %d: %s", version, name)
+                for statement in _split_sql(sql):
+                    await w.execute(statement)
+                await w.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_us()))
+            await w.execute("INSERT OR IGNORE INTO settings VALUES ('page_token_secret', ?)",
+                            (secrets.token_bytes(32),))
+            rows = list(await w.execute_fetchall("SELECT value FROM settings WHERE key = 'page_token_secret'"))
+            self.page_token_secret = bytes(rows[0][0])
+            await w.execute("COMMIT")
+        except BaseException:
+            await w.execute("ROLLBACK")
+            raise
+
+    async def schema_version(self) -> int:
+        rows = await self.fetchall("SELECT max(version) FROM schema_migrations")
+        return int(rows[0][0] or 0)
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        conn = await self._readers.get()
+        try:
+            yield conn
+        finally:
+            self._readers.put_nowait(conn)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async with self.reader() as conn:
+            try:
+                return list(await asyncio.wait_for(conn.execute_fetchall(sql, params),
+                                                   self.settings.statement_timeout_s))
+            except TimeoutError:
+                await conn.interrupt()
+                raise StorageUnavailable("the query took too long") from None
+            except asyncio.CancelledError:
+                # The caller gave up (deadline or cancel): stop the statement instead of finishing it.
+                await conn.interrupt()
+                raise
+            except sqlite3.OperationalError as exc:
+                raise _storage_error(exc) from exc
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    async def write(self, body: Callable[[aiosqlite.Connection], Awaitable[T]],
+                    after_commit: Callable[[T], None] | None = None) -> T:
+        """Run `body` in one IMMEDIATE transaction on the writer; all or nothing, never cancelled halfway.
+
+        `after_commit` runs after COMMIT while the writer is still held, so whatever it publishes
+        goes out in commit order.
+        """
+        task = asyncio.ensure_future(self._write(body, after_commit))
+        return await asyncio.shield(task)
+
+    async def _write(self, body: Callable[[aiosqlite.Connection], Awaitable[T]],
+                     after_commit: Callable[[T], None] | None) -> T:
+        async with self._write_lock:
+            w = self._writer
+            if w is None:
+                raise StorageUnavailable("the database is closed")
+            try:
+                await w.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _storage_error(exc) from exc
+            try:
+                result = await body(w)
+                await w.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    await w.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback failed")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _storage_error(exc) from exc
+                raise
+            if after_commit is not None:
+                after_commit(result)
+            return result
+
+
+async def check_request_id(conn: aiosqlite.Connection, idem: Idempotency | None) -> Any | None:
+    """The stored result of an earlier identical request, or None when this one is new."""
+    if idem is None:
+        return None
+    rows = list(await conn.execute_fetchall(
+        "SELECT method, fingerprint, result FROM request_ids WHERE request_id = ?", (idem.request_id,)))
+    if not rows:
+        return None
+    method, fingerprint, result = rows[0]
+    if method != idem.method or fingerprint != idem.fingerprint:
+        raise RequestIdMismatch(idem.request_id)
+    return json.loads(result)
+
+
+async def remember_request_id(conn: aiosqlite.Connection, idem: Idempotency | None, result: Any) -> None:
+    if idem is not None:
+        await conn.execute("INSERT INTO request_ids VALUES (?, ?, ?, ?, ?)",
+                           (idem.request_id, idem.method, idem.fingerprint, json.dumps(result), now_us()))
+
+
+def placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def chunks(items: Sequence[T], size: int = 500) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _storage_error(exc: sqlite3.OperationalError) -> Exception:
+    text = str(exc)
+    if "locked" in text or "busy" in text or "interrupted" in text:
+        return StorageUnavailable(f"storage busy: {text}")
+    return exc
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration (no semicolons inside our statements, so a split is enough)."""
+    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

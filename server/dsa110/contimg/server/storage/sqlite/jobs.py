@@ -1,0 +1,159 @@
+"""JobRepository on SQLite: jobs, their recorded transitions (the event log) and log lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import aiosqlite
+
+from ...domain.errors import AlreadyExists, NotFound
+from ...domain.records import Job, JobEvent, JobEventType, JobLogEntry, JobState, JobTransition, Page
+from ...repositories.protocols import EventPublisher, Idempotency, JobMutation, ListQuery
+from . import rows
+from .database import Database, check_request_id, now_us, placeholders, remember_request_id
+from .sql import page_query
+
+_COLUMNS = {name: name for name in rows.JOB_COLUMNS}
+_COLUMNS["measurement_set"] = "ms_path"
+# Events kept for replay by WatchJobs(after_sequence); older ones are trimmed on write.
+EVENT_RETENTION = 100_000
+
+
+async def _load(conn: aiosqlite.Connection, job_id: str) -> Job | None:
+    found = list(await conn.execute_fetchall(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (job_id,)))
+    return rows.job_from_row(found[0]) if found else None
+
+
+async def _record_event(conn: aiosqlite.Connection, job: Job, etype: JobEventType,
+                        transition: JobTransition) -> JobEvent:
+    cursor = await conn.execute(
+        "INSERT INTO job_events (job_id, type, from_state, to_state, stage, message, time, snapshot) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.id, int(etype), transition.from_state, transition.to_state, transition.stage, transition.message,
+         transition.time, rows.job_snapshot(job)))
+    seq = int(cursor.lastrowid or 0)
+    if seq % 1000 == 0:
+        await conn.execute("DELETE FROM job_events WHERE sequence <= ?", (seq - EVENT_RETENTION,))
+    return JobEvent(sequence=seq, type=int(etype), job=job, transition=replace(transition, sequence=seq))
+
+
+class SQLiteJobs:
+    def __init__(self, db: Database, publisher: EventPublisher):
+        self.db = db
+        self.publisher = publisher
+
+    def _publish(self, result: tuple[Job, JobEvent | None]) -> None:
+        if result[1] is not None:
+            self.publisher.publish(result[1])
+
+    async def get(self, job_id: str, *, with_transitions: bool = True) -> Job | None:
+        found = await self.db.fetchall(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (job_id,))
+        if not found:
+            return None
+        job = rows.job_from_row(found[0])
+        if with_transitions:
+            job.transitions = [
+                JobTransition(f, t, stage, msg, when, seq) for seq, f, t, stage, msg, when in await self.db.fetchall(
+                    "SELECT sequence, from_state, to_state, stage, message, time FROM job_events "
+                    "WHERE job_id = ? ORDER BY sequence", (job_id,))]
+        return job
+
+    async def list(self, query: ListQuery) -> Page[Job]:
+        found, after, total = await page_query(
+            self.db, select=rows.JOB_SELECT, table="jobs", conditions=query.conditions, columns=_COLUMNS,
+            order=query.order, tiebreak="id", page_size=query.page_size, after=query.after)
+        return Page([rows.job_from_row(r) for r in found], after, total)
+
+    async def create(self, job: Job, idem: Idempotency | None) -> Job:
+        async def body(conn: aiosqlite.Connection) -> tuple[Job, JobEvent | None]:
+            earlier = await check_request_id(conn, idem)
+            if earlier is not None:
+                stored = await _load(conn, str(earlier))
+                if stored is None:
+                    raise NotFound("JOB", f"jobs/{earlier}")
+                return stored, None
+            if await _load(conn, job.id) is not None:
+                raise AlreadyExists("JOB", f"jobs/{job.id}")
+            if job.ms_path and not await conn.execute_fetchall(
+                    "SELECT 1 FROM measurement_sets WHERE path = ?", (job.ms_path,)):
+                raise NotFound("MEASUREMENT_SET", job.ms_path)
+            now = now_us()
+            new = replace(job, state=JobState.PENDING, stage=0, progress_percent=0.0, attempt=0, create_time=now,
+                          start_time=0, end_time=0, update_time=now, error_message="", artifacts=[],
+                          log_line_count=0, transitions=[])
+            await conn.execute(f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({placeholders(len(rows.JOB_COLUMNS))})",
+                               rows.job_values(new))
+            event = await _record_event(conn, new, JobEventType.CREATED,
+                                        JobTransition(0, int(JobState.PENDING), 0, "", now))
+            await remember_request_id(conn, idem, new.id)
+            return new, event
+
+        job_out, _ = await self.db.write(body, self._publish)
+        stored = await self.get(job_out.id)
+        assert stored is not None
+        return stored
+
+    async def transition(self, job_id: str, mutate: JobMutation, idem: Idempotency | None) -> Job:
+        async def body(conn: aiosqlite.Connection) -> tuple[Job, JobEvent | None]:
+            current = await _load(conn, job_id)
+            if current is None:
+                raise NotFound("JOB", f"jobs/{job_id}")
+            if await check_request_id(conn, idem) is not None:
+                return current, None
+            new, transition, etype = mutate(current, now_us())
+            sets = ", ".join(f"{c} = ?" for c in rows.JOB_COLUMNS[1:])
+            await conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*rows.job_values(new)[1:], job_id])
+            event = await _record_event(conn, new, etype, transition)
+            await remember_request_id(conn, idem, job_id)
+            return new, event
+
+        await self.db.write(body, self._publish)
+        stored = await self.get(job_id)
+        if stored is None:
+            raise NotFound("JOB", f"jobs/{job_id}")
+        return stored
+
+    async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int:
+        async def body(conn: aiosqlite.Connection) -> int:
+            current = await _load(conn, job_id)
+            if current is None:
+                raise NotFound("JOB", f"jobs/{job_id}")
+            if await check_request_id(conn, idem) is not None:
+                return current.log_line_count
+            now = now_us()
+            start = current.log_line_count
+            await conn.executemany("INSERT INTO job_logs VALUES (?, ?, ?, ?)",
+                                   [(job_id, start + i + 1, now, text) for i, text in enumerate(lines)])
+            total = start + len(lines)
+            await conn.execute("UPDATE jobs SET log_line_count = ? WHERE id = ?", (total, job_id))
+            await remember_request_id(conn, idem, total)
+            return total
+
+        return await self.db.write(body)
+
+    async def list_logs(self, job_id: str, page_size: int, after: int) -> Page[JobLogEntry]:
+        found = await self.db.fetchall("SELECT log_line_count FROM jobs WHERE id = ?", (job_id,))
+        if not found:
+            raise NotFound("JOB", f"jobs/{job_id}")
+        entries = [JobLogEntry(*r) for r in await self.db.fetchall(
+            "SELECT line_number, time, text FROM job_logs WHERE job_id = ? AND line_number > ? "
+            "ORDER BY line_number LIMIT ?", (job_id, after, page_size + 1))]
+        more = len(entries) > page_size
+        entries = entries[:page_size]
+        return Page(entries, [entries[-1].line_number] if more else None, int(found[0][0]))
+
+    async def events_after(self, sequence: int, job_id: str | None, limit: int) -> list[JobEvent]:
+        if job_id is None:
+            found = await self.db.fetchall(
+                f"SELECT {rows.EVENT_SELECT} FROM job_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                (sequence, limit))
+        else:
+            found = await self.db.fetchall(
+                f"SELECT {rows.EVENT_SELECT} FROM job_events WHERE job_id = ? AND sequence > ? "
+                "ORDER BY sequence LIMIT ?", (job_id, sequence, limit))
+        return [rows.event_from_row(r) for r in found]
+
+    async def last_sequence(self) -> int:
+        found = await self.db.fetchall("SELECT coalesce(max(sequence), 0) FROM job_events")
+        return int(found[0][0])

@@ -1,0 +1,114 @@
+"""MeasurementSetRepository on SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import aiosqlite
+
+from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from ...domain.records import MeasurementSet, MSStage, MSStatus, Page
+from ...repositories.protocols import Idempotency, ListQuery
+from . import rows
+from .database import Database, check_request_id, now_us, placeholders, remember_request_id
+from .maintenance import delete_images
+from .sql import page_query
+
+_COLUMNS = {name: name for name in rows.MS_COLUMNS}
+
+
+async def _load(conn: aiosqlite.Connection, path: str) -> MeasurementSet | None:
+    found = list(await conn.execute_fetchall(f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path = ?",
+                                             (path,)))
+    return rows.ms_from_row(found[0]) if found else None
+
+
+class SQLiteMeasurementSets:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def get_many(self, paths: Sequence[str]) -> list[MeasurementSet | None]:
+        unique = list(dict.fromkeys(paths))
+        found = await self.db.fetchall(
+            f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path IN ({placeholders(len(unique))})", unique)
+        by_path = {r[0]: rows.ms_from_row(r) for r in found}
+        return [by_path.get(p) for p in paths]
+
+    async def list(self, query: ListQuery) -> Page[MeasurementSet]:
+        found, after, total = await page_query(
+            self.db, select=rows.MS_SELECT, table="measurement_sets", conditions=query.conditions,
+            columns=_COLUMNS, order=query.order, tiebreak="path", page_size=query.page_size, after=query.after)
+        return Page([rows.ms_from_row(r) for r in found], after, total)
+
+    async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet:
+        async def body(conn: aiosqlite.Connection) -> MeasurementSet:
+            if await check_request_id(conn, idem) is None:
+                if await _load(conn, ms.path) is not None:
+                    raise AlreadyExists("MEASUREMENT_SET", ms.path)
+                now = now_us()
+                new = replace(ms, create_time=now, update_time=now, stage_update_time=now if ms.stage else 0,
+                              image_count=0)
+                await conn.execute(f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
+                                   f"VALUES ({placeholders(len(rows.MS_COLUMNS))})", rows.ms_values(new))
+                await remember_request_id(conn, idem, ms.path)
+            stored = await _load(conn, ms.path)
+            assert stored is not None
+            return stored
+
+        return await self.db.write(body)
+
+    async def upsert(self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool,
+                     idem: Idempotency | None) -> MeasurementSet:
+        async def body(conn: aiosqlite.Connection) -> MeasurementSet:
+            if await check_request_id(conn, idem) is None:
+                current = await _load(conn, ms.path)
+                now = now_us()
+                if current is None:
+                    if not allow_missing:
+                        raise NotFound("MEASUREMENT_SET", ms.path)
+                    current = MeasurementSet(path=ms.path, create_time=now)
+                    await conn.execute(f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
+                                       f"VALUES ({placeholders(len(rows.MS_COLUMNS))})",
+                                       rows.ms_values(replace(current, update_time=now)))
+                updated = replace(current)
+                for f in fields:
+                    setattr(updated, f, getattr(ms, f))
+                if "stage" in fields and updated.stage != current.stage:
+                    if updated.stage < current.stage:
+                        raise FailedPrecondition(
+                            f"stage cannot move back from {MSStage(current.stage).name} to "
+                            f"{MSStage(updated.stage).name}", reason="INVALID_STAGE_TRANSITION",
+                            metadata={"resource": ms.path, "from_stage": MSStage(current.stage).name,
+                                      "to_stage": MSStage(updated.stage).name})
+                    updated.stage_update_time = now
+                if (updated.stage == MSStage.PHOTOMETRY_DONE and updated.status == MSStatus.COMPLETED
+                        and not updated.process_time):
+                    updated.process_time = now
+                updated.update_time = now
+                values = rows.ms_values(updated)
+                sets = ", ".join(f"{c} = ?" for c in rows.MS_COLUMNS[1:])
+                await conn.execute(f"UPDATE measurement_sets SET {sets} WHERE path = ?", [*values[1:], ms.path])
+                await remember_request_id(conn, idem, ms.path)
+            stored = await _load(conn, ms.path)
+            assert stored is not None
+            return stored
+
+        return await self.db.write(body)
+
+    async def delete(self, path: str, force: bool) -> None:
+        async def body(conn: aiosqlite.Connection) -> None:
+            current = await _load(conn, path)
+            if current is None:
+                raise NotFound("MEASUREMENT_SET", path)
+            image_ids = [r[0] for r in await conn.execute_fetchall(
+                "SELECT id FROM images WHERE ms_path = ?", (path,))]
+            if image_ids and not force:
+                raise FailedPrecondition(
+                    f"measurement set has {len(image_ids)} images; delete them first or set force",
+                    reason="MEASUREMENT_SET_HAS_IMAGES",
+                    metadata={"resource": path, "image_count": str(len(image_ids))})
+            await delete_images(conn, image_ids)
+            await conn.execute("DELETE FROM measurement_sets WHERE path = ?", (path,))
+
+        await self.db.write(body)

@@ -1,0 +1,199 @@
+"""Versioned schema. Append new migrations; never edit one that has shipped."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "initial schema", """
+CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+
+CREATE TABLE measurement_sets (
+    path TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL DEFAULT '',
+    field_name TEXT NOT NULL DEFAULT '',
+    start_mjd REAL NOT NULL DEFAULT 0,
+    mid_mjd REAL NOT NULL DEFAULT 0,
+    end_mjd REAL NOT NULL DEFAULT 0,
+    pointing_ra_deg REAL NOT NULL DEFAULT 0,
+    pointing_dec_deg REAL NOT NULL DEFAULT 0,
+    phase_center_ra_deg REAL NOT NULL DEFAULT 0,
+    phase_center_dec_deg REAL NOT NULL DEFAULT 0,
+    stage INTEGER NOT NULL DEFAULT 0,
+    status INTEGER NOT NULL DEFAULT 0,
+    cal_applied INTEGER NOT NULL DEFAULT 0,
+    calibration_tables TEXT NOT NULL DEFAULT '[]',
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL,
+    stage_update_time INTEGER NOT NULL DEFAULT 0,
+    process_time INTEGER NOT NULL DEFAULT 0,
+    image_count INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX ms_by_start ON measurement_sets (start_mjd, path);
+CREATE INDEX ms_by_mid ON measurement_sets (mid_mjd, path);
+CREATE INDEX ms_by_dec ON measurement_sets (pointing_dec_deg, path);
+CREATE INDEX ms_by_stage ON measurement_sets (stage, start_mjd, path);
+CREATE INDEX ms_by_create ON measurement_sets (create_time, path);
+CREATE INDEX ms_by_update ON measurement_sets (update_time, path);
+
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    ms_path TEXT NOT NULL REFERENCES measurement_sets (path),
+    type INTEGER NOT NULL DEFAULT 0,
+    format TEXT NOT NULL DEFAULT 'fits',
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL,
+    mid_mjd REAL NOT NULL DEFAULT 0,
+    beam_major_arcsec REAL NOT NULL DEFAULT 0,
+    beam_minor_arcsec REAL NOT NULL DEFAULT 0,
+    beam_pa_deg REAL NOT NULL DEFAULT 0,
+    noise_jy REAL NOT NULL DEFAULT 0,
+    dynamic_range REAL NOT NULL DEFAULT 0,
+    pbcor INTEGER NOT NULL DEFAULT 0,
+    field_name TEXT NOT NULL DEFAULT '',
+    center_ra_deg REAL NOT NULL DEFAULT 0,
+    center_dec_deg REAL NOT NULL DEFAULT 0,
+    size_x_px INTEGER NOT NULL DEFAULT 0,
+    size_y_px INTEGER NOT NULL DEFAULT 0,
+    cell_size_arcsec REAL NOT NULL DEFAULT 0,
+    frequency_ghz REAL NOT NULL DEFAULT 0,
+    bandwidth_mhz REAL NOT NULL DEFAULT 0,
+    integration_s REAL NOT NULL DEFAULT 0,
+    qa_grade INTEGER NOT NULL DEFAULT 0,
+    qa_summary TEXT NOT NULL DEFAULT '',
+    qa_metrics TEXT NOT NULL DEFAULT '{}',
+    qa_source_count INTEGER NOT NULL DEFAULT 0,
+    qa_peak_flux_jy REAL NOT NULL DEFAULT 0,
+    photometry_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX images_by_ms ON images (ms_path, id);
+CREATE INDEX images_by_create ON images (create_time, id);
+CREATE INDEX images_by_mid ON images (mid_mjd, id);
+CREATE INDEX images_by_noise ON images (noise_jy, id);
+CREATE INDEX images_by_dr ON images (dynamic_range, id);
+CREATE INDEX images_by_dec ON images (center_dec_deg, id);
+CREATE INDEX images_by_ra ON images (center_ra_deg, id);
+CREATE INDEX images_by_type ON images (type, create_time, id);
+CREATE INDEX images_by_grade ON images (qa_grade, create_time, id);
+-- Bounding boxes (unit-vector space) of image footprints for SearchImages.
+CREATE VIRTUAL TABLE image_footprints USING rtree (id, x0, x1, y0, y1, z0, z1);
+
+CREATE TABLE sources (
+    sid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    designation TEXT NOT NULL DEFAULT '',
+    ra_deg REAL NOT NULL,
+    dec_deg REAL NOT NULL,
+    catalog TEXT NOT NULL DEFAULT '',
+    catalog_flux_mjy REAL NOT NULL DEFAULT 0,
+    first_detection_mjd REAL NOT NULL DEFAULT 0,
+    last_detection_mjd REAL NOT NULL DEFAULT 0,
+    detection_count INTEGER NOT NULL DEFAULT 0,
+    -- variability (derived from the sums below, stored so it can be filtered and sorted)
+    epoch_count INTEGER NOT NULL DEFAULT 0,
+    mean_flux_jy REAL NOT NULL DEFAULT 0,
+    std_flux_jy REAL NOT NULL DEFAULT 0,
+    min_flux_jy REAL NOT NULL DEFAULT 0,
+    max_flux_jy REAL NOT NULL DEFAULT 0,
+    chi2_reduced REAL NOT NULL DEFAULT 0,
+    eta REAL NOT NULL DEFAULT 0,
+    v REAL NOT NULL DEFAULT 0,
+    sigma_deviation REAL NOT NULL DEFAULT 0,
+    last_mjd REAL NOT NULL DEFAULT 0,
+    is_variable INTEGER NOT NULL DEFAULT 0,
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL,
+    -- running sums of peak flux f and weight w = 1/err^2
+    sum_f REAL NOT NULL DEFAULT 0,
+    sum_f2 REAL NOT NULL DEFAULT 0,
+    sum_w REAL NOT NULL DEFAULT 0,
+    sum_wf REAL NOT NULL DEFAULT 0,
+    sum_wf2 REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX sources_by_eta ON sources (eta, id);
+CREATE INDEX sources_by_v ON sources (v, id);
+CREATE INDEX sources_by_chi2 ON sources (chi2_reduced, id);
+CREATE INDEX sources_by_sigma ON sources (sigma_deviation, id);
+CREATE INDEX sources_by_mean ON sources (mean_flux_jy, id);
+CREATE INDEX sources_by_max ON sources (max_flux_jy, id);
+CREATE INDEX sources_by_epochs ON sources (epoch_count, id);
+CREATE INDEX sources_by_dec ON sources (dec_deg, id);
+CREATE INDEX sources_by_ra ON sources (ra_deg, id);
+CREATE INDEX sources_by_last ON sources (last_detection_mjd, id);
+CREATE VIRTUAL TABLE source_positions USING rtree (sid, x0, x1, y0, y1, z0, z1);
+
+CREATE TABLE photometry (
+    source_sid INTEGER NOT NULL REFERENCES sources (sid),
+    observation_mjd REAL NOT NULL,
+    image_id INTEGER NOT NULL REFERENCES images (id),
+    ra_deg REAL NOT NULL,
+    dec_deg REAL NOT NULL,
+    catalog_flux_mjy REAL NOT NULL,
+    peak_flux_jy REAL NOT NULL,
+    peak_flux_err_jy REAL NOT NULL,
+    integrated_flux_jy REAL NOT NULL,
+    integrated_flux_err_jy REAL NOT NULL,
+    normalized_flux REAL NOT NULL,
+    normalized_flux_err REAL NOT NULL,
+    snr REAL NOT NULL,
+    local_rms_jy REAL NOT NULL,
+    separation_from_center_deg REAL NOT NULL,
+    quality_flag TEXT NOT NULL,
+    measure_time INTEGER NOT NULL,
+    PRIMARY KEY (source_sid, observation_mjd, image_id)
+) WITHOUT ROWID;
+CREATE INDEX photometry_by_image ON photometry (image_id);
+
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    type INTEGER NOT NULL,
+    ms_path TEXT REFERENCES measurement_sets (path) ON DELETE SET NULL,
+    target_path TEXT NOT NULL DEFAULT '',
+    parameters TEXT NOT NULL DEFAULT '{}',
+    state INTEGER NOT NULL,
+    stage INTEGER NOT NULL DEFAULT 0,
+    progress_percent REAL NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 3,
+    create_time INTEGER NOT NULL,
+    start_time INTEGER NOT NULL DEFAULT 0,
+    end_time INTEGER NOT NULL DEFAULT 0,
+    update_time INTEGER NOT NULL,
+    error_message TEXT NOT NULL DEFAULT '',
+    artifacts TEXT NOT NULL DEFAULT '[]',
+    log_line_count INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX jobs_by_create ON jobs (create_time, id);
+CREATE INDEX jobs_by_update ON jobs (update_time, id);
+CREATE INDEX jobs_by_state ON jobs (state, create_time, id);
+CREATE INDEX jobs_by_ms ON jobs (ms_path, create_time, id);
+
+CREATE TABLE job_events (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    type INTEGER NOT NULL,
+    from_state INTEGER NOT NULL,
+    to_state INTEGER NOT NULL,
+    stage INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    snapshot TEXT NOT NULL
+);
+CREATE INDEX job_events_by_job ON job_events (job_id, sequence);
+
+CREATE TABLE job_logs (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    line_number INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (job_id, line_number)
+) WITHOUT ROWID;
+
+CREATE TABLE request_ids (
+    request_id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    create_time INTEGER NOT NULL
+) WITHOUT ROWID;
+"""),
+]

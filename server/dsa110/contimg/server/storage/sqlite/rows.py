@@ -1,0 +1,129 @@
+"""Row <-> record mapping for every table (column lists in record-field order)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from ...domain.records import (
+    CalibrationTable,
+    Image,
+    Job,
+    JobEvent,
+    JobTransition,
+    MeasurementSet,
+    Photometry,
+    Source,
+    Variability,
+)
+
+MS_COLUMNS = (
+    "path", "group_id", "field_name", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg", "pointing_dec_deg",
+    "phase_center_ra_deg", "phase_center_dec_deg", "stage", "status", "cal_applied", "calibration_tables",
+    "create_time", "update_time", "stage_update_time", "process_time", "image_count",
+)
+MS_SELECT = ", ".join(MS_COLUMNS)
+
+
+def ms_from_row(r: Sequence[Any]) -> MeasurementSet:
+    ms = MeasurementSet(*r)
+    ms.cal_applied = bool(ms.cal_applied)
+    ms.calibration_tables = [CalibrationTable(**t) for t in json.loads(r[13])]
+    return ms
+
+
+def ms_values(ms: MeasurementSet) -> list[Any]:
+    values = [getattr(ms, c) for c in MS_COLUMNS]
+    values[13] = json.dumps([asdict(t) for t in ms.calibration_tables])
+    values[12] = int(ms.cal_applied)
+    return values
+
+
+IMAGE_COLUMNS = (
+    "id", "path", "ms_path", "type", "format", "create_time", "update_time", "mid_mjd", "beam_major_arcsec",
+    "beam_minor_arcsec", "beam_pa_deg", "noise_jy", "dynamic_range", "pbcor", "field_name", "center_ra_deg",
+    "center_dec_deg", "size_x_px", "size_y_px", "cell_size_arcsec", "frequency_ghz", "bandwidth_mhz",
+    "integration_s", "qa_grade", "qa_summary", "qa_metrics", "qa_source_count", "qa_peak_flux_jy",
+    "photometry_count",
+)
+IMAGE_SELECT = ", ".join(f"images.{c}" for c in IMAGE_COLUMNS)
+_METRICS = IMAGE_COLUMNS.index("qa_metrics")
+
+
+def image_from_row(r: Sequence[Any]) -> Image:
+    img = Image(*r)
+    img.pbcor = bool(img.pbcor)
+    img.qa_metrics = json.loads(r[_METRICS]) if r[_METRICS] != "{}" else {}
+    return img
+
+
+def image_value(img: Image, column: str) -> Any:
+    value = getattr(img, column)
+    if column == "qa_metrics":
+        return json.dumps(value, sort_keys=True)
+    if column == "pbcor":
+        return int(value)
+    return value
+
+
+_VAR_COLUMNS = tuple(Variability.__dataclass_fields__)
+SOURCE_COLUMNS = (
+    "id", "designation", "ra_deg", "dec_deg", "catalog", "catalog_flux_mjy", "first_detection_mjd",
+    "last_detection_mjd", "detection_count", *_VAR_COLUMNS, "create_time", "update_time",
+)
+SOURCE_SELECT = ", ".join(f"sources.{c}" for c in SOURCE_COLUMNS)
+_NV = len(_VAR_COLUMNS)
+
+
+def source_from_row(r: Sequence[Any]) -> Source:
+    var = Variability(*r[9 : 9 + _NV])
+    var.is_variable = bool(var.is_variable)
+    return Source(*r[:9], var, *r[9 + _NV :])  # type: ignore[misc]
+
+
+PHOTOMETRY_COLUMNS = tuple(c for c in Photometry.__dataclass_fields__ if c != "source_id")
+PHOTOMETRY_SELECT = ", ".join(PHOTOMETRY_COLUMNS)
+
+
+def photometry_from_row(source_id: str, r: Sequence[Any]) -> Photometry:
+    return Photometry(source_id, *r)
+
+
+JOB_COLUMNS = (
+    "id", "type", "ms_path", "target_path", "parameters", "state", "stage", "progress_percent", "attempt",
+    "max_attempts", "create_time", "start_time", "end_time", "update_time", "error_message", "artifacts",
+    "log_line_count",
+)
+JOB_SELECT = ", ".join(JOB_COLUMNS)
+
+
+def job_from_row(r: Sequence[Any]) -> Job:
+    job = Job(*r)
+    job.ms_path = job.ms_path or ""
+    job.artifacts = json.loads(r[15])
+    return job
+
+
+def job_values(job: Job) -> list[Any]:
+    values = [getattr(job, "parameters_json" if c == "parameters" else c) for c in JOB_COLUMNS]
+    values[2] = job.ms_path or None
+    values[15] = json.dumps(job.artifacts)
+    return values
+
+
+def job_snapshot(job: Job) -> str:
+    data = asdict(job)
+    data.pop("transitions")
+    return json.dumps(data, separators=(",", ":"))
+
+
+EVENT_SELECT = "sequence, type, from_state, to_state, stage, message, time, snapshot"
+
+
+def event_from_row(r: Sequence[Any]) -> JobEvent:
+    seq, etype, from_state, to_state, stage, message, when, snapshot = r
+    job = Job(**json.loads(snapshot))
+    return JobEvent(sequence=seq, type=etype, job=job,
+                    transition=JobTransition(from_state, to_state, stage, message, when, seq))

@@ -1,0 +1,74 @@
+"""Turning parsed list queries into SQLite WHERE / ORDER BY / keyset clauses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ...domain.errors import InvalidArgument
+from ...domain.query import Condition, OrderKey
+
+_OPS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def where(conditions: Sequence[Condition], columns: Mapping[str, str]) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for c in conditions:
+        clauses.append(f"{columns[c.field]} {_OPS[c.op]} ?")
+        params.append(int(c.value) if isinstance(c.value, bool) else c.value)
+    return clauses, params
+
+
+def order_keys(order: Sequence[OrderKey], columns: Mapping[str, str], tiebreak: str) -> list[tuple[str, bool]]:
+    keys = [(columns[k.field], k.desc) for k in order]
+    keys.append((tiebreak, order[-1].desc if order else False))
+    return keys
+
+
+def order_by(keys: Sequence[tuple[str, bool]]) -> str:
+    return ", ".join(f"{col} {'DESC' if desc else 'ASC'}" for col, desc in keys)
+
+
+def keyset(keys: Sequence[tuple[str, bool]], after: list[object] | None) -> tuple[str | None, list[Any]]:
+    """Rows strictly after `after` in the order `keys` (one value per key, as the last row had)."""
+    if after is None:
+        return None, []
+    if len(after) != len(keys) or not all(isinstance(v, (int, float, str)) for v in after):
+        raise InvalidArgument.single("page_token", "invalid page token", reason="INVALID_PAGE_TOKEN")
+    if all(desc == keys[0][1] for _, desc in keys):
+        cols = ", ".join(col for col, _ in keys)
+        return f"({cols}) {'<' if keys[0][1] else '>'} ({', '.join('?' * len(keys))})", list(after)
+    parts: list[str] = []
+    params: list[Any] = []
+    for i, (col, desc) in enumerate(keys):
+        eq = [f"{c} = ?" for c, _ in keys[:i]]
+        parts.append("(" + " AND ".join([*eq, f"{col} {'<' if desc else '>'} ?"]) + ")")
+        params.extend(after[: i + 1])
+    return "(" + " OR ".join(parts) + ")", params
+
+
+async def page_query(db: Any, *, select: str, table: str, conditions: Sequence[Condition],
+                     columns: Mapping[str, str], order: Sequence[OrderKey], tiebreak: str,
+                     page_size: int, after: list[object] | None,
+                     extra_where: Sequence[str] = (), extra_params: Sequence[Any] = ()
+                     ) -> tuple[list[Sequence[Any]], list[object] | None, int]:
+    """One keyset page: (rows without key columns, keyset of the last row if more follow, total)."""
+    clauses, params = where(conditions, columns)
+    clauses = [*extra_where, *clauses]
+    params = [*extra_params, *params]
+    keys = order_keys(order, columns, tiebreak)
+    ks_clause, ks_params = keyset(keys, after)
+    page_clauses = [*clauses, ks_clause] if ks_clause else clauses
+    where_sql = f" WHERE {' AND '.join(page_clauses)}" if page_clauses else ""
+    key_cols = ", ".join(col for col, _ in keys)
+    rows = await db.fetchall(
+        f"SELECT {select}, {key_cols} FROM {table}{where_sql} ORDER BY {order_by(keys)} LIMIT ?",
+        [*params, *ks_params, page_size + 1])
+    count_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    total = (await db.fetchall(f"SELECT count(*) FROM {table}{count_where}", params))[0][0]
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    n_keys = len(keys)
+    next_after = list(rows[-1][-n_keys:]) if more and rows else None
+    return [r[:-n_keys] for r in rows], next_after, int(total)

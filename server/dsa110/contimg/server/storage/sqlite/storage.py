@@ -1,0 +1,32 @@
+"""One object that opens the SQLite database and hands out its repositories."""
+
+from __future__ import annotations
+
+from ...repositories.protocols import EventPublisher
+from .database import Database, SQLiteSettings
+from .images import SQLiteImages
+from .jobs import SQLiteJobs
+from .measurement_sets import SQLiteMeasurementSets
+from .sources import SQLiteSources
+
+
+class SQLiteStorage:
+    def __init__(self, settings: SQLiteSettings, publisher: EventPublisher):
+        self.db = Database(settings)
+        self.measurement_sets = SQLiteMeasurementSets(self.db)
+        self.images = SQLiteImages(self.db)
+        self.sources = SQLiteSources(self.db)
+        self.jobs = SQLiteJobs(self.db, publisher)
+
+    @property
+    def page_token_secret(self) -> bytes:
+        return self.db.page_token_secret
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.fetchall("SELECT 1")

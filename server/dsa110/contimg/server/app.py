@@ -42,8 +42,12 @@ log = logging.getLogger("contimg.server")
 
 SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
-    for module, name in ((images_pb2, "ImageService"), (sources_pb2, "SourceService"), (jobs_pb2, "JobService"),
-                         (measurement_sets_pb2, "MSService"))
+    for module, name in (
+        (images_pb2, "ImageService"),
+        (sources_pb2, "SourceService"),
+        (jobs_pb2, "JobService"),
+        (measurement_sets_pb2, "MSService"),
+    )
 )
 
 
@@ -71,10 +75,14 @@ class ContimgServer:
     def __post_init__(self) -> None:
         self.bus = LocalEventBus()
         self.storage = SQLiteStorage(
-            SQLiteSettings(path=self.config.database_path, readers=self.config.readers,
-                           synchronous=self.config.synchronous.upper(),
-                           statement_timeout_s=self.config.statement_timeout_s),
-            self.bus)
+            SQLiteSettings(
+                path=self.config.database_path,
+                readers=self.config.readers,
+                synchronous=self.config.synchronous.upper(),
+                statement_timeout_s=self.config.statement_timeout_s,
+            ),
+            self.bus,
+        )
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
 
@@ -83,17 +91,20 @@ class ContimgServer:
         paging = Paging(self.storage.page_token_secret)
         interceptors = [LoggingInterceptor()] if self.config.log_rpcs else []
         server = grpc.aio.server(
-            interceptors=interceptors, options=server_options(self.config),
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None)
+            interceptors=interceptors,
+            options=server_options(self.config),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None,
+        )
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.storage.images, paging), server)
         sources_pb2_grpc.add_SourceServiceServicer_to_server(SourceServicer(self.storage.sources, paging), server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(self.storage.jobs, paging, JobWatcher(self.storage.jobs, self.bus)), server)
+            JobServicer(self.storage.jobs, paging, JobWatcher(self.storage.jobs, self.bus)), server
+        )
         measurement_sets_pb2_grpc.add_MSServiceServicer_to_server(
-            MSServicer(self.storage.measurement_sets, paging), server)
+            MSServicer(self.storage.measurement_sets, paging), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"),
-                                            server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         self.port = server.add_insecure_port(self.config.address)
         if self.port == 0:
             await self.storage.close()

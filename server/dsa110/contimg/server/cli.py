@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser("serve", help="serve the gRPC API")
     config_mod.add_arguments(serve_p)
-    serve_p.add_argument("--demo-images", type=int, default=0,
-                         help="fill the database with this many demo images first, if it has none")
+    serve_p.add_argument(
+        "--demo-images",
+        type=int,
+        default=0,
+        help="fill the database with this many demo images first, if it has none",
+    )
     demo_p = sub.add_parser("demo-data", help="fill the database with realistic demo data")
     config_mod.add_arguments(demo_p)
     demo_p.add_argument("--images", type=int, default=1000, help="number of images (1,000 to 1,000,000)")
@@ -39,8 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     config_mod.add_arguments(migrate_p)
     args = parser.parse_args(argv)
     cfg = config_mod.from_sources(args)
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
 
     if args.command == "serve":
         from .app import serve

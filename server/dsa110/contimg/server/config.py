@@ -21,13 +21,19 @@ class ServerConfig:
     data_dir: Path = field(default=Path("data"), metadata={"help": "directory of the SQLite database"})
     database: str = field(default="", metadata={"help": "SQLite file (default DATA_DIR/contimg.sqlite3)"})
     readers: int = field(default=4, metadata={"help": "read-only SQLite connections in the pool"})
-    synchronous: str = field(default="FULL", metadata={
-        "help": "SQLite synchronous mode: FULL (acknowledged writes survive power loss) or NORMAL "
-                "(survive a process crash only)"})
+    synchronous: str = field(
+        default="FULL",
+        metadata={
+            "help": "SQLite synchronous mode: FULL (acknowledged writes survive power loss) or NORMAL "
+            "(survive a process crash only)"
+        },
+    )
     statement_timeout_s: float = field(default=30.0, metadata={"help": "cap on one storage query, seconds"})
     max_message_mb: int = field(default=64, metadata={"help": "max send/receive message size, MiB"})
-    max_concurrent_rpcs: int = field(default=2000, metadata={
-        "help": "RPCs in flight before new ones get RESOURCE_EXHAUSTED (0 = unlimited)"})
+    max_concurrent_rpcs: int = field(
+        default=2000,
+        metadata={"help": "RPCs in flight before new ones get RESOURCE_EXHAUSTED (0 = unlimited)"},
+    )
     keepalive_time_s: int = field(default=30, metadata={"help": "server keepalive ping interval, seconds"})
     keepalive_timeout_s: int = field(default=10, metadata={"help": "keepalive ping ack timeout, seconds"})
     grace_s: float = field(default=10.0, metadata={"help": "shutdown grace for in-flight RPCs, seconds"})
@@ -70,8 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}; default {f.default}]"
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, help=help_text)
 

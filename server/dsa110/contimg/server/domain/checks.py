@@ -24,8 +24,16 @@ class Checker:
         if self.violations:
             raise InvalidArgument(self.violations)
 
-    def finite(self, field: str, value: float, *, lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False, hi_open: bool = False) -> bool:
+    def finite(
+        self,
+        field: str,
+        value: float,
+        *,
+        lo: float | None = None,
+        hi: float | None = None,
+        lo_open: bool = False,
+        hi_open: bool = False,
+    ) -> bool:
         if not math.isfinite(value):
             self.add(field, "must be a finite number")
             return False

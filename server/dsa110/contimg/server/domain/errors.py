@@ -43,16 +43,22 @@ class NotFound(DomainError):
     reason = "NOT_FOUND"
 
     def __init__(self, kind: str, name: str):
-        super().__init__(f"{kind.replace('_', ' ').lower()} {name!r} not found",
-                         reason=f"{kind}_NOT_FOUND", metadata={"resource": name})
+        super().__init__(
+            f"{kind.replace('_', ' ').lower()} {name!r} not found",
+            reason=f"{kind}_NOT_FOUND",
+            metadata={"resource": name},
+        )
 
 
 class AlreadyExists(DomainError):
     reason = "ALREADY_EXISTS"
 
     def __init__(self, kind: str, name: str, *, reason: str | None = None, message: str | None = None):
-        super().__init__(message or f"{kind.replace('_', ' ').lower()} {name!r} already exists",
-                         reason=reason or f"{kind}_ALREADY_EXISTS", metadata={"resource": name})
+        super().__init__(
+            message or f"{kind.replace('_', ' ').lower()} {name!r} already exists",
+            reason=reason or f"{kind}_ALREADY_EXISTS",
+            metadata={"resource": name},
+        )
 
 
 class FailedPrecondition(DomainError):
@@ -65,8 +71,10 @@ class RequestIdMismatch(DomainError):
     reason = "REQUEST_ID_MISMATCH"
 
     def __init__(self, request_id: str):
-        super().__init__(f"request_id {request_id!r} was already used for a different request",
-                         metadata={"request_id": request_id})
+        super().__init__(
+            f"request_id {request_id!r} was already used for a different request",
+            metadata={"request_id": request_id},
+        )
 
 
 class StorageUnavailable(DomainError):

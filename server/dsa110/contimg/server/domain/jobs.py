@@ -36,8 +36,16 @@ def is_final(job: Job) -> bool:
     return job.state in FINAL_STATES or (job.state == JobState.FAILED and job.attempt >= job.max_attempts)
 
 
-def apply(job: Job, action: Action, now: int, *, stage: int = 0, progress: float | None = None,
-          message: str = "", artifacts: list[str] | None = None) -> tuple[Job, JobTransition, JobEventType]:
+def apply(
+    job: Job,
+    action: Action,
+    now: int,
+    *,
+    stage: int = 0,
+    progress: float | None = None,
+    message: str = "",
+    artifacts: list[str] | None = None,
+) -> tuple[Job, JobTransition, JobEventType]:
     """The job after `action`, the transition to record and the event type; or FAILED_PRECONDITION."""
     allowed, target = TRANSITIONS[action]
     current = JobState(job.state)
@@ -46,13 +54,18 @@ def apply(job: Job, action: Action, now: int, *, stage: int = 0, progress: float
             f"cannot {action.value} job {job.id!r} in state {current.name} "
             f"(allowed from: {', '.join(sorted(s.name for s in allowed))})",
             reason="INVALID_JOB_TRANSITION",
-            metadata={"resource": f"jobs/{job.id}", "from_state": current.name, "to_state": target.name,
-                      "method": action.value},
+            metadata={
+                "resource": f"jobs/{job.id}",
+                "from_state": current.name,
+                "to_state": target.name,
+                "method": action.value,
+            },
         )
     if action is Action.RETRY and job.attempt >= job.max_attempts:
         raise FailedPrecondition(
             f"job {job.id!r} has used all {job.max_attempts} attempts",
-            reason="RETRIES_EXHAUSTED", metadata={"resource": f"jobs/{job.id}", "attempt": str(job.attempt)},
+            reason="RETRIES_EXHAUSTED",
+            metadata={"resource": f"jobs/{job.id}", "attempt": str(job.attempt)},
         )
     new = replace(job, state=target, update_time=now, transitions=[])
     if action is Action.START:
@@ -81,6 +94,7 @@ def apply(job: Job, action: Action, now: int, *, stage: int = 0, progress: float
         new.progress_percent = 0.0
         new.end_time = 0
     event_type = JobEventType.PROGRESS if action is Action.PROGRESS else JobEventType.STATE_CHANGED
-    transition = JobTransition(from_state=int(current), to_state=int(target), stage=new.stage, message=message,
-                               time=now)
+    transition = JobTransition(
+        from_state=int(current), to_state=int(target), stage=new.stage, message=message, time=now
+    )
     return new, transition, event_type

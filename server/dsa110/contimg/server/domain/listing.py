@@ -6,7 +6,7 @@ from .names import parse_ms_name
 from .query import FieldSpec, Kind, OrderKey
 from .records import ImageType, JobStage, JobState, JobType, MSStage, MSStatus, QAGrade
 
-N, I, S, B, T = Kind.NUMBER, Kind.INTEGER, Kind.STRING, Kind.BOOL, Kind.TIME
+N, INT, S, B, T = Kind.NUMBER, Kind.INTEGER, Kind.STRING, Kind.BOOL, Kind.TIME
 
 
 def _ms_ref(text: str) -> object:
@@ -52,7 +52,7 @@ SOURCE_FIELDS: dict[str, FieldSpec] = {
     "sigma_deviation": FieldSpec(N, sortable=True),
     "mean_flux_jy": FieldSpec(N, sortable=True),
     "max_flux_jy": FieldSpec(N, sortable=True),
-    "epoch_count": FieldSpec(I, sortable=True),
+    "epoch_count": FieldSpec(INT, sortable=True),
     "is_variable": FieldSpec(B),
     "ra_deg": FieldSpec(N, sortable=True),
     "dec_deg": FieldSpec(N, sortable=True),
@@ -69,7 +69,7 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     "measurement_set": FieldSpec(Kind.REF, parse=_ms_ref),
     "create_time": FieldSpec(T, sortable=True),
     "update_time": FieldSpec(T, sortable=True),
-    "attempt": FieldSpec(I),
+    "attempt": FieldSpec(INT),
 }
 JOB_DEFAULT_ORDER = (OrderKey("create_time", desc=True),)
 # WatchJobs filters are evaluated in memory on each event: equality on these only.

@@ -49,7 +49,7 @@ def parse_ms_name(name: str, field: str = "name") -> str:
     prefix = "measurementSets/"
     if not name.startswith(prefix) or len(name) == len(prefix):
         raise InvalidArgument.single(field, "must be 'measurementSets/{percent-encoded path}' or an absolute path")
-    encoded = name[len(prefix):]
+    encoded = name[len(prefix) :]
     if "/" in encoded:
         raise InvalidArgument.single(field, "the MS path must be percent-encoded ('/' as %2F)")
     try:
@@ -61,9 +61,9 @@ def parse_ms_name(name: str, field: str = "name") -> str:
 
 def parse_image_name(name: str, field: str = "name") -> int:
     prefix = "images/"
-    if not name.startswith(prefix) or not _IMAGE_ID.match(name[len(prefix):]):
+    if not name.startswith(prefix) or not _IMAGE_ID.match(name[len(prefix) :]):
         raise InvalidArgument.single(field, "must be 'images/{positive integer id}'")
-    value = int(name[len(prefix):])
+    value = int(name[len(prefix) :])
     if value >= 2**63:
         raise InvalidArgument.single(field, "image id out of range")
     return value
@@ -79,7 +79,7 @@ def parse_source_name(name: str, field: str = "name") -> str:
     prefix = "sources/"
     if not name.startswith(prefix):
         raise InvalidArgument.single(field, "must be 'sources/{source_id}'")
-    return check_source_id(name[len(prefix):], field)
+    return check_source_id(name[len(prefix) :], field)
 
 
 def check_job_id(job_id: str, field: str) -> str:
@@ -92,4 +92,4 @@ def parse_job_name(name: str, field: str = "name") -> str:
     prefix = "jobs/"
     if not name.startswith(prefix):
         raise InvalidArgument.single(field, "must be 'jobs/{job_id}'")
-    return check_job_id(name[len(prefix):], field)
+    return check_job_id(name[len(prefix) :], field)

@@ -103,7 +103,7 @@ def _convert(spec: FieldSpec, name: str, op: str, kind: str, raw: str) -> object
         assert spec.enum is not None
         key = text.upper()
         prefixes = [p for p in ("STATE_", "STAGE_", "STATUS_", "TYPE_", "GRADE_") if key.startswith(p)]
-        for candidate in [key] + [key[len(p):] for p in prefixes]:
+        for candidate in [key] + [key[len(p) :] for p in prefixes]:
             if candidate in spec.enum.__members__ and candidate != "UNSPECIFIED":
                 return int(spec.enum[candidate])
         allowed = ", ".join(m for m in spec.enum.__members__ if m != "UNSPECIFIED")
@@ -165,13 +165,15 @@ def parse_order_by(text: str, specs: Mapping[str, FieldSpec], default: Sequence[
     for part in text.split(","):
         words = part.split()
         if not words or len(words) > 2 or (len(words) == 2 and words[1].lower() not in ("asc", "desc")):
-            raise InvalidArgument.single("order_by", f"cannot parse {part.strip()!r}; use 'field [desc]'",
-                                         reason="INVALID_ORDER_BY")
+            raise InvalidArgument.single(
+                "order_by", f"cannot parse {part.strip()!r}; use 'field [desc]'", reason="INVALID_ORDER_BY"
+            )
         spec = specs.get(words[0])
         if spec is None or not spec.sortable:
             sortable = ", ".join(sorted(k for k, s in specs.items() if s.sortable))
-            raise InvalidArgument.single("order_by", f"cannot sort on {words[0]!r}; sortable: {sortable}",
-                                         reason="INVALID_ORDER_BY")
+            raise InvalidArgument.single(
+                "order_by", f"cannot sort on {words[0]!r}; sortable: {sortable}", reason="INVALID_ORDER_BY"
+            )
         if any(k.field == words[0] for k in keys):
             raise InvalidArgument.single("order_by", f"{words[0]!r} given twice", reason="INVALID_ORDER_BY")
         keys.append(OrderKey(words[0], len(words) == 2 and words[1].lower() == "desc"))
@@ -217,8 +219,10 @@ class PageTokens:
             raise bad
         if data.get("q") != query:
             raise InvalidArgument.single(
-                "page_token", "the page token was issued for a different query: keep filter and order_by "
-                "unchanged while paging", reason="INVALID_PAGE_TOKEN")
+                "page_token",
+                "the page token was issued for a different query: keep filter and order_by unchanged while paging",
+                reason="INVALID_PAGE_TOKEN",
+            )
         after = data.get("a")
         if not isinstance(after, list):
             raise bad

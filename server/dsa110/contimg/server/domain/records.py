@@ -132,8 +132,19 @@ class MeasurementSet:
 
 # Fields a caller may write on a measurement set (update masks name these).
 MS_WRITABLE_FIELDS = (
-    "group_id", "field_name", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg", "pointing_dec_deg",
-    "phase_center_ra_deg", "phase_center_dec_deg", "stage", "status", "cal_applied", "calibration_tables",
+    "group_id",
+    "field_name",
+    "start_mjd",
+    "mid_mjd",
+    "end_mjd",
+    "pointing_ra_deg",
+    "pointing_dec_deg",
+    "phase_center_ra_deg",
+    "phase_center_dec_deg",
+    "stage",
+    "status",
+    "cal_applied",
+    "calibration_tables",
     "process_time",
 )
 
@@ -173,16 +184,30 @@ class Image:
 
 # Update-mask paths of an image -> record attributes they write.
 IMAGE_UPDATABLE_FIELDS: dict[str, tuple[str, ...]] = {
-    "type": ("type",), "format": ("format",), "mid_mjd": ("mid_mjd",),
-    "beam_major_arcsec": ("beam_major_arcsec",), "beam_minor_arcsec": ("beam_minor_arcsec",),
-    "beam_pa_deg": ("beam_pa_deg",), "noise_jy": ("noise_jy",), "dynamic_range": ("dynamic_range",),
-    "pbcor": ("pbcor",), "field_name": ("field_name",), "center_ra_deg": ("center_ra_deg",),
-    "center_dec_deg": ("center_dec_deg",), "size_x_px": ("size_x_px",), "size_y_px": ("size_y_px",),
-    "cell_size_arcsec": ("cell_size_arcsec",), "frequency_ghz": ("frequency_ghz",),
-    "bandwidth_mhz": ("bandwidth_mhz",), "integration_s": ("integration_s",),
+    "type": ("type",),
+    "format": ("format",),
+    "mid_mjd": ("mid_mjd",),
+    "beam_major_arcsec": ("beam_major_arcsec",),
+    "beam_minor_arcsec": ("beam_minor_arcsec",),
+    "beam_pa_deg": ("beam_pa_deg",),
+    "noise_jy": ("noise_jy",),
+    "dynamic_range": ("dynamic_range",),
+    "pbcor": ("pbcor",),
+    "field_name": ("field_name",),
+    "center_ra_deg": ("center_ra_deg",),
+    "center_dec_deg": ("center_dec_deg",),
+    "size_x_px": ("size_x_px",),
+    "size_y_px": ("size_y_px",),
+    "cell_size_arcsec": ("cell_size_arcsec",),
+    "frequency_ghz": ("frequency_ghz",),
+    "bandwidth_mhz": ("bandwidth_mhz",),
+    "integration_s": ("integration_s",),
     "qa": ("qa_grade", "qa_summary", "qa_metrics", "qa_source_count", "qa_peak_flux_jy"),
-    "qa.grade": ("qa_grade",), "qa.summary": ("qa_summary",), "qa.metrics": ("qa_metrics",),
-    "qa.source_count": ("qa_source_count",), "qa.peak_flux_jy": ("qa_peak_flux_jy",),
+    "qa.grade": ("qa_grade",),
+    "qa.summary": ("qa_summary",),
+    "qa.metrics": ("qa_metrics",),
+    "qa.source_count": ("qa_source_count",),
+    "qa.peak_flux_jy": ("qa_peak_flux_jy",),
 }
 
 

@@ -33,8 +33,14 @@ def separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
 def cap_box(ra_deg: float, dec_deg: float, radius_deg: float, pad: float = _PAD) -> Box:
     x, y, z = unit_vector(ra_deg, dec_deg)
     chord = 2.0 * math.sin(math.radians(min(radius_deg, 180.0)) / 2.0) + pad
-    return (max(x - chord, -1.0), min(x + chord, 1.0), max(y - chord, -1.0), min(y + chord, 1.0),
-            max(z - chord, -1.0), min(z + chord, 1.0))
+    return (
+        max(x - chord, -1.0),
+        min(x + chord, 1.0),
+        max(y - chord, -1.0),
+        min(y + chord, 1.0),
+        max(z - chord, -1.0),
+        min(z + chord, 1.0),
+    )
 
 
 def point_box(ra_deg: float, dec_deg: float) -> Box:
@@ -48,8 +54,15 @@ def footprint_radius_deg(size_x_px: int, size_y_px: int, cell_arcsec: float) -> 
     return math.degrees(math.atan(math.hypot(half_x, half_y)))
 
 
-def footprint_contains(center_ra: float, center_dec: float, size_x_px: int, size_y_px: int,
-                       cell_arcsec: float, ra: float, dec: float) -> bool:
+def footprint_contains(
+    center_ra: float,
+    center_dec: float,
+    size_x_px: int,
+    size_y_px: int,
+    cell_arcsec: float,
+    ra: float,
+    dec: float,
+) -> bool:
     """Whether (ra, dec) falls on the pixel grid of an image centred at (center_ra, center_dec)."""
     a0, d0 = math.radians(center_ra), math.radians(center_dec)
     a, d = math.radians(ra), math.radians(dec)

@@ -77,8 +77,16 @@ def check_image(img: Image, fields: Sequence[str], prefix: str, c: Checker) -> N
         c.text(f"{p}.format", img.format, max_len=16)
     if "mid_mjd" in present:
         c.mjd(f"{p}.mid_mjd", img.mid_mjd)
-    for f in ("beam_major_arcsec", "beam_minor_arcsec", "noise_jy", "dynamic_range", "cell_size_arcsec",
-              "frequency_ghz", "bandwidth_mhz", "integration_s"):
+    for f in (
+        "beam_major_arcsec",
+        "beam_minor_arcsec",
+        "noise_jy",
+        "dynamic_range",
+        "cell_size_arcsec",
+        "frequency_ghz",
+        "bandwidth_mhz",
+        "integration_s",
+    ):
         if f in present:
             c.non_negative(f"{p}.{f}", getattr(img, f))
     if "beam_pa_deg" in present:
@@ -124,7 +132,12 @@ def check_measurements(rows: Sequence[Photometry], c: Checker) -> None:
         c.finite(f"{p}.peak_flux_err_jy", m.peak_flux_err_jy, lo=0.0, lo_open=True)
         for f in ("catalog_flux_mjy", "integrated_flux_jy", "normalized_flux", "snr"):
             c.finite(f"{p}.{f}", getattr(m, f))
-        for f in ("integrated_flux_err_jy", "normalized_flux_err", "local_rms_jy", "separation_from_center_deg"):
+        for f in (
+            "integrated_flux_err_jy",
+            "normalized_flux_err",
+            "local_rms_jy",
+            "separation_from_center_deg",
+        ):
             c.non_negative(f"{p}.{f}", getattr(m, f))
         c.mjd(f"{p}.observation_mjd", m.observation_mjd)
         c.text(f"{p}.quality_flag", m.quality_flag, max_len=32)

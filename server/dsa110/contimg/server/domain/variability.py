@@ -58,7 +58,15 @@ def derive(s: FluxSums) -> Variability:
     v = std / mean if mean > 0 else 0.0
     sigma = max(s.max_f - mean, mean - s.min_f) / std if std > 0 else 0.0
     return Variability(
-        epoch_count=n, mean_flux_jy=mean, std_flux_jy=std, min_flux_jy=s.min_f, max_flux_jy=s.max_f,
-        chi2_reduced=chi2, eta=eta, v=v, sigma_deviation=sigma, last_mjd=s.last_mjd,
+        epoch_count=n,
+        mean_flux_jy=mean,
+        std_flux_jy=std,
+        min_flux_jy=s.min_f,
+        max_flux_jy=s.max_f,
+        chi2_reduced=chi2,
+        eta=eta,
+        v=v,
+        sigma_deviation=sigma,
+        last_mjd=s.last_mjd,
         is_variable=n >= MIN_EPOCHS and (eta > VARIABLE_ETA or v > VARIABLE_V),
     )

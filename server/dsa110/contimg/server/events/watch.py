@@ -70,8 +70,9 @@ class JobWatcher:
             if len(batch) < REPLAY_BATCH:
                 return
 
-    async def _follow(self, sub: Subscription, job_id: str | None, last: int,
-                      accept: EventFilter) -> AsyncIterator[JobEvent]:
+    async def _follow(
+        self, sub: Subscription, job_id: str | None, last: int, accept: EventFilter
+    ) -> AsyncIterator[JobEvent]:
         while True:
             event = await sub.queue.get()
             if sub.lagged:

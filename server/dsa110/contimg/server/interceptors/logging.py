@@ -9,34 +9,35 @@ from typing import Any
 
 import grpc
 
+from ..rpc_types import Ctx
 from .wrapping import wrap_handler
 
 log = logging.getLogger("contimg.rpc")
 
 
-def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> str:
+def _code(context: Ctx, failed: BaseException | None) -> str:
     code = context.code()
-    if code is None or code == 0:
-        return "OK" if failed is None else "CANCELLED" if isinstance(failed, BaseException) and not isinstance(
-            failed, Exception) else "UNKNOWN"
     if isinstance(code, grpc.StatusCode):
         return code.name
-    try:
-        return grpc.StatusCode(tuple(s.value for s in grpc.StatusCode if s.value[0] == code)[0]).name
-    except (IndexError, ValueError):
-        return str(code)
+    if isinstance(code, int) and code != 0:
+        return next((s.name for s in grpc.StatusCode if s.value[0] == code), str(code))
+    if failed is None:
+        return "OK"
+    return "UNKNOWN" if isinstance(failed, Exception) else "CANCELLED"
 
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-                                details: grpc.HandlerCallDetails) -> Any:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
         handler = await continuation(details)
         if handler is None or details.method.startswith("/grpc.reflection."):
             return handler
         return wrap_handler(handler, details.method, self._around, self._around_stream)
 
-    async def _around(self, method: str, context: grpc.aio.ServicerContext,
-                      call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _around(self, method: str, context: Ctx, call: Callable[[], Awaitable[Any]]) -> Any:
         start = time.perf_counter()
         failed: BaseException | None = None
         try:
@@ -47,8 +48,9 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         finally:
             self._log(method, context, failed, start, None)
 
-    async def _around_stream(self, method: str, context: grpc.aio.ServicerContext,
-                             call: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    async def _around_stream(
+        self, method: str, context: Ctx, call: Callable[[], AsyncIterator[Any]]
+    ) -> AsyncIterator[Any]:
         start = time.perf_counter()
         failed: BaseException | None = None
         sent = 0
@@ -63,11 +65,22 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
             self._log(method, context, failed, start, sent)
 
     @staticmethod
-    def _log(method: str, context: grpc.aio.ServicerContext, failed: BaseException | None, start: float,
-             sent: int | None) -> None:
+    def _log(
+        method: str,
+        context: Ctx,
+        failed: BaseException | None,
+        start: float,
+        sent: int | None,
+    ) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
         ms = (time.perf_counter() - start) * 1000
         extra = f" messages={sent}" if sent is not None else ""
-        log.info("rpc method=%s code=%s duration_ms=%.2f peer=%s%s", method, _code(context, failed), ms,
-                 context.peer(), extra)
+        log.info(
+            "rpc method=%s code=%s duration_ms=%.2f peer=%s%s",
+            method,
+            _code(context, failed),
+            ms,
+            context.peer(),
+            extra,
+        )

@@ -7,43 +7,48 @@ from typing import Any
 
 import grpc
 
+from ..rpc_types import Ctx
+
 # hook(method, context, call) -> awaitable of the call's result; `call` runs the real behaviour.
-Around = Callable[[str, grpc.aio.ServicerContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]
-AroundStream = Callable[[str, grpc.aio.ServicerContext, Callable[[], AsyncIterator[Any]]], AsyncIterator[Any]]
+Around = Callable[[str, Ctx, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+AroundStream = Callable[[str, Ctx, Callable[[], AsyncIterator[Any]]], AsyncIterator[Any]]
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, method: str, around: Around,
-                 around_stream: AroundStream) -> grpc.RpcMethodHandler:
+def wrap_handler(handler: Any, method: str, around: Around, around_stream: AroundStream) -> Any:
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary_unary(request: Any, context: Ctx) -> Any:
             return await around(method, context, lambda: inner_uu(request, context))
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
-                                                   handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def unary_stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
             async for item in around_stream(method, context, lambda: inner_us(request, context)):
                 yield item
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
-                                                    handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
-        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream_unary(requests: Any, context: Ctx) -> Any:
             return await around(method, context, lambda: inner_su(requests, context))
 
-        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer,
-                                                    handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
     inner_ss = handler.stream_stream
 
-    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def stream_stream(requests: Any, context: Ctx) -> AsyncIterator[Any]:
         async for item in around_stream(method, context, lambda: inner_ss(requests, context)):
             yield item
 
-    return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
-                                                 handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )

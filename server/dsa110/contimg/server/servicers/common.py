@@ -22,8 +22,16 @@ class Paging:
     def __init__(self, secret: bytes):
         self.tokens = PageTokens(secret)
 
-    def query(self, method: str, request: Any, specs: Mapping[str, FieldSpec], default_order: Sequence[OrderKey],
-              *, bound_to: Sequence[object] = (), sortable: bool = True) -> tuple[ListQuery, str]:
+    def query(
+        self,
+        method: str,
+        request: Any,
+        specs: Mapping[str, FieldSpec],
+        default_order: Sequence[OrderKey],
+        *,
+        bound_to: Sequence[object] = (),
+        sortable: bool = True,
+    ) -> tuple[ListQuery, str]:
         size = page_size(request.page_size)
         conditions = parse_filter(request.filter, specs)
         order = parse_order_by(request.order_by, specs, default_order) if sortable else []

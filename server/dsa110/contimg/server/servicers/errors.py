@@ -21,6 +21,7 @@ from ..domain.errors import (
     RequestIdMismatch,
     StorageUnavailable,
 )
+from ..rpc_types import Ctx
 
 log = logging.getLogger("contimg.errors")
 DOMAIN = "contimg.dsa110.org"
@@ -42,13 +43,26 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-def rich_status(code: int, message: str, reason: str, metadata: dict[str, str] | None = None,
-                violations: list[tuple[str, str]] | None = None) -> grpc.Status:
+def rich_status(
+    code: int,
+    message: str,
+    reason: str,
+    metadata: dict[str, str] | None = None,
+    violations: list[tuple[str, str]] | None = None,
+) -> grpc.Status:
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))]
     if violations:
-        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations])))
-    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+                    ]
+                )
+            )
+        )
+    status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
+    return status
 
 
 def status_for(exc: DomainError) -> grpc.Status:
@@ -57,7 +71,7 @@ def status_for(exc: DomainError) -> grpc.Status:
     return rich_status(code, exc.message, exc.reason, exc.metadata, violations)
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> NoReturn:
+async def abort(context: Ctx, exc: BaseException, method: str) -> NoReturn:
     if isinstance(exc, DomainError):
         await context.abort_with_status(status_for(exc))
     log.error("unexpected error in %s", method, exc_info=exc)
@@ -65,9 +79,9 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException, method: s
     raise AssertionError("unreachable")  # abort_with_status always raises
 
 
-def unary(fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+    async def wrapper(self: Any, request: Any, context: Ctx) -> R:
         try:
             return await fn(self, request, context)
         except (DomainError, Exception) as exc:
@@ -78,10 +92,11 @@ def unary(fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]) -> C
     return wrapper
 
 
-def streaming(fn: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]]
-              ) -> Callable[..., AsyncIterator[R]]:
+def streaming(
+    fn: Callable[[Any, Any, Ctx], AsyncIterator[R]],
+) -> Callable[..., AsyncIterator[R]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
+    async def wrapper(self: Any, request: Any, context: Ctx) -> AsyncIterator[R]:
         try:
             async for item in fn(self, request, context):
                 yield item

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from dsa110.contimg.v1 import images_pb2 as pb
 from dsa110.contimg.v1 import images_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
@@ -14,11 +13,11 @@ from ..domain.listing import IMAGE_DEFAULT_ORDER, IMAGE_FIELDS
 from ..domain.records import IMAGE_UPDATABLE_FIELDS
 from ..domain.validation import check_image
 from ..repositories.protocols import ImageRepository
+from ..rpc_types import Ctx
 from .common import Paging, batch_names, idempotency, require
 from .convert import image_from_proto, image_to_proto
 from .errors import unary
 
-Ctx = grpc.aio.ServicerContext
 _ALL_FIELDS = tuple(dict.fromkeys(f for attrs in IMAGE_UPDATABLE_FIELDS.values() for f in attrs))
 
 
@@ -47,9 +46,12 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     @unary
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> pb.ListImagesResponse:
         query, fp = self.paging.query("ListImages", request, IMAGE_FIELDS, IMAGE_DEFAULT_ORDER)
-        page = await self.repo.list(query)
-        return pb.ListImagesResponse(images=[image_to_proto(i) for i in page.items],
-                                     next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+        page = await self.repo.list_page(query)
+        return pb.ListImagesResponse(
+            images=[image_to_proto(i) for i in page.items],
+            next_page_token=self.paging.next_token(page, fp),
+            total_size=page.total_size,
+        )
 
     @unary
     async def SearchImages(self, request: pb.SearchImagesRequest, context: Ctx) -> pb.SearchImagesResponse:
@@ -57,12 +59,20 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         c.ra("ra_deg", request.ra_deg)
         c.dec("dec_deg", request.dec_deg)
         c.raise_if_any()
-        query, fp = self.paging.query("SearchImages", request, IMAGE_FIELDS, (), sortable=False,
-                                      bound_to=(request.ra_deg, request.dec_deg))
+        query, fp = self.paging.query(
+            "SearchImages",
+            request,
+            IMAGE_FIELDS,
+            (),
+            sortable=False,
+            bound_to=(request.ra_deg, request.dec_deg),
+        )
         page = await self.repo.search(request.ra_deg, request.dec_deg, query)
         return pb.SearchImagesResponse(
             matches=[pb.ImageMatch(image=image_to_proto(m.item), separation_deg=m.separation_deg) for m in page.items],
-            next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+            next_page_token=self.paging.next_token(page, fp),
+            total_size=page.total_size,
+        )
 
     @unary
     async def CreateImage(self, request: pb.CreateImageRequest, context: Ctx) -> pb.Image:

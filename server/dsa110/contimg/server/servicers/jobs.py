@@ -6,7 +6,6 @@ import uuid
 from collections.abc import AsyncIterator
 from functools import partial
 
-import grpc
 from dsa110.contimg.v1 import jobs_pb2 as pb
 from dsa110.contimg.v1 import jobs_pb2_grpc as pb_grpc
 
@@ -20,11 +19,10 @@ from ..domain.records import Job, JobEvent, JobStage
 from ..domain.validation import MAX_ARTIFACTS, check_job, check_lines
 from ..events.watch import JobWatcher
 from ..repositories.protocols import JobRepository
+from ..rpc_types import Ctx
 from .common import Paging, idempotency, require
 from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json
 from .errors import streaming, unary
-
-Ctx = grpc.aio.ServicerContext
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
@@ -43,9 +41,12 @@ class JobServicer(pb_grpc.JobServiceServicer):
     @unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
         query, fp = self.paging.query("ListJobs", request, JOB_FIELDS, JOB_DEFAULT_ORDER)
-        page = await self.repo.list(query)
-        return pb.ListJobsResponse(jobs=[job_to_proto(j) for j in page.items],
-                                   next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+        page = await self.repo.list_page(query)
+        return pb.ListJobsResponse(
+            jobs=[job_to_proto(j) for j in page.items],
+            next_page_token=self.paging.next_token(page, fp),
+            total_size=page.total_size,
+        )
 
     @unary
     async def CreateJob(self, request: pb.CreateJobRequest, context: Ctx) -> pb.Job:
@@ -53,8 +54,14 @@ class JobServicer(pb_grpc.JobServiceServicer):
         msg = request.job
         job_id = names.check_job_id(request.job_id, "job_id") if request.job_id else f"job-{uuid.uuid4().hex}"
         ms_path = names.parse_ms_name(msg.measurement_set, "job.measurement_set") if msg.measurement_set else ""
-        job = Job(id=job_id, type=msg.type, ms_path=ms_path, target_path=msg.ms_path or ms_path,
-                  parameters_json=parameters_json(msg.parameters), max_attempts=msg.max_attempts or 3)
+        job = Job(
+            id=job_id,
+            type=msg.type,
+            ms_path=ms_path,
+            target_path=msg.ms_path or ms_path,
+            parameters_json=parameters_json(msg.parameters),
+            max_attempts=msg.max_attempts or 3,
+        )
         c = Checker()
         check_job(job, c)
         c.raise_if_any()
@@ -77,8 +84,14 @@ class JobServicer(pb_grpc.JobServiceServicer):
         c.finite("progress_percent", request.progress_percent, lo=0.0, hi=100.0)
         c.text("message", request.message, max_len=4096)
         c.raise_if_any()
-        return await self._transition("ReportJobProgress", request, rules.Action.PROGRESS, stage=request.stage,
-                                      progress=request.progress_percent, message=request.message)
+        return await self._transition(
+            "ReportJobProgress",
+            request,
+            rules.Action.PROGRESS,
+            stage=request.stage,
+            progress=request.progress_percent,
+            message=request.message,
+        )
 
     @unary
     async def SucceedJob(self, request: pb.SucceedJobRequest, context: Ctx) -> pb.Job:
@@ -89,8 +102,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
             c.text(f"artifacts[{i}]", a, max_len=1024, required=True)
         c.text("message", request.message, max_len=4096)
         c.raise_if_any()
-        return await self._transition("SucceedJob", request, rules.Action.SUCCEED,
-                                      artifacts=list(request.artifacts), message=request.message)
+        return await self._transition(
+            "SucceedJob",
+            request,
+            rules.Action.SUCCEED,
+            artifacts=list(request.artifacts),
+            message=request.message,
+        )
 
     @unary
     async def FailJob(self, request: pb.FailJobRequest, context: Ctx) -> pb.Job:
@@ -120,17 +138,20 @@ class JobServicer(pb_grpc.JobServiceServicer):
         return pb.AppendJobLogResponse(log_line_count=total)
 
     @unary
-    async def ListJobLogEntries(self, request: pb.ListJobLogEntriesRequest,
-                                context: Ctx) -> pb.ListJobLogEntriesResponse:
+    async def ListJobLogEntries(
+        self, request: pb.ListJobLogEntriesRequest, context: Ctx
+    ) -> pb.ListJobLogEntriesResponse:
         job_id = names.parse_job_name(request.parent, "parent")
         size = page_size(request.page_size, default=100)
         fp = fingerprint("ListJobLogEntries", job_id)
         after = self.paging.tokens.decode(request.page_token, fp)
         start = after[0] if after and isinstance(after[0], int) else 0
         page = await self.repo.list_logs(job_id, size, start)
-        return pb.ListJobLogEntriesResponse(entries=[log_entry_to_proto(e) for e in page.items],
-                                            next_page_token=self.paging.next_token(page, fp),
-                                            total_size=page.total_size)
+        return pb.ListJobLogEntriesResponse(
+            entries=[log_entry_to_proto(e) for e in page.items],
+            next_page_token=self.paging.next_token(page, fp),
+            total_size=page.total_size,
+        )
 
     @streaming
     async def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> AsyncIterator[pb.JobEvent]:
@@ -152,8 +173,11 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
         def accept(event: JobEvent) -> bool:
             for cond in conditions:
-                value = {"state": event.job.state, "type": event.job.type,
-                         "measurement_set": event.job.ms_path}[cond.field]
+                value = {
+                    "state": event.job.state,
+                    "type": event.job.type,
+                    "measurement_set": event.job.ms_path,
+                }[cond.field]
                 if (value == cond.value) != (cond.op == "="):
                     return False
             return True
@@ -162,6 +186,5 @@ class JobServicer(pb_grpc.JobServiceServicer):
             yield event_to_proto(event)
 
 
-def _apply(job: Job, now: int, *, action: rules.Action, kwargs: dict[str, object]
-           ) -> tuple[Job, object, object]:
+def _apply(job: Job, now: int, *, action: rules.Action, kwargs: dict[str, object]) -> tuple[Job, object, object]:
     return rules.apply(job, action, now, **kwargs)  # type: ignore[arg-type]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from dsa110.contimg.v1 import measurement_sets_pb2 as pb
 from dsa110.contimg.v1 import measurement_sets_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
@@ -14,11 +13,10 @@ from ..domain.listing import MS_DEFAULT_ORDER, MS_FIELDS
 from ..domain.records import MS_WRITABLE_FIELDS, MSStage, MSStatus
 from ..domain.validation import check_measurement_set
 from ..repositories.protocols import MeasurementSetRepository
+from ..rpc_types import Ctx
 from .common import Paging, batch_names, idempotency, require
 from .convert import ms_from_proto, ms_to_proto, set_fields
 from .errors import unary
-
-Ctx = grpc.aio.ServicerContext
 
 
 def _target_path(msg: pb.MeasurementSet) -> str:
@@ -44,8 +42,9 @@ class MSServicer(pb_grpc.MSServiceServicer):
         return ms_to_proto(ms)
 
     @unary
-    async def BatchGetMeasurementSets(self, request: pb.BatchGetMeasurementSetsRequest,
-                                      context: Ctx) -> pb.BatchGetMeasurementSetsResponse:
+    async def BatchGetMeasurementSets(
+        self, request: pb.BatchGetMeasurementSetsRequest, context: Ctx
+    ) -> pb.BatchGetMeasurementSetsResponse:
         batch_names(request.names)
         paths = [names.parse_ms_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
         found = await self.repo.get_many(paths)
@@ -55,13 +54,16 @@ class MSServicer(pb_grpc.MSServiceServicer):
         return pb.BatchGetMeasurementSetsResponse(measurement_sets=[ms_to_proto(m) for m in found if m])
 
     @unary
-    async def ListMeasurementSets(self, request: pb.ListMeasurementSetsRequest,
-                                  context: Ctx) -> pb.ListMeasurementSetsResponse:
+    async def ListMeasurementSets(
+        self, request: pb.ListMeasurementSetsRequest, context: Ctx
+    ) -> pb.ListMeasurementSetsResponse:
         query, fp = self.paging.query("ListMeasurementSets", request, MS_FIELDS, MS_DEFAULT_ORDER)
-        page = await self.repo.list(query)
-        return pb.ListMeasurementSetsResponse(measurement_sets=[ms_to_proto(m) for m in page.items],
-                                              next_page_token=self.paging.next_token(page, fp),
-                                              total_size=page.total_size)
+        page = await self.repo.list_page(query)
+        return pb.ListMeasurementSetsResponse(
+            measurement_sets=[ms_to_proto(m) for m in page.items],
+            next_page_token=self.paging.next_token(page, fp),
+            total_size=page.total_size,
+        )
 
     @unary
     async def CreateMeasurementSet(self, request: pb.CreateMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
@@ -93,13 +95,15 @@ class MSServicer(pb_grpc.MSServiceServicer):
         c = Checker()
         check_measurement_set(record, fields, "measurement_set", c)
         c.raise_if_any()
-        updated = await self.repo.upsert(record, fields, request.allow_missing,
-                                         idempotency("UpdateMeasurementSet", request))
+        updated = await self.repo.upsert(
+            record, fields, request.allow_missing, idempotency("UpdateMeasurementSet", request)
+        )
         return ms_to_proto(updated)
 
     @unary
-    async def AdvanceMeasurementSetStage(self, request: pb.AdvanceMeasurementSetStageRequest,
-                                         context: Ctx) -> pb.MeasurementSet:
+    async def AdvanceMeasurementSetStage(
+        self, request: pb.AdvanceMeasurementSetStageRequest, context: Ctx
+    ) -> pb.MeasurementSet:
         path = names.parse_ms_name(request.name)
         c = Checker()
         c.enum("stage", request.stage, MSStage, required=True)
@@ -108,8 +112,9 @@ class MSServicer(pb_grpc.MSServiceServicer):
         record = ms_from_proto(pb.MeasurementSet(), path)
         record.stage = request.stage
         record.status = request.status or MSStatus.IN_PROGRESS
-        updated = await self.repo.upsert(record, ["stage", "status"], False,
-                                         idempotency("AdvanceMeasurementSetStage", request))
+        updated = await self.repo.upsert(
+            record, ["stage", "status"], False, idempotency("AdvanceMeasurementSetStage", request)
+        )
         return ms_to_proto(updated)
 
     @unary

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 from dsa110.contimg.v1 import sources_pb2 as pb
 from dsa110.contimg.v1 import sources_pb2_grpc as pb_grpc
 
@@ -14,11 +13,11 @@ from ..domain.errors import NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
 from ..domain.validation import MAX_MEASUREMENTS, check_measurements
 from ..repositories.protocols import SourceRepository
+from ..rpc_types import Ctx
 from .common import Paging, batch_names, idempotency
 from .convert import photometry_from_proto, photometry_to_proto, source_to_proto
 from .errors import streaming, unary
 
-Ctx = grpc.aio.ServicerContext
 MAX_RADIUS_DEG = 10.0
 
 
@@ -47,9 +46,12 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
     @unary
     async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> pb.ListSourcesResponse:
         query, fp = self.paging.query("ListSources", request, SOURCE_FIELDS, SOURCE_DEFAULT_ORDER)
-        page = await self.repo.list(query)
-        return pb.ListSourcesResponse(sources=[source_to_proto(s) for s in page.items],
-                                      next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+        page = await self.repo.list_page(query)
+        return pb.ListSourcesResponse(
+            sources=[source_to_proto(s) for s in page.items],
+            next_page_token=self.paging.next_token(page, fp),
+            total_size=page.total_size,
+        )
 
     @unary
     async def SearchSources(self, request: pb.SearchSourcesRequest, context: Ctx) -> pb.SearchSourcesResponse:
@@ -58,17 +60,27 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         c.dec("dec_deg", request.dec_deg)
         c.finite("radius_deg", request.radius_deg, lo=0.0, lo_open=True, hi=MAX_RADIUS_DEG)
         c.raise_if_any()
-        query, fp = self.paging.query("SearchSources", request, SOURCE_FIELDS, (), sortable=False,
-                                      bound_to=(request.ra_deg, request.dec_deg, request.radius_deg))
+        query, fp = self.paging.query(
+            "SearchSources",
+            request,
+            SOURCE_FIELDS,
+            (),
+            sortable=False,
+            bound_to=(request.ra_deg, request.dec_deg, request.radius_deg),
+        )
         page = await self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, query)
         return pb.SearchSourcesResponse(
-            matches=[pb.SourceMatch(source=source_to_proto(m.item), separation_deg=m.separation_deg)
-                     for m in page.items],
-            next_page_token=self.paging.next_token(page, fp), total_size=page.total_size)
+            matches=[
+                pb.SourceMatch(source=source_to_proto(m.item), separation_deg=m.separation_deg) for m in page.items
+            ],
+            next_page_token=self.paging.next_token(page, fp),
+            total_size=page.total_size,
+        )
 
     @streaming
-    async def GetLightcurve(self, request: pb.GetLightcurveRequest, context: Ctx
-                            ) -> AsyncIterator[pb.GetLightcurveResponse]:
+    async def GetLightcurve(
+        self, request: pb.GetLightcurveRequest, context: Ctx
+    ) -> AsyncIterator[pb.GetLightcurveResponse]:
         source_id = names.parse_source_name(request.name)
         c = Checker()
         c.mjd_range("start_mjd", request.start_mjd, "end_mjd", request.end_mjd)
@@ -80,8 +92,9 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
             raise NotFound("SOURCE", request.name)
         first = pb.GetLightcurveResponse(source=source_to_proto(src))
         sent_first = False
-        async for points in self.repo.lightcurve(source_id, request.start_mjd, request.end_mjd,
-                                                 request.max_points_per_message or 1000):
+        async for points in self.repo.lightcurve(
+            source_id, request.start_mjd, request.end_mjd, request.max_points_per_message or 1000
+        ):
             msg = first if not sent_first else pb.GetLightcurveResponse()
             msg.points.extend(photometry_to_proto(p) for p in points)
             sent_first = True
@@ -108,6 +121,9 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         check_measurements(rows, c)
         c.raise_if_any()
         result = await self.repo.record_photometry(image_id, rows, idempotency("RecordPhotometry", request))
-        return pb.RecordPhotometryResponse(image=f"images/{result.image_id}", recorded_count=result.recorded_count,
-                                           created_source_count=result.created_source_count,
-                                           updated_source_count=result.updated_source_count)
+        return pb.RecordPhotometryResponse(
+            image=f"images/{result.image_id}",
+            recorded_count=result.recorded_count,
+            created_source_count=result.created_source_count,
+            updated_source_count=result.updated_source_count,
+        )

@@ -73,7 +73,7 @@ class Database:
         self.settings.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect(read_only=False)
         mode = await self._writer.execute_fetchall("PRAGMA journal_mode = WAL")
-        if list(mode)[0][0] != "wal":
+        if next(iter(mode))[0] != "wal":
             raise RuntimeError(f"could not enable WAL on {self.settings.path}")
         await self._migrate()
         for _ in range(max(1, self.settings.readers)):
@@ -96,8 +96,10 @@ class Database:
         assert w is not None
         await w.execute("BEGIN IMMEDIATE")
         try:
-            await w.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_time INTEGER NOT NULL)")
+            await w.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_time INTEGER NOT NULL)"
+            )
             done = {r[0] for r in await w.execute_fetchall("SELECT version FROM schema_migrations")}
             for version, name, sql in MIGRATIONS:
                 if version in done:
@@ -106,8 +108,9 @@ class Database:
                 for statement in _split_sql(sql):
                     await w.execute(statement)
                 await w.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_us()))
-            await w.execute("INSERT OR IGNORE INTO settings VALUES ('page_token_secret', ?)",
-                            (secrets.token_bytes(32),))
+            await w.execute(
+                "INSERT OR IGNORE INTO settings VALUES ('page_token_secret', ?)", (secrets.token_bytes(32),)
+            )
             rows = list(await w.execute_fetchall("SELECT value FROM settings WHERE key = 'page_token_secret'"))
             self.page_token_secret = bytes(rows[0][0])
             await w.execute("COMMIT")
@@ -132,8 +135,9 @@ class Database:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self.reader() as conn:
             try:
-                return list(await asyncio.wait_for(conn.execute_fetchall(sql, params),
-                                                   self.settings.statement_timeout_s))
+                return list(
+                    await asyncio.wait_for(conn.execute_fetchall(sql, params), self.settings.statement_timeout_s)
+                )
             except TimeoutError:
                 await conn.interrupt()
                 raise StorageUnavailable("the query took too long") from None
@@ -146,8 +150,11 @@ class Database:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    async def write(self, body: Callable[[aiosqlite.Connection], Awaitable[T]],
-                    after_commit: Callable[[T], None] | None = None) -> T:
+    async def write(
+        self,
+        body: Callable[[aiosqlite.Connection], Awaitable[T]],
+        after_commit: Callable[[T], None] | None = None,
+    ) -> T:
         """Run `body` in one IMMEDIATE transaction on the writer; all or nothing, never cancelled halfway.
 
         `after_commit` runs after COMMIT while the writer is still held, so whatever it publishes
@@ -156,8 +163,9 @@ class Database:
         task = asyncio.ensure_future(self._write(body, after_commit))
         return await asyncio.shield(task)
 
-    async def _write(self, body: Callable[[aiosqlite.Connection], Awaitable[T]],
-                     after_commit: Callable[[T], None] | None) -> T:
+    async def _write(
+        self, body: Callable[[aiosqlite.Connection], Awaitable[T]], after_commit: Callable[[T], None] | None
+    ) -> T:
         async with self._write_lock:
             w = self._writer
             if w is None:
@@ -186,8 +194,11 @@ async def check_request_id(conn: aiosqlite.Connection, idem: Idempotency | None)
     """The stored result of an earlier identical request, or None when this one is new."""
     if idem is None:
         return None
-    rows = list(await conn.execute_fetchall(
-        "SELECT method, fingerprint, result FROM request_ids WHERE request_id = ?", (idem.request_id,)))
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT method, fingerprint, result FROM request_ids WHERE request_id = ?", (idem.request_id,)
+        )
+    )
     if not rows:
         return None
     method, fingerprint, result = rows[0]
@@ -198,8 +209,10 @@ async def check_request_id(conn: aiosqlite.Connection, idem: Idempotency | None)
 
 async def remember_request_id(conn: aiosqlite.Connection, idem: Idempotency | None, result: Any) -> None:
     if idem is not None:
-        await conn.execute("INSERT INTO request_ids VALUES (?, ?, ?, ?, ?)",
-                           (idem.request_id, idem.method, idem.fingerprint, json.dumps(result), now_us()))
+        await conn.execute(
+            "INSERT INTO request_ids VALUES (?, ?, ?, ?, ?)",
+            (idem.request_id, idem.method, idem.fingerprint, json.dumps(result), now_us()),
+        )
 
 
 def placeholders(n: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import cast
 
 import aiosqlite
 
@@ -30,8 +31,10 @@ async def _set_footprint(conn: aiosqlite.Connection, img: Image) -> None:
     await conn.execute("DELETE FROM image_footprints WHERE id = ?", (img.id,))
     if img.size_x_px > 0 and img.size_y_px > 0 and img.cell_size_arcsec > 0:
         radius = sky.footprint_radius_deg(img.size_x_px, img.size_y_px, img.cell_size_arcsec)
-        await conn.execute("INSERT INTO image_footprints VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (img.id, *sky.cap_box(img.center_ra_deg, img.center_dec_deg, radius)))
+        await conn.execute(
+            "INSERT INTO image_footprints VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (img.id, *sky.cap_box(img.center_ra_deg, img.center_dec_deg, radius)),
+        )
 
 
 class SQLiteImages:
@@ -44,27 +47,39 @@ class SQLiteImages:
         else:
             unique = list(dict.fromkeys(ids))
             found = await self.db.fetchall(
-                f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id IN ({placeholders(len(unique))})", unique)
+                f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id IN ({placeholders(len(unique))})", unique
+            )
         by_id = {r[0]: rows.image_from_row(r) for r in found}
         return [by_id.get(i) for i in ids]
 
-    async def list(self, query: ListQuery) -> Page[Image]:
+    async def list_page(self, query: ListQuery) -> Page[Image]:
         found, after, total = await page_query(
-            self.db, select=rows.IMAGE_SELECT, table="images", conditions=query.conditions, columns=_COLUMNS,
-            order=query.order, tiebreak="images.id", page_size=query.page_size, after=query.after)
+            self.db,
+            select=rows.IMAGE_SELECT,
+            table="images",
+            conditions=query.conditions,
+            columns=_COLUMNS,
+            order=query.order,
+            tiebreak="images.id",
+            page_size=query.page_size,
+            after=query.after,
+        )
         return Page([rows.image_from_row(r) for r in found], after, total)
 
     async def search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
         x, y, z = sky.unit_vector(ra_deg, dec_deg)
         clauses, params = where(query.conditions, _COLUMNS)
-        sql = ("SELECT images.id, images.center_ra_deg, images.center_dec_deg, images.size_x_px, images.size_y_px, "
-               "images.cell_size_arcsec FROM image_footprints f JOIN images ON images.id = f.id "
-               "WHERE f.x0 <= ? AND f.x1 >= ? AND f.y0 <= ? AND f.y1 >= ? AND f.z0 <= ? AND f.z1 >= ?")
+        sql = (
+            "SELECT images.id, images.center_ra_deg, images.center_dec_deg, images.size_x_px, images.size_y_px, "
+            "images.cell_size_arcsec FROM image_footprints f JOIN images ON images.id = f.id "
+            "WHERE f.x0 <= ? AND f.x1 >= ? AND f.y0 <= ? AND f.y1 >= ? AND f.z0 <= ? AND f.z1 >= ?"
+        )
         candidates = await self.db.fetchall(" AND ".join([sql, *clauses]), [x, x, y, y, z, z, *params])
         hits = sorted(
             (sky.separation_deg(ra_deg, dec_deg, c_ra, c_dec), image_id)
             for image_id, c_ra, c_dec, nx, ny, cell in candidates
-            if sky.footprint_contains(c_ra, c_dec, nx, ny, cell, ra_deg, dec_deg))
+            if sky.footprint_contains(c_ra, c_dec, nx, ny, cell, ra_deg, dec_deg)
+        )
         return await _match_page(self, hits, query)
 
     async def create(self, image: Image, idem: Idempotency | None) -> Image:
@@ -75,23 +90,27 @@ class SQLiteImages:
                 if stored is None:
                     raise NotFound("IMAGE", f"images/{earlier}")
                 return stored
-            ms = list(await conn.execute_fetchall("SELECT mid_mjd FROM measurement_sets WHERE path = ?",
-                                                  (image.ms_path,)))
+            ms = list(
+                await conn.execute_fetchall("SELECT mid_mjd FROM measurement_sets WHERE path = ?", (image.ms_path,))
+            )
             if not ms:
                 raise NotFound("MEASUREMENT_SET", image.ms_path)
             if await conn.execute_fetchall("SELECT 1 FROM images WHERE path = ?", (image.path,)):
                 raise AlreadyExists("IMAGE", image.path)
             now = now_us()
-            new = replace(image, create_time=now, update_time=now, photometry_count=0,
-                          mid_mjd=image.mid_mjd or ms[0][0])
+            new = replace(
+                image, create_time=now, update_time=now, photometry_count=0, mid_mjd=image.mid_mjd or ms[0][0]
+            )
             cols = rows.IMAGE_COLUMNS[1:]
             cursor = await conn.execute(
                 f"INSERT INTO images ({', '.join(cols)}) VALUES ({placeholders(len(cols))})",
-                [rows.image_value(new, c) for c in cols])
+                [rows.image_value(new, c) for c in cols],
+            )
             new.id = int(cursor.lastrowid or 0)
             await _set_footprint(conn, new)
-            await conn.execute("UPDATE measurement_sets SET image_count = image_count + 1 WHERE path = ?",
-                               (image.ms_path,))
+            await conn.execute(
+                "UPDATE measurement_sets SET image_count = image_count + 1 WHERE path = ?", (image.ms_path,)
+            )
             await remember_request_id(conn, idem, new.id)
             return new
 
@@ -106,8 +125,10 @@ class SQLiteImages:
                 return current
             now = now_us()
             sets = [f"{c} = ?" for c in fields] + ["update_time = ?"]
-            await conn.execute(f"UPDATE images SET {', '.join(sets)} WHERE id = ?",
-                               [*(rows.image_value(image, c) for c in fields), now, image.id])
+            await conn.execute(
+                f"UPDATE images SET {', '.join(sets)} WHERE id = ?",
+                [*(rows.image_value(image, c) for c in fields), now, image.id],
+            )
             updated = await _load(conn, image.id)
             assert updated is not None
             if any(f in _GEOMETRY for f in fields):
@@ -125,7 +146,9 @@ class SQLiteImages:
             if current.photometry_count and not force:
                 raise FailedPrecondition(
                     f"image has {current.photometry_count} photometry measurements; set force to delete them too",
-                    reason="IMAGE_HAS_PHOTOMETRY", metadata={"resource": f"images/{image_id}"})
+                    reason="IMAGE_HAS_PHOTOMETRY",
+                    metadata={"resource": f"images/{image_id}"},
+                )
             await delete_images(conn, [image_id])
 
         await self.db.write(body)
@@ -136,7 +159,7 @@ async def _match_page(repo: SQLiteImages, hits: list[tuple[float, int]], query: 
     keys = [("sep", False), ("id", False)]
     keyset(keys, query.after)  # validates the token's shape
     if query.after is not None:
-        last = (float(query.after[0]), int(query.after[1]))  # type: ignore[arg-type]
+        last = (float(cast(float, query.after[0])), int(cast(int, query.after[1])))
         hits_after = [h for h in hits if h > last]
     else:
         hits_after = hits

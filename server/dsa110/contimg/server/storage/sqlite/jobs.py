@@ -25,13 +25,23 @@ async def _load(conn: aiosqlite.Connection, job_id: str) -> Job | None:
     return rows.job_from_row(found[0]) if found else None
 
 
-async def _record_event(conn: aiosqlite.Connection, job: Job, etype: JobEventType,
-                        transition: JobTransition) -> JobEvent:
+async def _record_event(
+    conn: aiosqlite.Connection, job: Job, etype: JobEventType, transition: JobTransition
+) -> JobEvent:
     cursor = await conn.execute(
         "INSERT INTO job_events (job_id, type, from_state, to_state, stage, message, time, snapshot) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (job.id, int(etype), transition.from_state, transition.to_state, transition.stage, transition.message,
-         transition.time, rows.job_snapshot(job)))
+        (
+            job.id,
+            int(etype),
+            transition.from_state,
+            transition.to_state,
+            transition.stage,
+            transition.message,
+            transition.time,
+            rows.job_snapshot(job),
+        ),
+    )
     seq = int(cursor.lastrowid or 0)
     if seq % 1000 == 0:
         await conn.execute("DELETE FROM job_events WHERE sequence <= ?", (seq - EVENT_RETENTION,))
@@ -54,15 +64,27 @@ class SQLiteJobs:
         job = rows.job_from_row(found[0])
         if with_transitions:
             job.transitions = [
-                JobTransition(f, t, stage, msg, when, seq) for seq, f, t, stage, msg, when in await self.db.fetchall(
+                JobTransition(f, t, stage, msg, when, seq)
+                for seq, f, t, stage, msg, when in await self.db.fetchall(
                     "SELECT sequence, from_state, to_state, stage, message, time FROM job_events "
-                    "WHERE job_id = ? ORDER BY sequence", (job_id,))]
+                    "WHERE job_id = ? ORDER BY sequence",
+                    (job_id,),
+                )
+            ]
         return job
 
-    async def list(self, query: ListQuery) -> Page[Job]:
+    async def list_page(self, query: ListQuery) -> Page[Job]:
         found, after, total = await page_query(
-            self.db, select=rows.JOB_SELECT, table="jobs", conditions=query.conditions, columns=_COLUMNS,
-            order=query.order, tiebreak="id", page_size=query.page_size, after=query.after)
+            self.db,
+            select=rows.JOB_SELECT,
+            table="jobs",
+            conditions=query.conditions,
+            columns=_COLUMNS,
+            order=query.order,
+            tiebreak="id",
+            page_size=query.page_size,
+            after=query.after,
+        )
         return Page([rows.job_from_row(r) for r in found], after, total)
 
     async def create(self, job: Job, idem: Idempotency | None) -> Job:
@@ -76,16 +98,32 @@ class SQLiteJobs:
             if await _load(conn, job.id) is not None:
                 raise AlreadyExists("JOB", f"jobs/{job.id}")
             if job.ms_path and not await conn.execute_fetchall(
-                    "SELECT 1 FROM measurement_sets WHERE path = ?", (job.ms_path,)):
+                "SELECT 1 FROM measurement_sets WHERE path = ?", (job.ms_path,)
+            ):
                 raise NotFound("MEASUREMENT_SET", job.ms_path)
             now = now_us()
-            new = replace(job, state=JobState.PENDING, stage=0, progress_percent=0.0, attempt=0, create_time=now,
-                          start_time=0, end_time=0, update_time=now, error_message="", artifacts=[],
-                          log_line_count=0, transitions=[])
-            await conn.execute(f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({placeholders(len(rows.JOB_COLUMNS))})",
-                               rows.job_values(new))
-            event = await _record_event(conn, new, JobEventType.CREATED,
-                                        JobTransition(0, int(JobState.PENDING), 0, "", now))
+            new = replace(
+                job,
+                state=JobState.PENDING,
+                stage=0,
+                progress_percent=0.0,
+                attempt=0,
+                create_time=now,
+                start_time=0,
+                end_time=0,
+                update_time=now,
+                error_message="",
+                artifacts=[],
+                log_line_count=0,
+                transitions=[],
+            )
+            await conn.execute(
+                f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({placeholders(len(rows.JOB_COLUMNS))})",
+                rows.job_values(new),
+            )
+            event = await _record_event(
+                conn, new, JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", now)
+            )
             await remember_request_id(conn, idem, new.id)
             return new, event
 
@@ -123,8 +161,10 @@ class SQLiteJobs:
                 return current.log_line_count
             now = now_us()
             start = current.log_line_count
-            await conn.executemany("INSERT INTO job_logs VALUES (?, ?, ?, ?)",
-                                   [(job_id, start + i + 1, now, text) for i, text in enumerate(lines)])
+            await conn.executemany(
+                "INSERT INTO job_logs VALUES (?, ?, ?, ?)",
+                [(job_id, start + i + 1, now, text) for i, text in enumerate(lines)],
+            )
             total = start + len(lines)
             await conn.execute("UPDATE jobs SET log_line_count = ? WHERE id = ?", (total, job_id))
             await remember_request_id(conn, idem, total)
@@ -136,9 +176,14 @@ class SQLiteJobs:
         found = await self.db.fetchall("SELECT log_line_count FROM jobs WHERE id = ?", (job_id,))
         if not found:
             raise NotFound("JOB", f"jobs/{job_id}")
-        entries = [JobLogEntry(*r) for r in await self.db.fetchall(
-            "SELECT line_number, time, text FROM job_logs WHERE job_id = ? AND line_number > ? "
-            "ORDER BY line_number LIMIT ?", (job_id, after, page_size + 1))]
+        entries = [
+            JobLogEntry(*r)
+            for r in await self.db.fetchall(
+                "SELECT line_number, time, text FROM job_logs WHERE job_id = ? AND line_number > ? "
+                "ORDER BY line_number LIMIT ?",
+                (job_id, after, page_size + 1),
+            )
+        ]
         more = len(entries) > page_size
         entries = entries[:page_size]
         return Page(entries, [entries[-1].line_number] if more else None, int(found[0][0]))
@@ -147,11 +192,14 @@ class SQLiteJobs:
         if job_id is None:
             found = await self.db.fetchall(
                 f"SELECT {rows.EVENT_SELECT} FROM job_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
-                (sequence, limit))
+                (sequence, limit),
+            )
         else:
             found = await self.db.fetchall(
                 f"SELECT {rows.EVENT_SELECT} FROM job_events WHERE job_id = ? AND sequence > ? "
-                "ORDER BY sequence LIMIT ?", (job_id, sequence, limit))
+                "ORDER BY sequence LIMIT ?",
+                (job_id, sequence, limit),
+            )
         return [rows.event_from_row(r) for r in found]
 
     async def last_sequence(self) -> int:

@@ -18,13 +18,33 @@ def stats_values(sums: FluxSums) -> list[object]:
     var = derive(sums)
     first = sums.first_mjd if sums.n else 0.0
     last = sums.last_mjd if sums.n else 0.0
-    return [first, last, sums.n, *(getattr(var, c) for c in VARIABILITY_COLUMNS),
-            sums.sum_f, sums.sum_f2, sums.sum_w, sums.sum_wf, sums.sum_wf2]
+    return [
+        first,
+        last,
+        sums.n,
+        *(getattr(var, c) for c in VARIABILITY_COLUMNS),
+        sums.sum_f,
+        sums.sum_f2,
+        sums.sum_w,
+        sums.sum_wf,
+        sums.sum_wf2,
+    ]
 
 
-STATS_SET = ", ".join(f"{c} = ?" for c in (
-    "first_detection_mjd", "last_detection_mjd", "detection_count", *VARIABILITY_COLUMNS,
-    "sum_f", "sum_f2", "sum_w", "sum_wf", "sum_wf2"))
+STATS_SET = ", ".join(
+    f"{c} = ?"
+    for c in (
+        "first_detection_mjd",
+        "last_detection_mjd",
+        "detection_count",
+        *VARIABILITY_COLUMNS,
+        "sum_f",
+        "sum_f2",
+        "sum_w",
+        "sum_wf",
+        "sum_wf2",
+    )
+)
 
 
 async def recompute_sources(conn: aiosqlite.Connection, sids: Iterable[int]) -> None:
@@ -33,24 +53,35 @@ async def recompute_sources(conn: aiosqlite.Connection, sids: Iterable[int]) -> 
     for sid in sorted(set(sids)):
         sums = FluxSums()
         for flux, err, mjd in await conn.execute_fetchall(
-                "SELECT peak_flux_jy, peak_flux_err_jy, observation_mjd FROM photometry WHERE source_sid = ?",
-                (sid,)):
+            "SELECT peak_flux_jy, peak_flux_err_jy, observation_mjd FROM photometry WHERE source_sid = ?",
+            (sid,),
+        ):
             sums.add(flux, err, mjd)
-        await conn.execute(f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?",
-                           [*stats_values(sums), now, sid])
+        await conn.execute(
+            f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?", [*stats_values(sums), now, sid]
+        )
 
 
 async def delete_images(conn: aiosqlite.Connection, image_ids: Sequence[int]) -> None:
     """Delete images with their photometry and footprints, keeping source statistics true."""
     for part in chunks(image_ids):
         marks = placeholders(len(part))
-        sids = [r[0] for r in await conn.execute_fetchall(
-            f"SELECT DISTINCT source_sid FROM photometry WHERE image_id IN ({marks})", part)]
+        sids = [
+            r[0]
+            for r in await conn.execute_fetchall(
+                f"SELECT DISTINCT source_sid FROM photometry WHERE image_id IN ({marks})", part
+            )
+        ]
         await conn.execute(f"DELETE FROM photometry WHERE image_id IN ({marks})", part)
         await recompute_sources(conn, sids)
         await conn.execute(f"DELETE FROM image_footprints WHERE id IN ({marks})", part)
-        ms_counts = list(await conn.execute_fetchall(
-            f"SELECT ms_path, count(*) FROM images WHERE id IN ({marks}) GROUP BY ms_path", part))
+        ms_counts = list(
+            await conn.execute_fetchall(
+                f"SELECT ms_path, count(*) FROM images WHERE id IN ({marks}) GROUP BY ms_path", part
+            )
+        )
         await conn.execute(f"DELETE FROM images WHERE id IN ({marks})", part)
-        await conn.executemany("UPDATE measurement_sets SET image_count = image_count - ? WHERE path = ?",
-                               [(n, p) for p, n in ms_counts])
+        await conn.executemany(
+            "UPDATE measurement_sets SET image_count = image_count - ? WHERE path = ?",
+            [(n, p) for p, n in ms_counts],
+        )

@@ -19,8 +19,7 @@ _COLUMNS = {name: name for name in rows.MS_COLUMNS}
 
 
 async def _load(conn: aiosqlite.Connection, path: str) -> MeasurementSet | None:
-    found = list(await conn.execute_fetchall(f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path = ?",
-                                             (path,)))
+    found = list(await conn.execute_fetchall(f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path = ?", (path,)))
     return rows.ms_from_row(found[0]) if found else None
 
 
@@ -31,14 +30,24 @@ class SQLiteMeasurementSets:
     async def get_many(self, paths: Sequence[str]) -> list[MeasurementSet | None]:
         unique = list(dict.fromkeys(paths))
         found = await self.db.fetchall(
-            f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path IN ({placeholders(len(unique))})", unique)
+            f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path IN ({placeholders(len(unique))})",
+            unique,
+        )
         by_path = {r[0]: rows.ms_from_row(r) for r in found}
         return [by_path.get(p) for p in paths]
 
-    async def list(self, query: ListQuery) -> Page[MeasurementSet]:
+    async def list_page(self, query: ListQuery) -> Page[MeasurementSet]:
         found, after, total = await page_query(
-            self.db, select=rows.MS_SELECT, table="measurement_sets", conditions=query.conditions,
-            columns=_COLUMNS, order=query.order, tiebreak="path", page_size=query.page_size, after=query.after)
+            self.db,
+            select=rows.MS_SELECT,
+            table="measurement_sets",
+            conditions=query.conditions,
+            columns=_COLUMNS,
+            order=query.order,
+            tiebreak="path",
+            page_size=query.page_size,
+            after=query.after,
+        )
         return Page([rows.ms_from_row(r) for r in found], after, total)
 
     async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet:
@@ -47,10 +56,17 @@ class SQLiteMeasurementSets:
                 if await _load(conn, ms.path) is not None:
                     raise AlreadyExists("MEASUREMENT_SET", ms.path)
                 now = now_us()
-                new = replace(ms, create_time=now, update_time=now, stage_update_time=now if ms.stage else 0,
-                              image_count=0)
-                await conn.execute(f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
-                                   f"VALUES ({placeholders(len(rows.MS_COLUMNS))})", rows.ms_values(new))
+                new = replace(
+                    ms,
+                    create_time=now,
+                    update_time=now,
+                    stage_update_time=now if ms.stage else 0,
+                    image_count=0,
+                )
+                await conn.execute(
+                    f"INSERT INTO measurement_sets ({rows.MS_SELECT}) VALUES ({placeholders(len(rows.MS_COLUMNS))})",
+                    rows.ms_values(new),
+                )
                 await remember_request_id(conn, idem, ms.path)
             stored = await _load(conn, ms.path)
             assert stored is not None
@@ -58,8 +74,9 @@ class SQLiteMeasurementSets:
 
         return await self.db.write(body)
 
-    async def upsert(self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool,
-                     idem: Idempotency | None) -> MeasurementSet:
+    async def upsert(
+        self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool, idem: Idempotency | None
+    ) -> MeasurementSet:
         async def body(conn: aiosqlite.Connection) -> MeasurementSet:
             if await check_request_id(conn, idem) is None:
                 current = await _load(conn, ms.path)
@@ -68,9 +85,11 @@ class SQLiteMeasurementSets:
                     if not allow_missing:
                         raise NotFound("MEASUREMENT_SET", ms.path)
                     current = MeasurementSet(path=ms.path, create_time=now)
-                    await conn.execute(f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
-                                       f"VALUES ({placeholders(len(rows.MS_COLUMNS))})",
-                                       rows.ms_values(replace(current, update_time=now)))
+                    await conn.execute(
+                        f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
+                        f"VALUES ({placeholders(len(rows.MS_COLUMNS))})",
+                        rows.ms_values(replace(current, update_time=now)),
+                    )
                 updated = replace(current)
                 for f in fields:
                     setattr(updated, f, getattr(ms, f))
@@ -78,12 +97,20 @@ class SQLiteMeasurementSets:
                     if updated.stage < current.stage:
                         raise FailedPrecondition(
                             f"stage cannot move back from {MSStage(current.stage).name} to "
-                            f"{MSStage(updated.stage).name}", reason="INVALID_STAGE_TRANSITION",
-                            metadata={"resource": ms.path, "from_stage": MSStage(current.stage).name,
-                                      "to_stage": MSStage(updated.stage).name})
+                            f"{MSStage(updated.stage).name}",
+                            reason="INVALID_STAGE_TRANSITION",
+                            metadata={
+                                "resource": ms.path,
+                                "from_stage": MSStage(current.stage).name,
+                                "to_stage": MSStage(updated.stage).name,
+                            },
+                        )
                     updated.stage_update_time = now
-                if (updated.stage == MSStage.PHOTOMETRY_DONE and updated.status == MSStatus.COMPLETED
-                        and not updated.process_time):
+                if (
+                    updated.stage == MSStage.PHOTOMETRY_DONE
+                    and updated.status == MSStatus.COMPLETED
+                    and not updated.process_time
+                ):
                     updated.process_time = now
                 updated.update_time = now
                 values = rows.ms_values(updated)
@@ -101,13 +128,13 @@ class SQLiteMeasurementSets:
             current = await _load(conn, path)
             if current is None:
                 raise NotFound("MEASUREMENT_SET", path)
-            image_ids = [r[0] for r in await conn.execute_fetchall(
-                "SELECT id FROM images WHERE ms_path = ?", (path,))]
+            image_ids = [r[0] for r in await conn.execute_fetchall("SELECT id FROM images WHERE ms_path = ?", (path,))]
             if image_ids and not force:
                 raise FailedPrecondition(
                     f"measurement set has {len(image_ids)} images; delete them first or set force",
                     reason="MEASUREMENT_SET_HAS_IMAGES",
-                    metadata={"resource": path, "image_count": str(len(image_ids))})
+                    metadata={"resource": path, "image_count": str(len(image_ids))},
+                )
             await delete_images(conn, image_ids)
             await conn.execute("DELETE FROM measurement_sets WHERE path = ?", (path,))
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 MIGRATIONS: list[tuple[int, str, str]] = [
-    (1, "initial schema", """
+    (
+        1,
+        "initial schema",
+        """
 CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 
 CREATE TABLE measurement_sets (
@@ -195,5 +198,6 @@ CREATE TABLE request_ids (
     result TEXT NOT NULL,
     create_time INTEGER NOT NULL
 ) WITHOUT ROWID;
-"""),
+""",
+    ),
 ]

@@ -20,9 +20,25 @@ from ...domain.records import (
 )
 
 MS_COLUMNS = (
-    "path", "group_id", "field_name", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg", "pointing_dec_deg",
-    "phase_center_ra_deg", "phase_center_dec_deg", "stage", "status", "cal_applied", "calibration_tables",
-    "create_time", "update_time", "stage_update_time", "process_time", "image_count",
+    "path",
+    "group_id",
+    "field_name",
+    "start_mjd",
+    "mid_mjd",
+    "end_mjd",
+    "pointing_ra_deg",
+    "pointing_dec_deg",
+    "phase_center_ra_deg",
+    "phase_center_dec_deg",
+    "stage",
+    "status",
+    "cal_applied",
+    "calibration_tables",
+    "create_time",
+    "update_time",
+    "stage_update_time",
+    "process_time",
+    "image_count",
 )
 MS_SELECT = ", ".join(MS_COLUMNS)
 
@@ -42,10 +58,34 @@ def ms_values(ms: MeasurementSet) -> list[Any]:
 
 
 IMAGE_COLUMNS = (
-    "id", "path", "ms_path", "type", "format", "create_time", "update_time", "mid_mjd", "beam_major_arcsec",
-    "beam_minor_arcsec", "beam_pa_deg", "noise_jy", "dynamic_range", "pbcor", "field_name", "center_ra_deg",
-    "center_dec_deg", "size_x_px", "size_y_px", "cell_size_arcsec", "frequency_ghz", "bandwidth_mhz",
-    "integration_s", "qa_grade", "qa_summary", "qa_metrics", "qa_source_count", "qa_peak_flux_jy",
+    "id",
+    "path",
+    "ms_path",
+    "type",
+    "format",
+    "create_time",
+    "update_time",
+    "mid_mjd",
+    "beam_major_arcsec",
+    "beam_minor_arcsec",
+    "beam_pa_deg",
+    "noise_jy",
+    "dynamic_range",
+    "pbcor",
+    "field_name",
+    "center_ra_deg",
+    "center_dec_deg",
+    "size_x_px",
+    "size_y_px",
+    "cell_size_arcsec",
+    "frequency_ghz",
+    "bandwidth_mhz",
+    "integration_s",
+    "qa_grade",
+    "qa_summary",
+    "qa_metrics",
+    "qa_source_count",
+    "qa_peak_flux_jy",
     "photometry_count",
 )
 IMAGE_SELECT = ", ".join(f"images.{c}" for c in IMAGE_COLUMNS)
@@ -70,8 +110,18 @@ def image_value(img: Image, column: str) -> Any:
 
 _VAR_COLUMNS = tuple(Variability.__dataclass_fields__)
 SOURCE_COLUMNS = (
-    "id", "designation", "ra_deg", "dec_deg", "catalog", "catalog_flux_mjy", "first_detection_mjd",
-    "last_detection_mjd", "detection_count", *_VAR_COLUMNS, "create_time", "update_time",
+    "id",
+    "designation",
+    "ra_deg",
+    "dec_deg",
+    "catalog",
+    "catalog_flux_mjy",
+    "first_detection_mjd",
+    "last_detection_mjd",
+    "detection_count",
+    *_VAR_COLUMNS,
+    "create_time",
+    "update_time",
 )
 SOURCE_SELECT = ", ".join(f"sources.{c}" for c in SOURCE_COLUMNS)
 _NV = len(_VAR_COLUMNS)
@@ -80,7 +130,7 @@ _NV = len(_VAR_COLUMNS)
 def source_from_row(r: Sequence[Any]) -> Source:
     var = Variability(*r[9 : 9 + _NV])
     var.is_variable = bool(var.is_variable)
-    return Source(*r[:9], var, *r[9 + _NV :])  # type: ignore[misc]
+    return Source(*r[:9], var, *r[9 + _NV :])  # type: ignore[misc, call-arg]
 
 
 PHOTOMETRY_COLUMNS = tuple(c for c in Photometry.__dataclass_fields__ if c != "source_id")
@@ -92,8 +142,22 @@ def photometry_from_row(source_id: str, r: Sequence[Any]) -> Photometry:
 
 
 JOB_COLUMNS = (
-    "id", "type", "ms_path", "target_path", "parameters", "state", "stage", "progress_percent", "attempt",
-    "max_attempts", "create_time", "start_time", "end_time", "update_time", "error_message", "artifacts",
+    "id",
+    "type",
+    "ms_path",
+    "target_path",
+    "parameters",
+    "state",
+    "stage",
+    "progress_percent",
+    "attempt",
+    "max_attempts",
+    "create_time",
+    "start_time",
+    "end_time",
+    "update_time",
+    "error_message",
+    "artifacts",
     "log_line_count",
 )
 JOB_SELECT = ", ".join(JOB_COLUMNS)
@@ -125,5 +189,9 @@ EVENT_SELECT = "sequence, type, from_state, to_state, stage, message, time, snap
 def event_from_row(r: Sequence[Any]) -> JobEvent:
     seq, etype, from_state, to_state, stage, message, when, snapshot = r
     job = Job(**json.loads(snapshot))
-    return JobEvent(sequence=seq, type=etype, job=job,
-                    transition=JobTransition(from_state, to_state, stage, message, when, seq))
+    return JobEvent(
+        sequence=seq,
+        type=etype,
+        job=job,
+        transition=JobTransition(from_state, to_state, stage, message, when, seq),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import aiosqlite
 
@@ -18,8 +19,10 @@ from .maintenance import STATS_SET, stats_values
 from .sql import keyset, page_query, where
 
 _COLUMNS = {name: f"sources.{name}" for name in rows.SOURCE_COLUMNS}
-_INSERT_PHOTOMETRY = (f"INSERT INTO photometry (source_sid, {rows.PHOTOMETRY_SELECT}) "
-                      f"VALUES (?, {placeholders(len(rows.PHOTOMETRY_COLUMNS))})")
+_INSERT_PHOTOMETRY = (
+    f"INSERT INTO photometry (source_sid, {rows.PHOTOMETRY_SELECT}) "
+    f"VALUES (?, {placeholders(len(rows.PHOTOMETRY_COLUMNS))})"
+)
 
 
 class SQLiteSources:
@@ -29,43 +32,62 @@ class SQLiteSources:
     async def get_many(self, ids: Sequence[str]) -> list[Source | None]:
         unique = list(dict.fromkeys(ids))
         found = await self.db.fetchall(
-            f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id IN ({placeholders(len(unique))})", unique)
+            f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id IN ({placeholders(len(unique))})", unique
+        )
         by_id = {r[0]: rows.source_from_row(r) for r in found}
         return [by_id.get(i) for i in ids]
 
-    async def list(self, query: ListQuery) -> Page[Source]:
+    async def list_page(self, query: ListQuery) -> Page[Source]:
         found, after, total = await page_query(
-            self.db, select=rows.SOURCE_SELECT, table="sources", conditions=query.conditions, columns=_COLUMNS,
-            order=query.order, tiebreak="sources.id", page_size=query.page_size, after=query.after)
+            self.db,
+            select=rows.SOURCE_SELECT,
+            table="sources",
+            conditions=query.conditions,
+            columns=_COLUMNS,
+            order=query.order,
+            tiebreak="sources.id",
+            page_size=query.page_size,
+            after=query.after,
+        )
         return Page([rows.source_from_row(r) for r in found], after, total)
 
-    async def search(self, ra_deg: float, dec_deg: float, radius_deg: float,
-                     query: ListQuery) -> Page[Match[Source]]:
+    async def search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
         box = sky.cap_box(ra_deg, dec_deg, radius_deg)
         clauses, params = where(query.conditions, _COLUMNS)
-        sql = ("SELECT sources.sid, sources.ra_deg, sources.dec_deg FROM source_positions p "
-               "JOIN sources ON sources.sid = p.sid "
-               "WHERE p.x1 >= ? AND p.x0 <= ? AND p.y1 >= ? AND p.y0 <= ? AND p.z1 >= ? AND p.z0 <= ?")
+        sql = (
+            "SELECT sources.sid, sources.ra_deg, sources.dec_deg FROM source_positions p "
+            "JOIN sources ON sources.sid = p.sid "
+            "WHERE p.x1 >= ? AND p.x0 <= ? AND p.y1 >= ? AND p.y0 <= ? AND p.z1 >= ? AND p.z0 <= ?"
+        )
         candidates = await self.db.fetchall(" AND ".join([sql, *clauses]), [*box, *params])
-        hits = sorted(h for h in ((sky.separation_deg(ra_deg, dec_deg, ra, dec), sid) for sid, ra, dec in candidates)
-                      if h[0] <= radius_deg)
+        hits = sorted(
+            h
+            for h in ((sky.separation_deg(ra_deg, dec_deg, ra, dec), sid) for sid, ra, dec in candidates)
+            if h[0] <= radius_deg
+        )
         keyset([("sep", False), ("sid", False)], query.after)  # validates the token's shape
         if query.after is not None:
-            last = (float(query.after[0]), int(query.after[1]))  # type: ignore[arg-type]
+            last = (float(cast(float, query.after[0])), int(cast(int, query.after[1])))
             hits_after = [h for h in hits if h > last]
         else:
             hits_after = hits
         page = hits_after[: query.page_size]
-        found = await self.db.fetchall(
-            f"SELECT sources.sid, {rows.SOURCE_SELECT} FROM sources WHERE sid IN ({placeholders(len(page))})",
-            [sid for _, sid in page]) if page else []
+        found = (
+            await self.db.fetchall(
+                f"SELECT sources.sid, {rows.SOURCE_SELECT} FROM sources WHERE sid IN ({placeholders(len(page))})",
+                [sid for _, sid in page],
+            )
+            if page
+            else []
+        )
         by_sid = {r[0]: rows.source_from_row(r[1:]) for r in found}
         matches = [Match(by_sid[sid], sep) for sep, sid in page if sid in by_sid]
         more = len(hits_after) > query.page_size
         return Page(matches, [page[-1][0], page[-1][1]] if more else None, len(hits))
 
-    async def lightcurve(self, source_id: str, start_mjd: float, end_mjd: float,
-                         chunk: int) -> AsyncIterator[list[Photometry]]:
+    async def lightcurve(
+        self, source_id: str, start_mjd: float, end_mjd: float, chunk: int
+    ) -> AsyncIterator[list[Photometry]]:
         found = await self.db.fetchall("SELECT sid FROM sources WHERE id = ?", (source_id,))
         if not found:
             raise NotFound("SOURCE", f"sources/{source_id}")
@@ -77,7 +99,9 @@ class SQLiteSources:
             batch = await self.db.fetchall(
                 f"SELECT {rows.PHOTOMETRY_SELECT} FROM photometry WHERE source_sid = ? "
                 "AND (observation_mjd, image_id) > (?, ?) AND observation_mjd <= ? "
-                "ORDER BY observation_mjd, image_id LIMIT ?", (sid, after[0], after[1], hi, chunk))
+                "ORDER BY observation_mjd, image_id LIMIT ?",
+                (sid, after[0], after[1], hi, chunk),
+            )
             if not batch:
                 return
             points = [rows.photometry_from_row(source_id, r) for r in batch]
@@ -86,28 +110,36 @@ class SQLiteSources:
                 return
             after = (points[-1].observation_mjd, points[-1].image_id)
 
-    async def record_photometry(self, image_id: int, measurements: Sequence[Photometry],
-                                idem: Idempotency | None) -> PhotometryResult:
+    async def record_photometry(
+        self, image_id: int, measurements: Sequence[Photometry], idem: Idempotency | None
+    ) -> PhotometryResult:
         async def body(conn: aiosqlite.Connection) -> PhotometryResult:
             earlier = await check_request_id(conn, idem)
             if earlier is not None:
                 return PhotometryResult(**earlier)
-            image = list(await conn.execute_fetchall(
-                "SELECT mid_mjd, photometry_count FROM images WHERE id = ?", (image_id,)))
+            image = list(
+                await conn.execute_fetchall("SELECT mid_mjd, photometry_count FROM images WHERE id = ?", (image_id,))
+            )
             if not image:
                 raise NotFound("IMAGE", f"images/{image_id}")
             image_mjd, already = image[0]
             if already:
-                raise AlreadyExists("IMAGE", f"images/{image_id}", reason="PHOTOMETRY_ALREADY_RECORDED",
-                                    message=f"photometry of images/{image_id} was already recorded")
+                raise AlreadyExists(
+                    "IMAGE",
+                    f"images/{image_id}",
+                    reason="PHOTOMETRY_ALREADY_RECORDED",
+                    message=f"photometry of images/{image_id} was already recorded",
+                )
             now = now_us()
             ids = [m.source_id for m in measurements]
             existing: dict[str, tuple[int, FluxSums]] = {}
             for part in chunks(ids):
                 for r in await conn.execute_fetchall(
-                        "SELECT id, sid, detection_count, sum_f, sum_f2, sum_w, sum_wf, sum_wf2, min_flux_jy, "
-                        f"max_flux_jy, first_detection_mjd, last_detection_mjd FROM sources "
-                        f"WHERE id IN ({placeholders(len(part))})", part):
+                    "SELECT id, sid, detection_count, sum_f, sum_f2, sum_w, sum_wf, sum_wf2, min_flux_jy, "
+                    f"max_flux_jy, first_detection_mjd, last_detection_mjd FROM sources "
+                    f"WHERE id IN ({placeholders(len(part))})",
+                    part,
+                ):
                     existing[r[0]] = (r[1], FluxSums(*r[2:]) if r[2] else FluxSums())
             created = 0
             new_positions = []
@@ -117,8 +149,16 @@ class SQLiteSources:
                 cursor = await conn.execute(
                     "INSERT INTO sources (id, designation, ra_deg, dec_deg, catalog, catalog_flux_mjy, create_time, "
                     "update_time) VALUES (?, ?, ?, ?, 'NVSS', ?, ?, ?)",
-                    (m.source_id, sky.designation(m.ra_deg, m.dec_deg), m.ra_deg, m.dec_deg, m.catalog_flux_mjy,
-                     now, now))
+                    (
+                        m.source_id,
+                        sky.designation(m.ra_deg, m.dec_deg),
+                        m.ra_deg,
+                        m.dec_deg,
+                        m.catalog_flux_mjy,
+                        now,
+                        now,
+                    ),
+                )
                 sid = int(cursor.lastrowid or 0)
                 existing[m.source_id] = (sid, FluxSums())
                 new_positions.append((sid, *sky.point_box(m.ra_deg, m.dec_deg)))
@@ -130,19 +170,47 @@ class SQLiteSources:
                 sid, sums = existing[m.source_id]
                 mjd = m.observation_mjd or image_mjd
                 sums.add(m.peak_flux_jy, m.peak_flux_err_jy, mjd)
-                photometry_rows.append((sid, image_id, m.ra_deg, m.dec_deg, m.catalog_flux_mjy, m.peak_flux_jy,
-                                        m.peak_flux_err_jy, m.integrated_flux_jy, m.integrated_flux_err_jy,
-                                        m.normalized_flux, m.normalized_flux_err, m.snr, m.local_rms_jy,
-                                        m.separation_from_center_deg, m.quality_flag, mjd, m.measure_time or now))
+                photometry_rows.append(
+                    (
+                        sid,
+                        image_id,
+                        m.ra_deg,
+                        m.dec_deg,
+                        m.catalog_flux_mjy,
+                        m.peak_flux_jy,
+                        m.peak_flux_err_jy,
+                        m.integrated_flux_jy,
+                        m.integrated_flux_err_jy,
+                        m.normalized_flux,
+                        m.normalized_flux_err,
+                        m.snr,
+                        m.local_rms_jy,
+                        m.separation_from_center_deg,
+                        m.quality_flag,
+                        mjd,
+                        m.measure_time or now,
+                    )
+                )
             await conn.executemany(_INSERT_PHOTOMETRY, photometry_rows)
-            await conn.executemany(f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?",
-                                   [(*stats_values(sums), now, sid) for sid, sums in existing.values()])
-            await conn.execute("UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?",
-                               (len(measurements), now, image_id))
+            await conn.executemany(
+                f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?",
+                [(*stats_values(sums), now, sid) for sid, sums in existing.values()],
+            )
+            await conn.execute(
+                "UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?",
+                (len(measurements), now, image_id),
+            )
             result = PhotometryResult(image_id, len(measurements), created, len(existing) - created)
-            await remember_request_id(conn, idem, {
-                "image_id": image_id, "recorded_count": result.recorded_count,
-                "created_source_count": created, "updated_source_count": result.updated_source_count})
+            await remember_request_id(
+                conn,
+                idem,
+                {
+                    "image_id": image_id,
+                    "recorded_count": result.recorded_count,
+                    "created_source_count": created,
+                    "updated_source_count": result.updated_source_count,
+                },
+            )
             return result
 
         return await self.db.write(body)

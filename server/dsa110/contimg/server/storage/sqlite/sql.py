@@ -48,11 +48,20 @@ def keyset(keys: Sequence[tuple[str, bool]], after: list[object] | None) -> tupl
     return "(" + " OR ".join(parts) + ")", params
 
 
-async def page_query(db: Any, *, select: str, table: str, conditions: Sequence[Condition],
-                     columns: Mapping[str, str], order: Sequence[OrderKey], tiebreak: str,
-                     page_size: int, after: list[object] | None,
-                     extra_where: Sequence[str] = (), extra_params: Sequence[Any] = ()
-                     ) -> tuple[list[Sequence[Any]], list[object] | None, int]:
+async def page_query(
+    db: Any,
+    *,
+    select: str,
+    table: str,
+    conditions: Sequence[Condition],
+    columns: Mapping[str, str],
+    order: Sequence[OrderKey],
+    tiebreak: str,
+    page_size: int,
+    after: list[object] | None,
+    extra_where: Sequence[str] = (),
+    extra_params: Sequence[Any] = (),
+) -> tuple[list[Sequence[Any]], list[object] | None, int]:
     """One keyset page: (rows without key columns, keyset of the last row if more follow, total)."""
     clauses, params = where(conditions, columns)
     clauses = [*extra_where, *clauses]
@@ -64,7 +73,8 @@ async def page_query(db: Any, *, select: str, table: str, conditions: Sequence[C
     key_cols = ", ".join(col for col, _ in keys)
     rows = await db.fetchall(
         f"SELECT {select}, {key_cols} FROM {table}{where_sql} ORDER BY {order_by(keys)} LIMIT ?",
-        [*params, *ks_params, page_size + 1])
+        [*params, *ks_params, page_size + 1],
+    )
     count_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     total = (await db.fetchall(f"SELECT count(*) FROM {table}{count_where}", params))[0][0]
     more = len(rows) > page_size

@@ -4,4 +4,4 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
-exec "${CONTIMG_VENV:-$ROOT/.venv}/bin/contimg-server" serve --demo-images "${DEMO_IMAGES:-2000}" "$@"
+exec "${CONTIMG_VENV:-$ROOT/.venv}/bin/contimg-server" serve --demo-images "${DEMO_IMAGES:-2000}" --allow-anonymous-writes "$@"

@@ -48,8 +48,13 @@ ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 
 def make_stubs(channel: grpc.aio.Channel) -> Stubs:
-    return Stubs(channel, images_pb2_grpc.ImageServiceStub(channel), sources_pb2_grpc.SourceServiceStub(channel),
-                 jobs_pb2_grpc.JobServiceStub(channel), measurement_sets_pb2_grpc.MSServiceStub(channel))
+    return Stubs(
+        channel,
+        images_pb2_grpc.ImageServiceStub(channel),
+        sources_pb2_grpc.SourceServiceStub(channel),
+        jobs_pb2_grpc.JobServiceStub(channel),
+        measurement_sets_pb2_grpc.MSServiceStub(channel),
+    )
 
 
 @pytest.fixture
@@ -58,9 +63,13 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     started: list[RunningServer] = []
 
     async def start(database: Path | None = None, port: int = 0, **overrides: object) -> RunningServer:
-        cfg = ServerConfig(host="127.0.0.1", port=port, data_dir=tmp_path,
-                           database=str(database or tmp_path / "contimg.sqlite3"), log_rpcs=False,
-                           synchronous="NORMAL", **overrides)  # type: ignore[arg-type]
+        cfg = ServerConfig(
+            host="127.0.0.1",
+            port=port,
+            data_dir=tmp_path,
+            database=str(database or tmp_path / "contimg.sqlite3"),
+            **{"log_rpcs": False, "synchronous": "NORMAL", "allow_anonymous_writes": True, **overrides},  # type: ignore[arg-type]
+        )
         srv = ContimgServer(cfg)
         await srv.start()
         running = RunningServer(srv, cfg)
@@ -97,8 +106,23 @@ def redis_server() -> Iterator[str]:
         pytest.skip("redis-server is not installed (apt-get install redis-server); .ci/run installs it")
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="contimg-redis-")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

@@ -26,9 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from .config import ServerConfig
+from .config import ServerConfig, token_sets
 from .events.local import LocalEventBus
 from .events.watch import JobWatcher
+from .interceptors.auth import AuthInterceptor, TokenPolicy
 from .interceptors.logging import LoggingInterceptor
 from .servicers.common import Paging
 from .servicers.images import ImageServicer
@@ -89,7 +90,15 @@ class ContimgServer:
     async def start(self) -> int:
         await self.storage.open()
         paging = Paging(self.storage.page_token_secret)
-        interceptors = [LoggingInterceptor()] if self.config.log_rpcs else []
+        write_tokens, read_tokens = token_sets(self.config)
+        policy = TokenPolicy(
+            write_tokens, read_tokens, self.config.require_read_token, self.config.allow_anonymous_writes
+        )
+        if not write_tokens and not self.config.allow_anonymous_writes:
+            log.warning("no write token configured: every write will be refused (see --write-tokens)")
+        # Logging first so rejected calls are logged too.
+        interceptors: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor()] if self.config.log_rpcs else []
+        interceptors.append(AuthInterceptor(policy))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=server_options(self.config),
@@ -105,7 +114,7 @@ class ContimgServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
-        self.port = server.add_insecure_port(self.config.address)
+        self.port = self._bind(server)
         if self.port == 0:
             await self.storage.close()
             raise RuntimeError(f"could not bind {self.config.address}")
@@ -115,6 +124,21 @@ class ContimgServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.config.database_path)
         return self.port
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        cfg = self.config
+        if not cfg.tls_cert:
+            return server.add_insecure_port(cfg.address)
+        with open(cfg.tls_key, "rb") as key, open(cfg.tls_cert, "rb") as cert:
+            pair = (key.read(), cert.read())
+        client_ca = None
+        if cfg.tls_client_ca:
+            with open(cfg.tls_client_ca, "rb") as ca:
+                client_ca = ca.read()
+        credentials = grpc.ssl_server_credentials(
+            [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        return server.add_secure_port(cfg.address, credentials)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (load balancers drain), then let in-flight RPCs finish, then close storage."""

@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "serve":
         from .app import serve
-        from .demo import fill_if_empty
 
         async def run() -> None:
             if args.demo_images:
+                from .demo import fill_if_empty  # only when asked: serving must not need the demo module
+
                 await fill_if_empty(cfg, args.demo_images)
             await serve(cfg)
 

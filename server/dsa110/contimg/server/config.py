@@ -40,6 +40,19 @@ class ServerConfig:
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_rpcs: bool = field(default=True, metadata={"help": "log one line per RPC"})
     uvloop: bool = field(default=True, metadata={"help": "run on uvloop when installed"})
+    write_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to write"})
+    read_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to read only"})
+    tokens_file: str = field(
+        default="",
+        metadata={"help": "file of tokens, one per line as 'write TOKEN' or 'read TOKEN' (keeps them out of ps)"},
+    )
+    require_read_token: bool = field(default=False, metadata={"help": "reads need a read or write token too"})
+    allow_anonymous_writes: bool = field(
+        default=False, metadata={"help": "accept writes without a token (local development only)"}
+    )
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS instead of plaintext"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})
+    tls_client_ca: str = field(default="", metadata={"help": "PEM CA bundle: require client certificates (mTLS)"})
     redis_url: str = field(default="", metadata={"help": "redis://host:port/db for cache and events (off if empty)"})
     workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
 
@@ -50,6 +63,21 @@ class ServerConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def token_sets(config: ServerConfig) -> tuple[frozenset[str], frozenset[str]]:
+    """(write tokens, read tokens) from the flags/env and the tokens file."""
+    write = {t.strip() for t in config.write_tokens.split(",") if t.strip()}
+    read = {t.strip() for t in config.read_tokens.split(",") if t.strip()}
+    if config.tokens_file:
+        for number, line in enumerate(Path(config.tokens_file).read_text().splitlines(), 1):
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            if len(words) != 2 or words[0] not in ("write", "read"):
+                raise SystemExit(f"{config.tokens_file}:{number}: expected 'write TOKEN' or 'read TOKEN'")
+            (write if words[0] == "write" else read).add(words[1])
+    return frozenset(write), frozenset(read)
 
 
 def _convert(kind: Any, text: str) -> Any:
@@ -100,6 +128,10 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
         raise SystemExit("invalid synchronous mode: use FULL, NORMAL or EXTRA")
     if not 0 <= config.port <= 65535:
         raise SystemExit("invalid port")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if config.tls_client_ca and not config.tls_cert:
+        raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
     if config.workers < 1 or config.readers < 1:
         raise SystemExit("workers and readers must be at least 1")
     return config

@@ -14,6 +14,7 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class SQLiteSettings:
     synchronous: str = "FULL"
     cache_mb: int = 64
     statement_timeout_s: float = 30.0
+    # How stale a cached total_size may be when another process wrote (this process's writes
+    # invalidate at once).
+    count_ttl_s: float = 2.0
 
 
 class Database:
@@ -54,6 +58,9 @@ class Database:
         self._all_readers: list[aiosqlite.Connection] = []
         self._write_lock = asyncio.Lock()
         self.page_token_secret = b""
+        # Bumped on every local commit (and by remote invalidations): cached counts older than it are void.
+        self.generation = 0
+        self._counts: OrderedDict[tuple[str, tuple[Any, ...]], tuple[int, float, int]] = OrderedDict()
 
     async def _connect(self, read_only: bool) -> aiosqlite.Connection:
         s = self.settings
@@ -185,9 +192,29 @@ class Database:
                 if isinstance(exc, sqlite3.OperationalError):
                     raise _storage_error(exc) from exc
                 raise
+            self.generation += 1
             if after_commit is not None:
                 after_commit(result)
             return result
+
+    def invalidate(self) -> None:
+        """Another process wrote: forget cached counts."""
+        self.generation += 1
+
+    async def count(self, sql: str, params: Sequence[Any]) -> int:
+        """A COUNT query, cached until the next write (or count_ttl_s for other writers)."""
+        key = (sql, tuple(params))
+        hit = self._counts.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] == self.generation and hit[1] > now:
+            self._counts.move_to_end(key)
+            return hit[2]
+        generation = self.generation
+        total = int((await self.fetchall(sql, params))[0][0])
+        self._counts[key] = (generation, now + self.settings.count_ttl_s, total)
+        if len(self._counts) > 4096:
+            self._counts.popitem(last=False)
+        return total
 
 
 async def check_request_id(conn: aiosqlite.Connection, idem: Idempotency | None) -> Any | None:

@@ -76,7 +76,7 @@ async def page_query(
         [*params, *ks_params, page_size + 1],
     )
     count_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    total = (await db.fetchall(f"SELECT count(*) FROM {table}{count_where}", params))[0][0]
+    total = await db.count(f"SELECT count(*) FROM {table}{count_where}", params)
     more = len(rows) > page_size
     rows = rows[:page_size]
     n_keys = len(keys)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -19,10 +20,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
 from dsa110.contimg.client import (
     AbortedError,
     AlreadyExistsError,
@@ -46,6 +43,7 @@ from dsa110.contimg.client import (
     UnknownError,
     image_id,
     image_name,
+    is_final,
     job_id,
     job_name,
     ms_name,
@@ -54,7 +52,10 @@ from dsa110.contimg.client import (
 )
 from dsa110.contimg.client._methods import with_request_id
 from dsa110.contimg.client.errors import from_status
-from dsa110.contimg.v1 import images_pb2, images_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from dsa110.contimg.v1 import images_pb2, images_pb2_grpc, jobs_pb2, jobs_pb2_grpc, measurement_sets_pb2, sources_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 Job = jobs_pb2.Job
 JobEvent = jobs_pb2.JobEvent
@@ -307,7 +308,12 @@ async def test_client_deadline_raises_deadline_exceeded(fake: Fake) -> None:
 async def test_token_sent_as_bearer_metadata(fake: Fake) -> None:
     async with AsyncClient(fake.config(token="tok")) as client:
         await client.get_image("images/1")
-    await asyncio.to_thread(lambda: Client(fake.config(token="tok2")).get_image("images/1"))
+
+    def sync() -> None:
+        with Client(fake.config(token="tok2")) as sync_client:
+            sync_client.get_image("images/1")
+
+    await asyncio.to_thread(sync)
     assert [m.get("authorization") for m in fake.images.metadata] == ["Bearer tok", "Bearer tok2"]
 
 
@@ -320,8 +326,13 @@ async def test_write_retried_on_unavailable_with_one_request_id(fake: Fake) -> N
     assert len(ids) == 3 and ids[0] and len(set(ids)) == 1
 
     fake.jobs.fail_creates, fake.jobs.create_request_ids = 5, []
+
+    def sync() -> None:
+        with Client(fake.config()) as sync_client:
+            sync_client.create_job(Job(type=Job.TYPE_IMAGE))
+
     with pytest.raises(UnavailableError):
-        await asyncio.to_thread(lambda: Client(fake.config()).create_job(Job(type=Job.TYPE_IMAGE)))
+        await asyncio.to_thread(sync)
     assert len(fake.jobs.create_request_ids) == 4  # maxAttempts
     assert len(set(fake.jobs.create_request_ids)) == 1
 
@@ -345,7 +356,7 @@ async def test_sync_watch_resumes_after_unavailable(fake: Fake) -> None:
     def watch() -> list[int]:
         with Client(fake.config()) as client:
             events = client.watch_jobs(after_sequence=1)
-            return [e.sequence for e, _ in zip(events, range(9), strict=False)]
+            return [e.sequence for e in itertools.islice(events, 9)]
 
     assert await asyncio.to_thread(watch) == list(range(2, 11))
     assert fake.jobs.watch_requests == [1, 2, 5]
@@ -372,3 +383,485 @@ async def test_watch_gives_up_after_configured_time() -> None:
             async for _ in client.watch_jobs():
                 pass
 
+
+# ---------------------------------------------------------------------------------------------
+# The real server
+
+MS = measurement_sets_pb2.MeasurementSet
+Image = images_pb2.Image
+WRITER, READER = "writer-token", "reader-token"
+CALIBRATOR = "sources/J083454.9+553421"
+
+
+def ms_message(index: int = 0, *, dec: float = 54.57) -> Any:
+    mid = 60976.5 + index * 0.0036
+    return MS(
+        path=f"/stage/dsa110-contimg/ms/science/2025-10-28/2025-10-28T13:{index:02d}:07.ms",
+        group_id=f"2025-10-28T13:{index:02d}:07",
+        start_mjd=mid - 0.0018,
+        mid_mjd=mid,
+        end_mjd=mid + 0.0018,
+        pointing_ra_deg=128.0 + index * 1.3,
+        pointing_dec_deg=dec,
+        stage=MS.STAGE_CONVERTED,
+    )
+
+
+def image_message(ms: Any, suffix: str = "image") -> Any:
+    return Image(
+        path=ms.path.replace("/ms/science/", "/images/").replace(".ms", f"-{suffix}.fits"),
+        measurement_set=ms.name,
+        type=Image.TYPE_CONTINUUM,
+        center_ra_deg=ms.pointing_ra_deg,
+        center_dec_deg=ms.pointing_dec_deg,
+        size_x_px=4096,
+        size_y_px=4096,
+        cell_size_arcsec=2.5,
+        noise_jy=0.0006,
+        frequency_ghz=1.405,
+    )
+
+
+def measurement(source: str, ra: float, dec: float, flux: float) -> Any:
+    return sources_pb2.PhotometryMeasurement(
+        source=source, ra_deg=ra, dec_deg=dec, peak_flux_jy=flux, peak_flux_err_jy=0.01, snr=flux / 0.001
+    )
+
+
+@pytest.fixture
+async def live(server_factory: Any) -> Any:
+    """A real server with a write and a read token, refusing anonymous writes."""
+    return await server_factory(write_tokens=WRITER, read_tokens=READER, allow_anonymous_writes=False)
+
+
+def client_config(target: str, **changes: Any) -> ClientConfig:
+    values: dict[str, Any] = {"target": target, "token": WRITER, "watch_backoff_initial_s": 0.05}
+    return ClientConfig(**(values | changes))
+
+
+class AsyncDriver:
+    """Calls a client method by name; `all` drains a pager. Lets one scenario drive both clients."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    async def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.client, method)(*args, **kwargs)
+
+    async def all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return [item async for item in getattr(self.client, method)(*args, **kwargs)]
+
+    async def events(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return await self.all(method, *args, **kwargs)
+
+
+class SyncDriver(AsyncDriver):
+    def __init__(self, client: Client) -> None:  # type: ignore[override]
+        self.sync = client
+
+    async def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(lambda: getattr(self.sync, method)(*args, **kwargs))
+
+    async def all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return await asyncio.to_thread(lambda: list(getattr(self.sync, method)(*args, **kwargs)))
+
+
+@contextlib.asynccontextmanager
+async def driver(flavour: str, target: str, **changes: Any) -> AsyncIterator[AsyncDriver]:
+    if flavour == "async":
+        async with AsyncClient(client_config(target, **changes)) as client:
+            yield AsyncDriver(client)
+    else:
+        with Client(client_config(target, **changes)) as sync_client:
+            yield SyncDriver(sync_client)
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_every_method_against_the_server(live: Any, flavour: str) -> None:
+    async with driver(flavour, live.target) as call:
+        # MSService
+        ms = await call("create_measurement_set", ms_message(0))
+        assert ms.name == ms_name(ms.path) and ms.stage == MS.STAGE_CONVERTED
+        other = await call(
+            "create_measurement_set",
+            request=measurement_sets_pb2.CreateMeasurementSetRequest(measurement_set=ms_message(1)),
+        )
+        assert (await call("get_measurement_set", ms.path)).name == ms.name  # a bare path works too
+        batch = await call("batch_get_measurement_sets", [other.name, ms.name])
+        assert [m.name for m in batch.measurement_sets] == [other.name, ms.name]
+        updated = await call("update_measurement_set", MS(name=ms.name, field_name="drift_54"), ["field_name"])
+        assert updated.field_name == "drift_54" and updated.mid_mjd == ms.mid_mjd
+        upserted = await call("update_measurement_set", ms_message(2), allow_missing=True)
+        assert upserted.name == ms_name(ms_message(2).path)
+        advanced = await call("advance_measurement_set_stage", ms.name, MS.STAGE_IMAGED, MS.STATUS_COMPLETED)
+        assert advanced.stage == MS.STAGE_IMAGED
+        assert [m.name for m in await call.all("list_measurement_sets", "stage = IMAGED")] == [ms.name]
+        assert len(await call.all("list_measurement_sets", order_by="mid_mjd", page_size=1)) == 3
+
+        # ImageService
+        image = await call("create_image", image_message(ms))
+        assert image.name.startswith("images/") and image.measurement_set == ms.name
+        residual = await call("create_image", image_message(ms, "residual"), request_id=str(uuid.uuid4()))
+        assert (await call("get_image", image.name)).path == image.path
+        assert [i.name for i in (await call("batch_get_images", [residual.name, image.name])).images] == [
+            residual.name,
+            image.name,
+        ]
+        graded = await call(
+            "update_image",
+            Image(name=image.name, qa=images_pb2.QualityAssessment(grade=images_pb2.QualityAssessment.GRADE_GOOD)),
+            ["qa.grade"],
+        )
+        assert graded.qa.grade == images_pb2.QualityAssessment.GRADE_GOOD and graded.noise_jy == image.noise_jy
+        listed = await call.all("list_images", filter=f'measurement_set = "{ms.name}"', order_by="create_time")
+        assert [i.name for i in listed] == [image.name, residual.name]
+        matches = await call.all("search_images", ms.pointing_ra_deg + 0.2, ms.pointing_dec_deg)
+        assert {m.image.name for m in matches} == {image.name, residual.name}
+        assert all(0 < m.separation_deg < 1 for m in matches)
+
+        # SourceService
+        recorded = await call(
+            "record_photometry",
+            image.name,
+            [
+                measurement(CALIBRATOR, 128.7288, 55.5725, 4.85),
+                measurement("sources/J083000.0+543000", 127.5, 54.5, 0.12),
+            ],
+        )
+        assert recorded.recorded_count == 2 and recorded.created_source_count == 2
+        source = await call("get_source", CALIBRATOR)
+        assert source.detection_count == 1 and source.variability.epoch_count == 1
+        assert len((await call("batch_get_sources", [CALIBRATOR, CALIBRATOR])).sources) == 2
+        assert [s.name for s in await call.all("list_sources", "dec_deg > 55")] == [CALIBRATOR]
+        cone = await call.all("search_sources", 128.7, 55.57, 0.5)
+        assert [m.source.name for m in cone] == [CALIBRATOR]
+        curve = await call("get_lightcurve", CALIBRATOR, max_points_per_message=1)
+        assert curve.source.name == CALIBRATOR and [p.peak_flux_jy for p in curve.points] == [4.85]
+        assert curve.points[0].observation_mjd == pytest.approx(ms.mid_mjd)
+
+        # JobService
+        job = await call("create_job", Job(type=Job.TYPE_IMAGE, measurement_set=ms.name), "image-one")
+        assert job.name == "jobs/image-one" and job.state == Job.STATE_PENDING
+        assert (await call("start_job", job.name)).state == Job.STATE_RUNNING
+        progressed = await call("report_job_progress", job.name, Job.STAGE_IMAGING, 40.0, "cleaning")
+        assert progressed.stage == Job.STAGE_IMAGING and progressed.progress_percent == 40.0
+        assert (await call("append_job_log", job.name, ["one", "two", "three"])).log_line_count == 3
+        entries = await call.all("list_job_log_entries", job.name, page_size=2)
+        assert [(e.line_number, e.text) for e in entries] == [(1, "one"), (2, "two"), (3, "three")]
+        done = await call("succeed_job", job.name, [image.name], "ok")
+        assert done.state == Job.STATE_SUCCEEDED and list(done.artifacts) == [image.name]
+        assert [t.to_state for t in (await call("get_job", job.name)).transitions] == [
+            Job.STATE_PENDING,
+            Job.STATE_RUNNING,
+            Job.STATE_RUNNING,
+            Job.STATE_SUCCEEDED,
+        ]
+        # A watch of a finished job: its snapshot, then the stream ends.
+        snapshot = await call.events("watch_job", job.name)
+        assert [(e.type, e.job.state) for e in snapshot] == [(JobEvent.TYPE_SNAPSHOT, Job.STATE_SUCCEEDED)]
+
+        flaky = await call("create_job", Job(type=Job.TYPE_CALIBRATE, ms_path=other.path, max_attempts=2))
+        assert (await call("fail_job", flaky.name, "disk full")).state == Job.STATE_FAILED
+        again = await call("retry_job", flaky.name)
+        assert again.state == Job.STATE_PENDING
+        assert (await call("cancel_job", flaky.name, "not needed")).state == Job.STATE_CANCELLED
+        assert {j.name for j in await call.all("list_jobs")} == {job.name, flaky.name}
+        assert [j.name for j in await call.all("list_jobs", "state = CANCELLED")] == [flaky.name]
+
+        # Deletes: photometry and images hold their parents back unless forced.
+        with pytest.raises(FailedPreconditionError) as held:
+            await call("delete_image", image.name)
+        assert held.value.reason == "IMAGE_HAS_PHOTOMETRY"
+        await call("delete_image", image.name, force=True)
+        with pytest.raises(NotFoundError):
+            await call("get_image", image.name)
+        with pytest.raises(FailedPreconditionError):
+            await call("delete_measurement_set", ms.name)
+        await call("delete_measurement_set", ms.name, True)
+        assert {m.name for m in await call.all("list_measurement_sets")} == {other.name, upserted.name}
+
+
+async def test_pager_walks_many_pages(live: Any) -> None:
+    async with AsyncClient(client_config(live.target)) as client:
+        created = {(await client.create_job(Job(type=Job.TYPE_IMAGE), f"job-{i:03d}")).name for i in range(75)}
+
+        pager = await client.list_jobs(page_size=7)
+        assert pager.total_size == 75
+        pages = [page async for page in pager.pages]
+        assert len(pages) == 11 and all(p.total_size == 75 for p in pages)
+        assert [len(p.jobs) for p in pages] == [7] * 10 + [5] and not pages[-1].next_page_token
+        names = [job.name async for job in client.list_jobs(order_by="create_time", page_size=7)]
+        assert len(names) == 75 and set(names) == created
+
+        filtered = client.list_jobs(filter="state = PENDING", order_by="create_time desc", page_size=10)
+        assert [job.name async for job in filtered] == list(reversed(names))
+
+    def sync() -> tuple[int, int, list[str]]:
+        with Client(client_config(live.target)) as sync_client:
+            pager = sync_client.list_jobs(order_by="create_time", page_size=8)
+            return pager.total_size, len(list(pager.pages)), [job.name for job in pager]
+
+    total, page_count, sync_names = await asyncio.to_thread(sync)
+    assert (total, page_count, sync_names) == (75, 10, names)
+
+
+async def test_sync_client_outside_and_inside_a_running_loop(live: Any) -> None:
+    async with AsyncClient(client_config(live.target)) as client:
+        job = await client.create_job(Job(type=Job.TYPE_PHOTOMETRY), "loop-test")
+
+    def outside() -> str:
+        with pytest.raises(RuntimeError):
+            asyncio.get_running_loop()
+        with Client(client_config(live.target)) as sync_client:
+            return sync_client.get_job(job.name).name
+
+    async def inside() -> list[str]:
+        # As in a Jupyter cell: a loop is running in this thread while the blocking client is used.
+        asyncio.get_running_loop()
+        with Client(client_config(live.target)) as sync_client:
+            started = sync_client.start_job(job.name)
+            return [started.name, *(j.name for j in sync_client.list_jobs())]
+
+    assert await asyncio.to_thread(outside) == job.name
+    assert await asyncio.to_thread(asyncio.run, inside()) == [job.name, job.name]
+
+
+async def test_watchers_survive_a_server_restart_without_losing_events(server_factory: Any, tmp_path: Any) -> None:
+    first = await server_factory(write_tokens=WRITER)
+    target, port = first.target, first.port
+    # A first reconnect delay of 0.5-1 s: the writes after the restart land before any watcher is
+    # back, so they can only reach the watchers through the after_sequence replay.
+    watching = client_config(target, watch_backoff_initial_s=1.0)
+    async with AsyncClient(watching) as client:
+        job = await client.create_job(Job(type=Job.TYPE_PIPELINE), "restart-me")
+        one_job: list[Any] = []
+        all_jobs: list[Any] = []
+        got_running = asyncio.Event()
+
+        async def follow_job() -> None:
+            async for event in client.watch_job(job.name):
+                one_job.append(event)
+                if event.job.state == Job.STATE_RUNNING:
+                    got_running.set()
+
+        async def follow_all() -> None:
+            async for event in client.watch_jobs():
+                all_jobs.append(event)
+                if event.job.name == job.name and is_final(event.job):
+                    return
+
+        def follow_job_sync() -> list[Any]:
+            with Client(watching) as sync_client:
+                return list(sync_client.watch_job(job.name))
+
+        watchers = [asyncio.create_task(follow_job()), asyncio.create_task(follow_all())]
+        sync_watcher = asyncio.create_task(asyncio.to_thread(follow_job_sync))
+        await asyncio.sleep(0.3)  # let every watcher subscribe
+        await client.start_job(job.name)
+        await asyncio.wait_for(got_running.wait(), 5)
+
+        await first.stop(0.2)
+        second = await server_factory(port=port, write_tokens=WRITER)
+        # These happen while the watchers are still backing off: only a replay can deliver them.
+        async with AsyncClient(client_config(second.target)) as writer:
+            for stage, percent in [(Job.STAGE_CONVERTING, 10.0), (Job.STAGE_IMAGING, 60.0)]:
+                await writer.report_job_progress(job.name, stage, percent)
+            other = await writer.create_job(Job(type=Job.TYPE_IMAGE), "bystander")
+            await writer.succeed_job(job.name, ["images/1"])
+            history = [t.sequence for t in (await writer.get_job(job.name)).transitions]
+
+        await asyncio.wait_for(asyncio.gather(*watchers), 20)
+        sync_events = await asyncio.wait_for(sync_watcher, 20)
+
+    for events in (one_job, sync_events):
+        assert events[0].type == JobEvent.TYPE_SNAPSHOT and events[0].sequence == history[0]
+        assert [e.sequence for e in events[1:]] == history[1:]
+        assert [e.job.state for e in events][-1] == Job.STATE_SUCCEEDED
+    # WatchJobs starts live: everything after the subscription, across the restart, exactly once.
+    seen = [e.sequence for e in all_jobs]
+    assert seen == sorted(set(seen)) and set(history[1:]) <= set(seen)
+    assert any(e.job.name == other.name for e in all_jobs)
+
+
+class DroppingProxy:
+    """A TCP proxy that, once armed, swallows the server's next bytes and then cuts the connection.
+
+    That is a write the server committed whose answer never arrived: the client sees UNAVAILABLE
+    and gRPC retries it, on a new connection, with the same serialized request.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.armed = False
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, from_server: bool) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    if from_server and self.armed:
+                        self.armed = False
+                        await asyncio.sleep(0.5)  # the server finishes and commits meanwhile
+                        client_writer.transport.abort()
+                        server_writer.transport.abort()
+                        return
+                    writer.write(data)
+                    await writer.drain()
+
+        await asyncio.gather(
+            pump(client_reader, server_writer, False), pump(server_reader, client_writer, True), return_exceptions=True
+        )
+        for writer in (client_writer, server_writer):
+            writer.transport.abort()
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_retried_writes_are_not_duplicated(live: Any, flavour: str) -> None:
+    proxy = DroppingProxy(live.port)
+    target = await proxy.start()
+    try:
+        async with driver(flavour, target) as call:
+            with pytest.raises(NotFoundError):
+                await call("get_job", "jobs/warm-up")  # connection and HTTP/2 settings done
+            proxy.armed = True
+            job = await call("create_job", Job(type=Job.TYPE_IMAGE))  # server-generated id
+            assert proxy.connections == 2, "the create was not retried"
+            assert [j.name for j in await call.all("list_jobs")] == [job.name]
+
+            proxy.armed = True
+            appended = await call("append_job_log", job.name, ["once"])
+            assert proxy.connections == 3 and appended.log_line_count == 1
+            assert [e.text for e in await call.all("list_job_log_entries", job.name)] == ["once"]
+    finally:
+        await proxy.stop()
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_server_errors_raise_typed_exceptions(live: Any, flavour: str) -> None:
+    async with driver(flavour, live.target) as call:
+        with pytest.raises(NotFoundError) as missing:
+            await call("get_image", "images/999")
+        assert missing.value.reason == "IMAGE_NOT_FOUND" and missing.value.metadata["resource"] == "images/999"
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND and missing.value.domain == "contimg.dsa110.org"
+
+        with pytest.raises(InvalidArgumentError) as bad_filter:
+            await call.all("list_images", filter="noise_jy <")
+        assert bad_filter.value.reason == "INVALID_FILTER"
+        assert [field for field, _ in bad_filter.value.field_violations] == ["filter"]
+
+        with pytest.raises(InvalidArgumentError) as bad_value:
+            await call("create_measurement_set", MS(path="/ms/x.ms", pointing_dec_deg=91))
+        assert "measurement_set.pointing_dec_deg" in [f for f, _ in bad_value.value.field_violations]
+
+        await call("create_measurement_set", ms_message(5))
+        with pytest.raises(AlreadyExistsError) as twice:
+            await call("create_measurement_set", ms_message(5))
+        assert twice.value.reason == "MEASUREMENT_SET_ALREADY_EXISTS"
+
+        job = await call("create_job", Job(type=Job.TYPE_IMAGE))
+        with pytest.raises(FailedPreconditionError) as illegal:
+            await call("succeed_job", job.name)
+        assert illegal.value.reason == "INVALID_JOB_TRANSITION"
+        assert illegal.value.metadata.get("from_state") and illegal.value.metadata.get("to_state")
+
+        request_id = str(uuid.uuid4())
+        await call("create_job", Job(type=Job.TYPE_IMAGE), request_id=request_id)
+        with pytest.raises(AbortedError) as reused:
+            await call("create_job", Job(type=Job.TYPE_CALIBRATE), request_id=request_id)
+        assert reused.value.reason == "REQUEST_ID_MISMATCH"
+
+    async with driver(flavour, live.target, token=None) as anonymous:
+        assert await anonymous.all("list_jobs")  # reads are open
+        with pytest.raises(UnauthenticatedError):
+            await anonymous("create_job", Job(type=Job.TYPE_IMAGE))
+    async with driver(flavour, live.target, token=READER) as reader:
+        with pytest.raises(PermissionDeniedError) as denied:
+            await reader("create_job", Job(type=Job.TYPE_IMAGE))
+        assert denied.value.reason == "PERMISSION_DENIED"
+    async with driver(flavour, live.target, token="forged") as forged:
+        with pytest.raises(UnauthenticatedError):
+            await forged.all("list_jobs")
+
+
+def _write_pki(directory: Any) -> dict[str, Any]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "contimg test CA")])
+
+    def issue(subject: x509.Name, key: Any, issuer_key: Any, *, ca: bool, ip: bool = False) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ip:
+            names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    files: dict[str, Any] = {}
+
+    def save(name: str, cert: x509.Certificate, key: Any) -> None:
+        files[name] = directory / f"{name}.pem"
+        files[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{name}-key"] = directory / f"{name}-key.pem"
+        files[f"{name}-key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+    save("ca", issue(ca_name, ca_key, ca_key, ca=True), ca_key)
+    for name in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        save(name, issue(subject, key, ca_key, ca=False, ip=name == "server"), key)
+    return files
+
+
+async def test_mutual_tls(server_factory: Any, tmp_path: Any) -> None:
+    pki = _write_pki(tmp_path)
+    server = await server_factory(
+        tls_cert=str(pki["server"]), tls_key=str(pki["server-key"]), tls_client_ca=str(pki["ca"])
+    )
+    config = ClientConfig(
+        target=server.target, tls_ca=pki["ca"], tls_cert=pki["client"], tls_key=pki["client-key"], deadline_s=5
+    )
+    async with AsyncClient(config) as client:
+        assert (await client.list_jobs()).total_size == 0
+
+    def sync() -> int:
+        with Client(config) as sync_client:
+            return sync_client.list_jobs().total_size
+
+    assert await asyncio.to_thread(sync) == 0
+    # Without a client certificate the handshake fails: UNAVAILABLE after the retries.
+    async with AsyncClient(config.replace(tls_cert=None, tls_key=None)) as anonymous:
+        with pytest.raises(UnavailableError):
+            await anonymous.list_jobs()

@@ -37,11 +37,42 @@ def test_every_service_has_its_rpcs() -> None:
     def methods(module: object, service: str) -> set[str]:
         return {m.name for m in module.DESCRIPTOR.services_by_name[service].methods}  # type: ignore[attr-defined]
 
-    assert {"GetImage", "BatchGetImages", "ListImages", "CreateImage", "UpdateImage", "DeleteImage",
-            "SearchImages"} <= methods(images_pb2, "ImageService")
-    assert {"GetSource", "BatchGetSources", "ListSources", "SearchSources", "GetLightcurve",
-            "RecordPhotometry"} <= methods(sources_pb2, "SourceService")
-    assert {"GetJob", "ListJobs", "CreateJob", "StartJob", "ReportJobProgress", "SucceedJob", "FailJob",
-            "CancelJob", "RetryJob", "AppendJobLog", "WatchJob", "WatchJobs"} <= methods(jobs_pb2, "JobService")
-    assert {"GetMeasurementSet", "BatchGetMeasurementSets", "ListMeasurementSets", "UpdateMeasurementSet",
-            "AdvanceMeasurementSetStage", "DeleteMeasurementSet"} <= methods(measurement_sets_pb2, "MSService")
+    assert {
+        "GetImage",
+        "BatchGetImages",
+        "ListImages",
+        "CreateImage",
+        "UpdateImage",
+        "DeleteImage",
+        "SearchImages",
+    } <= methods(images_pb2, "ImageService")
+    assert {
+        "GetSource",
+        "BatchGetSources",
+        "ListSources",
+        "SearchSources",
+        "GetLightcurve",
+        "RecordPhotometry",
+    } <= methods(sources_pb2, "SourceService")
+    assert {
+        "GetJob",
+        "ListJobs",
+        "CreateJob",
+        "StartJob",
+        "ReportJobProgress",
+        "SucceedJob",
+        "FailJob",
+        "CancelJob",
+        "RetryJob",
+        "AppendJobLog",
+        "WatchJob",
+        "WatchJobs",
+    } <= methods(jobs_pb2, "JobService")
+    assert {
+        "GetMeasurementSet",
+        "BatchGetMeasurementSets",
+        "ListMeasurementSets",
+        "UpdateMeasurementSet",
+        "AdvanceMeasurementSetStage",
+        "DeleteMeasurementSet",
+    } <= methods(measurement_sets_pb2, "MSService")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, Self, TypeVar, cast
 
@@ -28,9 +27,7 @@ WQ = TypeVar("WQ", bound=ResumableRequest)
 
 
 class _AsyncChannelOwner:
-    def __init__(
-        self, config: ClientConfig | str | None = None, *, channel: grpc.aio.Channel | None = None
-    ) -> None:
+    def __init__(self, config: ClientConfig | str | None = None, *, channel: grpc.aio.Channel | None = None) -> None:
         if config is None:
             config = ClientConfig.from_env()
         elif isinstance(config, str):
@@ -45,9 +42,7 @@ class _AsyncChannelOwner:
         self._channel = channel
         self._stubs = {service: stub(channel) for service, stub in m.STUBS.items()}
 
-    def with_options(
-        self, *, deadline_s: float | Unset | None = UNSET, token: str | Unset | None = UNSET
-    ) -> Self:
+    def with_options(self, *, deadline_s: float | Unset | None = UNSET, token: str | Unset | None = UNSET) -> Self:
         """A client sharing this one's channel with another per-call deadline or token."""
         clone = copy.copy(self)
         changes = {k: v for k, v in (("deadline_s", deadline_s), ("token", token)) if v is not UNSET}
@@ -61,9 +56,7 @@ class _AsyncChannelOwner:
         try:
             return cast(
                 T,
-                await self._stub(rpc)(
-                    request, timeout=self.config.deadline_s, metadata=self.config.call_metadata()
-                ),
+                await self._stub(rpc)(request, timeout=self.config.deadline_s, metadata=self.config.call_metadata()),
             )
         except grpc.aio.AioRpcError as error:
             raise from_aio_error(error) from error
@@ -71,9 +64,7 @@ class _AsyncChannelOwner:
     async def _collect(self, rpc: Rpc[..., Any, R], request: object) -> R:
         merged = rpc.response()
         try:
-            call = self._stub(rpc)(
-                request, timeout=self.config.deadline_s, metadata=self.config.call_metadata()
-            )
+            call = self._stub(rpc)(request, timeout=self.config.deadline_s, metadata=self.config.call_metadata())
             async for response in call:
                 merged.MergeFrom(response)
         except grpc.aio.AioRpcError as error:
@@ -94,34 +85,30 @@ _Owner = _AsyncChannelOwner
 
 
 def _unary(rpc: Rpc[P, Q, R]) -> Callable[Concatenate[_Owner, P], Coroutine[Any, Any, R]]:
-    @functools.wraps(rpc.build)
     async def method(self: _Owner, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self._invoke(rpc, m.with_request_id(rpc.build(*args, **kwargs)))
 
-    return method
+    return m.expose(method, rpc, rpc.response)
 
 
 def _collect(rpc: Rpc[P, Q, R]) -> Callable[Concatenate[_Owner, P], Coroutine[Any, Any, R]]:
-    @functools.wraps(rpc.build)
     async def method(self: _Owner, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self._collect(rpc, rpc.build(*args, **kwargs))
 
-    return method
+    return m.expose(method, rpc, rpc.response)
 
 
 def _paged(rpc: PagedRpc[P, PQ, PageT, I]) -> Callable[Concatenate[_Owner, P], AsyncPager[PageT, I]]:
-    @functools.wraps(rpc.build)
     def method(self: _Owner, /, *args: P.args, **kwargs: P.kwargs) -> AsyncPager[PageT, I]:
         request = rpc.build(*args, **kwargs)
         return AsyncPager(lambda token: self._invoke(rpc, m.with_page_token(request, token)), rpc.items)
 
-    return method
+    return m.expose(method, rpc, f"AsyncPager[{rpc.response.__name__}]")
 
 
 def _watch(
     rpc: Rpc[P, WQ, jobs_pb2.JobEvent], *, single_job: bool
 ) -> Callable[Concatenate[_Owner, P], AsyncIterator[jobs_pb2.JobEvent]]:
-    @functools.wraps(rpc.build)
     def method(self: _Owner, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[jobs_pb2.JobEvent]:
         request = rpc.build(*args, **kwargs)
         stub = self._stub(rpc)
@@ -132,7 +119,7 @@ def _watch(
 
         return watch_async(open_stream, request.after_sequence, single_job, self.config)
 
-    return method
+    return m.expose(method, rpc, AsyncIterator[jobs_pb2.JobEvent])
 
 
 class AsyncClient(_AsyncChannelOwner):

@@ -9,6 +9,8 @@ into a method, so the two clients cannot drift apart and mypy sees every paramet
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -86,6 +88,22 @@ WQ = TypeVar("WQ", bound=ResumableRequest)
 M = TypeVar("M", bound=Message)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def expose(method: F, rpc: Rpc[..., Any, Any], returns: object) -> F:
+    """Gives a generated client method the builder's name, docstring and parameters (plus self),
+    so help() and IDEs show `get_image(self, name='', *, request=None) -> Image`."""
+    functools.update_wrapper(method, rpc.build, assigned=("__name__", "__qualname__", "__doc__"), updated=())
+    signature = inspect.signature(rpc.build)
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    target: Any = method
+    target.__signature__ = signature.replace(
+        parameters=[this, *signature.parameters.values()], return_annotation=returns
+    )
+    return method
+
+
 def with_page_token(request: PQ, token: str) -> PQ:
     if not token:
         return request
@@ -130,9 +148,7 @@ Mask = Iterable[str] | field_mask_pb2.FieldMask | None
 
 
 @rpc(IMAGE_SERVICE, "GetImage", images_pb2.Image)
-def get_image(
-    name: str = "", *, request: images_pb2.GetImageRequest | None = None
-) -> images_pb2.GetImageRequest:
+def get_image(name: str = "", *, request: images_pb2.GetImageRequest | None = None) -> images_pb2.GetImageRequest:
     """Returns one image, `images/{id}`."""
     return request or images_pb2.GetImageRequest(name=name)
 
@@ -177,9 +193,7 @@ def update_image(
     request: images_pb2.UpdateImageRequest | None = None,
 ) -> images_pb2.UpdateImageRequest:
     """Writes the fields named in `update_mask` (e.g. `["qa", "noise_jy"]`) of `image.name`."""
-    return request or images_pb2.UpdateImageRequest(
-        image=image, update_mask=_mask(update_mask), request_id=request_id
-    )
+    return request or images_pb2.UpdateImageRequest(image=image, update_mask=_mask(update_mask), request_id=request_id)
 
 
 @rpc(IMAGE_SERVICE, "DeleteImage", empty_pb2.Empty)
@@ -200,9 +214,7 @@ def search_images(
     request: images_pb2.SearchImagesRequest | None = None,
 ) -> images_pb2.SearchImagesRequest:
     """Iterates the images covering a sky position, nearest centre first."""
-    return request or images_pb2.SearchImagesRequest(
-        ra_deg=ra_deg, dec_deg=dec_deg, filter=filter, page_size=page_size
-    )
+    return request or images_pb2.SearchImagesRequest(ra_deg=ra_deg, dec_deg=dec_deg, filter=filter, page_size=page_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,9 +320,7 @@ def delete_measurement_set(
 
 
 @rpc(SOURCE_SERVICE, "GetSource", sources_pb2.Source)
-def get_source(
-    name: str = "", *, request: sources_pb2.GetSourceRequest | None = None
-) -> sources_pb2.GetSourceRequest:
+def get_source(name: str = "", *, request: sources_pb2.GetSourceRequest | None = None) -> sources_pb2.GetSourceRequest:
     """Returns one source with its variability statistics."""
     return request or sources_pb2.GetSourceRequest(name=name)
 
@@ -375,9 +385,7 @@ def record_photometry(
     request: sources_pb2.RecordPhotometryRequest | None = None,
 ) -> sources_pb2.RecordPhotometryRequest:
     """Records every forced-photometry measurement of one image, atomically."""
-    return request or sources_pb2.RecordPhotometryRequest(
-        image=image, measurements=measurements, request_id=request_id
-    )
+    return request or sources_pb2.RecordPhotometryRequest(image=image, measurements=measurements, request_id=request_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,9 +458,7 @@ def succeed_job(
     request: jobs_pb2.SucceedJobRequest | None = None,
 ) -> jobs_pb2.SucceedJobRequest:
     """RUNNING -> SUCCEEDED, recording the artifacts produced."""
-    return request or jobs_pb2.SucceedJobRequest(
-        name=name, artifacts=artifacts, message=message, request_id=request_id
-    )
+    return request or jobs_pb2.SucceedJobRequest(name=name, artifacts=artifacts, message=message, request_id=request_id)
 
 
 @rpc(JOB_SERVICE, "FailJob", jobs_pb2.Job)

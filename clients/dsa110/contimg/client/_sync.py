@@ -7,7 +7,6 @@ loop (a Jupyter cell), where driving an asyncio client to completion would fail.
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, Self, TypeVar, cast
 
@@ -32,9 +31,7 @@ T = TypeVar("T")
 
 
 class _ChannelOwner:
-    def __init__(
-        self, config: ClientConfig | str | None = None, *, channel: grpc.Channel | None = None
-    ) -> None:
+    def __init__(self, config: ClientConfig | str | None = None, *, channel: grpc.Channel | None = None) -> None:
         if config is None:
             config = ClientConfig.from_env()
         elif isinstance(config, str):
@@ -49,9 +46,7 @@ class _ChannelOwner:
         self._channel = channel
         self._stubs = {service: stub(channel) for service, stub in m.STUBS.items()}
 
-    def with_options(
-        self, *, deadline_s: float | Unset | None = UNSET, token: str | Unset | None = UNSET
-    ) -> Self:
+    def with_options(self, *, deadline_s: float | Unset | None = UNSET, token: str | Unset | None = UNSET) -> Self:
         """A client sharing this one's channel with another per-call deadline or token."""
         clone = copy.copy(self)
         changes = {k: v for k, v in (("deadline_s", deadline_s), ("token", token)) if v is not UNSET}
@@ -65,9 +60,7 @@ class _ChannelOwner:
         try:
             return cast(
                 T,
-                self._stub(rpc)(
-                    request, timeout=self.config.deadline_s, metadata=self.config.call_metadata()
-                ),
+                self._stub(rpc)(request, timeout=self.config.deadline_s, metadata=self.config.call_metadata()),
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
@@ -95,34 +88,30 @@ class _ChannelOwner:
 
 
 def _unary(rpc: Rpc[P, Q, R]) -> Callable[Concatenate[_ChannelOwner, P], R]:
-    @functools.wraps(rpc.build)
     def method(self: _ChannelOwner, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._invoke(rpc, m.with_request_id(rpc.build(*args, **kwargs)))
 
-    return method
+    return m.expose(method, rpc, rpc.response)
 
 
 def _collect(rpc: Rpc[P, Q, R]) -> Callable[Concatenate[_ChannelOwner, P], R]:
-    @functools.wraps(rpc.build)
     def method(self: _ChannelOwner, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._collect(rpc, rpc.build(*args, **kwargs))
 
-    return method
+    return m.expose(method, rpc, rpc.response)
 
 
 def _paged(rpc: PagedRpc[P, PQ, PageT, I]) -> Callable[Concatenate[_ChannelOwner, P], Pager[PageT, I]]:
-    @functools.wraps(rpc.build)
     def method(self: _ChannelOwner, /, *args: P.args, **kwargs: P.kwargs) -> Pager[PageT, I]:
         request = rpc.build(*args, **kwargs)
         return Pager(lambda token: self._invoke(rpc, m.with_page_token(request, token)), rpc.items)
 
-    return method
+    return m.expose(method, rpc, f"Pager[{rpc.response.__name__}]")
 
 
 def _watch(
     rpc: Rpc[P, WQ, jobs_pb2.JobEvent], *, single_job: bool
 ) -> Callable[Concatenate[_ChannelOwner, P], Iterator[jobs_pb2.JobEvent]]:
-    @functools.wraps(rpc.build)
     def method(self: _ChannelOwner, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[jobs_pb2.JobEvent]:
         request = rpc.build(*args, **kwargs)
         stub = self._stub(rpc)
@@ -133,7 +122,7 @@ def _watch(
 
         return watch_sync(open_stream, request.after_sequence, single_job, self.config)
 
-    return method
+    return m.expose(method, rpc, Iterator[jobs_pb2.JobEvent])
 
 
 class Client(_ChannelOwner):

@@ -129,7 +129,7 @@ class Output:
         print(text, file=self.stream, flush=True)
 
     def rows(self, items: Iterable[Any], columns: Columns, *, follow: bool = False) -> None:
-        """One JSON object per line, or an aligned table; `follow` prints each row at once."""
+        """One JSON object per line, or an aligned table; `follow` prints each row as it comes."""
         if self.as_json:
             for item in items:
                 self.json(item)
@@ -137,9 +137,9 @@ class Output:
         headers = [h for h, _ in columns]
         widths = [len(h) for h in headers]
         iterator = iter(items)
-        sample = (
-            [] if follow else [self._cells(i, columns) for i in itertools.islice(iterator, _WIDTH_SAMPLE)]
-        )
+        # Following a stream, only the first row can size the columns without holding output back.
+        head = itertools.islice(iterator, 1 if follow else _WIDTH_SAMPLE)
+        sample = [self._cells(item, columns) for item in head]
         for cells in sample:
             widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
         self._line(headers, widths)
@@ -282,9 +282,7 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument("--tls-ca", default=argparse.SUPPRESS, help="CA bundle (CONTIMG_TLS_CA)")
     group.add_argument("--tls-cert", default=argparse.SUPPRESS, help="client cert (CONTIMG_TLS_CERT)")
     group.add_argument("--tls-key", default=argparse.SUPPRESS, help="client key (CONTIMG_TLS_KEY)")
-    group.add_argument(
-        "--deadline", default=argparse.SUPPRESS, help="seconds per call, 0 for none (CONTIMG_DEADLINE)"
-    )
+    group.add_argument("--deadline", default=argparse.SUPPRESS, help="seconds per call, 0 for none (CONTIMG_DEADLINE)")
     group.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON, one per line")
     return common
 

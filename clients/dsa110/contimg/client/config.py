@@ -71,7 +71,7 @@ class ClientConfig:
     # allows gets the connection closed with ENHANCE_YOUR_CALM.
     keepalive_time_ms: int = 30_000
     keepalive_timeout_ms: int = 10_000
-    keepalive_permit_without_calls: bool = False
+    keepalive_permit_without_calls: bool = True
     max_send_message_bytes: int = 64 * MIB
     max_receive_message_bytes: int = 64 * MIB
     read_retry: RetryPolicy = RetryPolicy()

@@ -61,9 +61,7 @@ class AsyncPager(Generic[PageT, ItemT]):
     returns the pager), as does starting an iteration.
     """
 
-    def __init__(
-        self, fetch: Callable[[str], Awaitable[PageT]], items: Callable[[PageT], Sequence[ItemT]]
-    ) -> None:
+    def __init__(self, fetch: Callable[[str], Awaitable[PageT]], items: Callable[[PageT], Sequence[ItemT]]) -> None:
         self._fetch = fetch
         self._items = items
         self._first: PageT | None = None

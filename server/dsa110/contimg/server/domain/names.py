@@ -8,9 +8,9 @@ from urllib.parse import quote, unquote
 from .errors import InvalidArgument
 
 MAX_PATH_LEN = 1024
-_SOURCE_ID = re.compile(r"^[A-Za-z0-9+\-._]{1,64}$")
-_JOB_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_IMAGE_ID = re.compile(r"^[1-9][0-9]{0,17}$")
+_SOURCE_ID = re.compile(r"^[A-Za-z0-9+\-._]{1,64}\Z")
+_JOB_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+_IMAGE_ID = re.compile(r"^[1-9][0-9]{0,17}\Z")
 
 
 def ms_name(path: str) -> str:

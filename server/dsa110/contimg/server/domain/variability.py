@@ -52,7 +52,7 @@ def derive(s: FluxSums) -> Variability:
         var = max(s.sum_f2 - n * mean * mean, 0.0) / (n - 1)
         std = math.sqrt(var)
         eta = max(s.sum_wf2 - s.sum_wf * s.sum_wf / s.sum_w, 0.0) / (n - 1)
-        chi2 = max(s.sum_wf2 - s.sum_wf * s.sum_wf / s.sum_w, 0.0) / (n - 1)
+        chi2 = max(s.sum_wf2 - 2.0 * mean * s.sum_wf + mean * mean * s.sum_w, 0.0) / (n - 1)
     else:
         std = eta = chi2 = 0.0
     v = std / mean if mean > 0 else 0.0

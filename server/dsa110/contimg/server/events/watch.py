@@ -26,7 +26,8 @@ class JobWatcher:
     async def watch_job(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
         with self.bus.subscribe(job_id) as sub:
             if after_sequence > 0:
-                if await self.jobs.get(job_id, with_transitions=False) is None:
+                current = await self.jobs.get(job_id, with_transitions=False)
+                if current is None:
                     raise NotFound("JOB", f"jobs/{job_id}")
                 last = after_sequence
                 async for event in self._replay(job_id, last, lambda e: True):
@@ -34,6 +35,10 @@ class JobWatcher:
                     last = event.sequence
                     if job_rules.is_final(event.job):
                         return
+                if job_rules.is_final(current):
+                    # Final before the replay began: the replay held every event there will ever be
+                    # (resuming after the final event must end, not wait forever).
+                    return
             else:
                 job = await self.jobs.get(job_id)
                 if job is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,15 @@ def wrap_handler(handler: Any, method: str, around: Around, around_stream: Aroun
         )
     if handler.unary_stream:
         inner_us = handler.unary_stream
+        if not inspect.isasyncgenfunction(inner_us):
+            # A streaming handler written as a coroutine that calls context.write() (e.g.
+            # grpc.health.v1.Health/Watch): awaited, not iterated; it must stay a coroutine.
+            async def unary_stream_writer(request: Any, context: Ctx) -> Any:
+                return await around(method, context, lambda: inner_us(request, context))
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream_writer, handler.request_deserializer, handler.response_serializer
+            )
 
         async def unary_stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
             async for item in around_stream(method, context, lambda: inner_us(request, context)):
@@ -44,6 +54,14 @@ def wrap_handler(handler: Any, method: str, around: Around, around_stream: Aroun
             stream_unary, handler.request_deserializer, handler.response_serializer
         )
     inner_ss = handler.stream_stream
+    if not inspect.isasyncgenfunction(inner_ss):
+
+        async def stream_stream_writer(requests: Any, context: Ctx) -> Any:
+            return await around(method, context, lambda: inner_ss(requests, context))
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream_writer, handler.request_deserializer, handler.response_serializer
+        )
 
     async def stream_stream(requests: Any, context: Ctx) -> AsyncIterator[Any]:
         async for item in around_stream(method, context, lambda: inner_ss(requests, context)):

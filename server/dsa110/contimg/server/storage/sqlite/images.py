@@ -43,7 +43,7 @@ class SQLiteImages:
 
     async def get_many(self, ids: Sequence[int]) -> list[Image | None]:
         if len(ids) == 1:
-            found = await self.db.fetchall(f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id = ?", ids)
+            found = await self.db.lookup(f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id = ?", ids)
         else:
             unique = list(dict.fromkeys(ids))
             found = await self.db.fetchall(

@@ -63,6 +63,8 @@ class SQLiteMeasurementSets:
                     stage_update_time=now if ms.stage else 0,
                     image_count=0,
                 )
+                if new.stage == MSStage.PHOTOMETRY_DONE and new.status == MSStatus.COMPLETED and not new.process_time:
+                    new.process_time = now  # as upsert does: registered already finished
                 await conn.execute(
                     f"INSERT INTO measurement_sets ({rows.MS_SELECT}) VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                     rows.ms_values(new),

@@ -38,7 +38,7 @@ CREATE INDEX ms_by_create ON measurement_sets (create_time, path);
 CREATE INDEX ms_by_update ON measurement_sets (update_time, path);
 
 CREATE TABLE images (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids are never reused: names stay unambiguous
     path TEXT NOT NULL UNIQUE,
     ms_path TEXT NOT NULL REFERENCES measurement_sets (path),
     type INTEGER NOT NULL DEFAULT 0,

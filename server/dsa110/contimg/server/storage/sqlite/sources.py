@@ -99,7 +99,7 @@ class SQLiteSources:
             batch = await self.db.fetchall(
                 f"SELECT {rows.PHOTOMETRY_SELECT} FROM photometry WHERE source_sid = ? "
                 "AND (observation_mjd, image_id) > (?, ?) AND observation_mjd <= ? "
-                "ORDER BY image_id LIMIT ?",
+                "ORDER BY observation_mjd, image_id LIMIT ?",
                 (sid, after[0], after[1], hi, chunk),
             )
             if not batch:

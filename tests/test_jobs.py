@@ -516,9 +516,29 @@ async def test_list_jobs_filters(stubs):
 
 
 async def read(call: Any) -> JobEvent:
-    msg = await asyncio.wait_for(call.read(), READ_TIMEOUT)
-    assert msg is not grpc.aio.EOF, "stream ended early"
-    return msg  # type: ignore[no-any-return]
+    """The next job event, skipping WatchJobs' position-only heartbeats."""
+    while True:
+        msg = await asyncio.wait_for(call.read(), READ_TIMEOUT)
+        assert msg is not grpc.aio.EOF, "stream ended early"
+        if msg.type != JobEvent.TYPE_HEARTBEAT:
+            return msg  # type: ignore[no-any-return]
+
+
+async def test_watch_jobs_starts_with_a_resumable_heartbeat(stubs: Any) -> None:
+    created = await stubs.jobs.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)))
+    position = created.transitions[-1].sequence
+    call = stubs.jobs.WatchJobs(jobs_pb2.WatchJobsRequest())
+    first = await asyncio.wait_for(call.read(), READ_TIMEOUT)
+    assert first.type == JobEvent.TYPE_HEARTBEAT
+    assert first.sequence == position and not first.HasField("job")
+    # A change made before the client reads anything more is not lost when it resumes from the heartbeat.
+    call.cancel()
+    started = await stubs.jobs.StartJob(jobs_pb2.StartJobRequest(name=created.name))
+    resumed = stubs.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(after_sequence=first.sequence))
+    event = await read(resumed)
+    assert event.sequence == started.transitions[-1].sequence
+    assert event.job.state == jobs_pb2.Job.STATE_RUNNING
+    resumed.cancel()
 
 
 async def read_to_end(call: Any) -> list[JobEvent]:
@@ -733,11 +753,12 @@ async def test_watch_jobs_live_without_replay(stubs):
 
     async def pump() -> None:
         async for event in call:
-            received.put_nowait(event)
+            if event.type != JobEvent.TYPE_HEARTBEAT:
+                received.put_nowait(event)
 
     pumping = asyncio.create_task(pump())
     try:
-        # The stream sends nothing until a change: poke until the subscription is certainly live.
+        # Poke until the subscription is certainly live.
         probes = []
         first = None
         for _ in range(50):

@@ -249,7 +249,7 @@ async def test_create_without_measurement_set_is_invalid(stubs: Any) -> None:
 async def test_get_missing_is_not_found(stubs: Any) -> None:
     name = "measurementSets/%2Fno%2Fsuch.ms"
     await expect_error(_get(stubs, name), Code.NOT_FOUND, "MEASUREMENT_SET_NOT_FOUND", resource=name)
-    await expect_error(_get(stubs, "/no/such.ms"), Code.NOT_FOUND, "MEASUREMENT_SET_NOT_FOUND", resource="/no/such.ms")
+    await expect_error(_get(stubs, "/no/such.ms"), Code.NOT_FOUND, "MEASUREMENT_SET_NOT_FOUND", resource=name)
 
 
 @pytest.mark.parametrize(
@@ -293,7 +293,10 @@ async def test_batch_get_is_atomic_and_names_the_first_missing(stubs: Any) -> No
     )
     request = pb.BatchGetMeasurementSetsRequest(names=[missing[1], missing[0]])
     await expect_error(
-        stubs.ms.BatchGetMeasurementSets(request), Code.NOT_FOUND, "MEASUREMENT_SET_NOT_FOUND", resource=missing[1]
+        stubs.ms.BatchGetMeasurementSets(request),
+        Code.NOT_FOUND,
+        "MEASUREMENT_SET_NOT_FOUND",
+        resource="measurementSets/%2Fgone2.ms",
     )
 
 

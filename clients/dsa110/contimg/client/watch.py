@@ -69,7 +69,11 @@ class _Cursor:
         self.last_job: jobs_pb2.Job | None = None
 
     def accept(self, event: jobs_pb2.JobEvent) -> bool:
-        """False for an event already delivered (a replay overlapping what was seen)."""
+        """False for an event already delivered (a replay overlapping what was seen) or a heartbeat."""
+        if event.type == jobs_pb2.JobEvent.TYPE_HEARTBEAT:
+            # Only a position: resume from it even if no event has arrived yet.
+            self.last = max(self.last, event.sequence)
+            return False
         if self.last and event.sequence <= self.last:
             return False
         self.last = event.sequence

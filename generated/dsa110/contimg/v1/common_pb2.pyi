@@ -69,6 +69,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A configured concurrency limit was reached; retry with backoff."""
     ERROR_REASON_STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 70
     """Storage is temporarily unavailable (e.g. the database is locked for longer than the timeout)."""
+    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 71
+    """The server is shutting down: open streams end with UNAVAILABLE; reconnect (and resume from
+    the last sequence seen) to another replica or after the restart.
+    """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 99
     """An unexpected server error; details are only in the server log."""
 
@@ -141,6 +145,10 @@ ERROR_REASON_RESOURCE_EXHAUSTED: ErrorReason.ValueType  # 62
 """A configured concurrency limit was reached; retry with backoff."""
 ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 70
 """Storage is temporarily unavailable (e.g. the database is locked for longer than the timeout)."""
+ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 71
+"""The server is shutting down: open streams end with UNAVAILABLE; reconnect (and resume from
+the last sequence seen) to another replica or after the restart.
+"""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 99
 """An unexpected server error; details are only in the server log."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

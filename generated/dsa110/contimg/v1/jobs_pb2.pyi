@@ -311,6 +311,11 @@ class JobEvent(_message.Message):
         """The job's state changed."""
         TYPE_PROGRESS: JobEvent._Type.ValueType  # 4
         """A running job reported a new stage or progress."""
+        TYPE_HEARTBEAT: JobEvent._Type.ValueType  # 5
+        """Carries only `sequence`, the stream's position: WatchJobs sends one first (the latest
+        sequence when the stream started) and again after 30 s without events. A client that
+        reconnects with it as `after_sequence` misses nothing, even if no job event came yet.
+        """
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
         """What the event reports."""
@@ -325,6 +330,11 @@ class JobEvent(_message.Message):
     """The job's state changed."""
     TYPE_PROGRESS: JobEvent.Type.ValueType  # 4
     """A running job reported a new stage or progress."""
+    TYPE_HEARTBEAT: JobEvent.Type.ValueType  # 5
+    """Carries only `sequence`, the stream's position: WatchJobs sends one first (the latest
+    sequence when the stream started) and again after 30 s without events. A client that
+    reconnects with it as `after_sequence` misses nothing, even if no job event came yet.
+    """
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
@@ -338,11 +348,11 @@ class JobEvent(_message.Message):
     """Event kind."""
     @_builtins.property
     def transition(self) -> Global___JobTransition:
-        """The transition (absent from SNAPSHOT events)."""
+        """The transition (absent from SNAPSHOT and HEARTBEAT events)."""
 
     @_builtins.property
     def job(self) -> Global___Job:
-        """The job after the change (without `transitions`)."""
+        """The job after the change (without `transitions`; absent from HEARTBEAT events)."""
 
     def __init__(
         self,
@@ -860,9 +870,7 @@ class WatchJobsRequest(_message.Message):
     `measurement_set`, evaluated against the job after each change.
     """
     after_sequence: _builtins.int
-    """Resume point: when > 0, replay recorded events with a larger sequence first (at most the
-    last 100000 events are kept for replay).
-    """
+    """Resume point: when > 0, replay recorded events with a larger sequence first."""
     def __init__(
         self,
         *,

@@ -234,6 +234,7 @@ class JobServiceServicer:
 
     def WatchJobs(self, request, context):
         """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
+        The first message is a HEARTBEAT carrying the current position.
         With `after_sequence` set, recorded events after it are replayed first, so a client that
         reconnects with the last sequence it saw misses and repeats nothing.
         """

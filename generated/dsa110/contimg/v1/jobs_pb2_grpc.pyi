@@ -90,6 +90,7 @@ class JobServiceStub:
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]
     """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
+    The first message is a HEARTBEAT carrying the current position.
     With `after_sequence` set, recorded events after it are replayed first, so a client that
     reconnects with the last sequence it saw misses and repeats nothing.
     """
@@ -155,6 +156,7 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
     """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
+    The first message is a HEARTBEAT carrying the current position.
     With `after_sequence` set, recorded events after it are replayed first, so a client that
     reconnects with the last sequence it saw misses and repeats nothing.
     """
@@ -295,6 +297,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.JobEvent], _abc.AsyncIterator[_jobs_pb2.JobEvent]]:
         """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
+        The first message is a HEARTBEAT carrying the current position.
         With `after_sequence` set, recorded events after it are replayed first, so a client that
         reconnects with the last sequence it saw misses and repeats nothing.
         """

@@ -30,7 +30,9 @@ from .config import ServerConfig, token_sets
 from .events.local import LocalEventBus
 from .events.watch import JobWatcher
 from .interceptors.auth import AuthInterceptor, TokenPolicy
+from .interceptors.decoding import DecodeGuardInterceptor
 from .interceptors.logging import LoggingInterceptor
+from .replicas import RedisFeatures, Repositories
 from .servicers.common import Paging
 from .servicers.images import ImageServicer
 from .servicers.jobs import JobServicer
@@ -75,6 +77,8 @@ class ContimgServer:
 
     def __post_init__(self) -> None:
         self.bus = LocalEventBus()
+        # With Redis, committed job events reach the bus through the event tailer (all replicas' events, once).
+        self.redis = RedisFeatures(self.config.redis_url, self.bus) if self.config.redis_url else None
         self.storage = SQLiteStorage(
             SQLiteSettings(
                 path=self.config.database_path,
@@ -82,13 +86,16 @@ class ContimgServer:
                 synchronous=self.config.synchronous.upper(),
                 statement_timeout_s=self.config.statement_timeout_s,
             ),
-            self.bus,
+            self.redis.tailer if self.redis is not None else self.bus,
         )
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
         await self.storage.open()
+        repos = Repositories.of(self.storage)
+        if self.redis is not None:
+            repos = await self.redis.start(self.storage, self.health)
         paging = Paging(self.storage.page_token_secret)
         write_tokens, read_tokens = token_sets(self.config)
         policy = TokenPolicy(
@@ -99,23 +106,24 @@ class ContimgServer:
         # Logging first so rejected calls are logged too.
         interceptors: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor()] if self.config.log_rpcs else []
         interceptors.append(AuthInterceptor(policy))
+        interceptors.append(DecodeGuardInterceptor())  # innermost: undecodable requests -> INVALID_ARGUMENT
         server = grpc.aio.server(
             interceptors=interceptors,
             options=server_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None,
         )
-        images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.storage.images, paging), server)
-        sources_pb2_grpc.add_SourceServiceServicer_to_server(SourceServicer(self.storage.sources, paging), server)
+        images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(repos.images, paging), server)
+        sources_pb2_grpc.add_SourceServiceServicer_to_server(SourceServicer(repos.sources, paging), server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(self.storage.jobs, paging, JobWatcher(self.storage.jobs, self.bus)), server
+            JobServicer(repos.jobs, paging, JobWatcher(repos.jobs, self.bus)), server
         )
-        measurement_sets_pb2_grpc.add_MSServiceServicer_to_server(
-            MSServicer(self.storage.measurement_sets, paging), server
-        )
+        measurement_sets_pb2_grpc.add_MSServiceServicer_to_server(MSServicer(repos.measurement_sets, paging), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         self.port = self._bind(server)
         if self.port == 0:
+            if self.redis is not None:
+                await self.redis.stop()
             await self.storage.close()
             raise RuntimeError(f"could not bind {self.config.address}")
         await server.start()
@@ -145,8 +153,11 @@ class ContimgServer:
         if self._server is None:
             return
         await self.health.enter_graceful_shutdown()
+        self.bus.close()  # watch streams end now (UNAVAILABLE, resumable) instead of holding the grace period
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self._server = None
+        if self.redis is not None:
+            await self.redis.stop()
         await self.storage.close()
         log.info("stopped")
 

@@ -9,6 +9,8 @@ from .errors import FieldViolation, InvalidArgument
 MAX_TEXT = 4096
 MAX_NAME = 256
 MJD_MIN, MJD_MAX = 15000.0, 100000.0  # 1900 .. 2132: anything outside is a unit mistake
+# google.protobuf.Timestamp's valid range, 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_MIN_S, TIMESTAMP_MAX_S = -62_135_596_800, 253_402_300_799
 
 
 class Checker:
@@ -73,6 +75,11 @@ class Checker:
             self.add(field, f"longer than {max_len} bytes")
         elif "\x00" in value:
             self.add(field, "must not contain NUL characters")
+
+    def timestamp(self, field: str, seconds: int, nanos: int) -> None:
+        """A google.protobuf.Timestamp inside its documented range (and so storable in microseconds)."""
+        if not TIMESTAMP_MIN_S <= seconds <= TIMESTAMP_MAX_S or not 0 <= nanos <= 999_999_999:
+            self.add(field, "must be a valid timestamp between 0001-01-01 and 9999-12-31 (nanos 0 to 999999999)")
 
     def enum(self, field: str, value: int, known: type, *, required: bool = False) -> None:
         try:

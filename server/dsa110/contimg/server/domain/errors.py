@@ -81,3 +81,9 @@ class StorageUnavailable(DomainError):
     """Storage is temporarily unable to serve (e.g. locked past the busy timeout): UNAVAILABLE."""
 
     reason = "STORAGE_UNAVAILABLE"
+
+
+class ShuttingDown(StorageUnavailable):
+    """The server is draining: streams end so clients reconnect and resume elsewhere (UNAVAILABLE)."""
+
+    reason = "SHUTTING_DOWN"

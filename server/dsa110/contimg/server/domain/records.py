@@ -312,6 +312,13 @@ class JobEvent:
 
 
 @dataclass(slots=True)
+class Heartbeat:
+    """A stream position with no event: lets a watcher resume even before its first event."""
+
+    sequence: int
+
+
+@dataclass(slots=True)
 class JobLogEntry:
     line_number: int
     time: int

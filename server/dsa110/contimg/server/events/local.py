@@ -16,8 +16,18 @@ class Subscription:
 
     def __init__(self, job_id: str | None):
         self.job_id = job_id
-        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(QUEUE_LIMIT)
+        self.queue: asyncio.Queue[JobEvent | None] = asyncio.Queue(QUEUE_LIMIT)
         self.lagged = False
+        self.closed = False
+
+    def close(self) -> None:
+        """Wake the watcher with None: the bus is shutting down."""
+        self.closed = True
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            self.queue.get_nowait()
+            self.queue.put_nowait(None)
 
     def offer(self, event: JobEvent) -> None:
         try:
@@ -35,6 +45,13 @@ class LocalEventBus:
         self._by_job: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
         self.published = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """End every watch stream (server shutdown); new subscriptions start closed."""
+        self.closed = True
+        for sub in [*self._all, *(s for subs in self._by_job.values() for s in subs)]:
+            sub.close()
 
     def publish(self, event: JobEvent) -> None:
         self.published += 1
@@ -46,6 +63,8 @@ class LocalEventBus:
     @contextmanager
     def subscribe(self, job_id: str | None) -> Iterator[Subscription]:
         sub = Subscription(job_id)
+        if self.closed:
+            sub.close()
         if job_id is None:
             self._all.add(sub)
         else:

@@ -6,15 +6,18 @@ nothing committed in between can be missed, and nothing is sent twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from ..domain import jobs as job_rules
-from ..domain.errors import NotFound
-from ..domain.records import JobEvent, JobEventType
+from ..domain.errors import NotFound, ShuttingDown
+from ..domain.records import Heartbeat, JobEvent, JobEventType
 from ..repositories.protocols import JobRepository
 from .local import LocalEventBus, Subscription
 
 REPLAY_BATCH = 1000
+# WatchJobs sends a heartbeat after this long without events (keeps idle streams resumable).
+HEARTBEAT_S = 30.0
 EventFilter = Callable[[JobEvent], bool]
 
 
@@ -48,12 +51,16 @@ class JobWatcher:
                 yield JobEvent(sequence=last, type=JobEventType.SNAPSHOT, job=job)
                 if job_rules.is_final(job):
                     return
-            async for event in self._follow(sub, job_id, last, lambda e: True):
-                yield event
-                if job_rules.is_final(event.job):
+            async for item in self._follow(sub, job_id, last, lambda e: True):
+                if isinstance(item, Heartbeat):  # not requested here (no heartbeat_s); for the type checker
+                    continue
+                yield item
+                if job_rules.is_final(item.job):
                     return
 
-    async def watch_jobs(self, accept: EventFilter, after_sequence: int) -> AsyncIterator[JobEvent]:
+    async def watch_jobs(
+        self, accept: EventFilter, after_sequence: int, heartbeat_s: float = HEARTBEAT_S
+    ) -> AsyncIterator[JobEvent | Heartbeat]:
         with self.bus.subscribe(None) as sub:
             last = after_sequence
             if after_sequence > 0:
@@ -62,8 +69,9 @@ class JobWatcher:
                     last = event.sequence
             else:
                 last = await self.jobs.last_sequence()
-            async for event in self._follow(sub, None, last, accept):
-                yield event
+            yield Heartbeat(last)
+            async for item in self._follow(sub, None, last, accept, heartbeat_s):
+                yield item
 
     async def _replay(self, job_id: str | None, after: int, accept: EventFilter) -> AsyncIterator[JobEvent]:
         while True:
@@ -76,10 +84,17 @@ class JobWatcher:
                 return
 
     async def _follow(
-        self, sub: Subscription, job_id: str | None, last: int, accept: EventFilter
-    ) -> AsyncIterator[JobEvent]:
+        self, sub: Subscription, job_id: str | None, last: int, accept: EventFilter, heartbeat_s: float | None = None
+    ) -> AsyncIterator[JobEvent | Heartbeat]:
         while True:
-            event = await sub.queue.get()
+            try:
+                async with asyncio.timeout(heartbeat_s):
+                    event = await sub.queue.get()
+            except TimeoutError:
+                yield Heartbeat(last)
+                continue
+            if event is None or sub.closed:
+                raise ShuttingDown("the server is shutting down: reconnect and resume from the last sequence")
             if sub.lagged:
                 # Fell behind the bus: storage has every event, so catch up from there.
                 sub.lagged = False

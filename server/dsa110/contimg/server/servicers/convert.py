@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from ..domain import names
 from ..domain.records import (
     CalibrationTable,
+    Heartbeat,
     Image,
     Job,
     JobEvent,
@@ -290,7 +291,9 @@ def parameters_json(params: struct_pb2.Struct) -> str:
     return json.dumps(json_format.MessageToDict(params), separators=(",", ":"), sort_keys=True)
 
 
-def event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:
+def event_to_proto(event: JobEvent | Heartbeat) -> jobs_pb2.JobEvent:
+    if isinstance(event, Heartbeat):
+        return jobs_pb2.JobEvent(sequence=event.sequence, type=jobs_pb2.JobEvent.TYPE_HEARTBEAT)
     return jobs_pb2.JobEvent(
         sequence=event.sequence,
         type=_enum(event.type),

@@ -43,6 +43,21 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+# Errors travel in the trailers, which clients cap (gRPC: 8 KiB soft, 16 KiB hard): an error echoing
+# a huge or many-times-wrong request would arrive as RESOURCE_EXHAUSTED instead. Keep them small.
+MAX_MESSAGE_BYTES = 512
+MAX_TEXT_BYTES = 256
+MAX_METADATA_VALUE_BYTES = 1024
+MAX_VIOLATIONS_BYTES = 2048
+
+
+def clip(text: str, limit: int = MAX_TEXT_BYTES) -> str:
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode("utf-8", "ignore") + "..."
+
+
 def rich_status(
     code: int,
     message: str,
@@ -50,17 +65,18 @@ def rich_status(
     metadata: dict[str, str] | None = None,
     violations: list[tuple[str, str]] | None = None,
 ) -> grpc.Status:
-    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))]
+    metadata = {k: clip(v, MAX_METADATA_VALUE_BYTES) for k, v in (metadata or {}).items()}
+    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))]
     if violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
-                    ]
-                )
-            )
-        )
+        kept: list[error_details_pb2.BadRequest.FieldViolation] = []
+        size = 0
+        for f, d in violations:
+            kept.append(error_details_pb2.BadRequest.FieldViolation(field=clip(f), description=clip(d)))
+            size += kept[-1].ByteSize()
+            if size >= MAX_VIOLATIONS_BYTES:
+                break
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=kept)))
+    message = clip(message, MAX_MESSAGE_BYTES)
     status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
     return status
 

@@ -30,7 +30,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def GetImage(self, request: pb.GetImageRequest, context: Ctx) -> pb.Image:
         [img] = await self.repo.get_many([names.parse_image_name(request.name)])
         if img is None:
-            raise NotFound("IMAGE", request.name)
+            raise NotFound("IMAGE", names.image_name(names.parse_image_name(request.name)))
         return image_to_proto(img)
 
     @unary
@@ -38,9 +38,9 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         batch_names(request.names)
         ids = [names.parse_image_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
         found = await self.repo.get_many(ids)
-        for name, img in zip(request.names, found, strict=True):
+        for image_id, img in zip(ids, found, strict=True):
             if img is None:
-                raise NotFound("IMAGE", name)
+                raise NotFound("IMAGE", names.image_name(image_id))
         return pb.BatchGetImagesResponse(images=[image_to_proto(i) for i in found if i])
 
     @unary

@@ -12,7 +12,7 @@ from dsa110.contimg.v1 import jobs_pb2_grpc as pb_grpc
 from ..domain import jobs as rules
 from ..domain import names
 from ..domain.checks import Checker, page_size
-from ..domain.errors import NotFound
+from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
 from ..domain.query import fingerprint, parse_filter
 from ..domain.records import Job, JobEvent, JobStage
@@ -33,9 +33,10 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
-        job = await self.repo.get(names.parse_job_name(request.name))
+        job_id = names.parse_job_name(request.name)
+        job = await self.repo.get(job_id)
         if job is None:
-            raise NotFound("JOB", request.name)
+            raise NotFound("JOB", names.job_name(job_id))
         return job_to_proto(job)
 
     @unary
@@ -59,7 +60,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             type=msg.type,
             ms_path=ms_path,
             target_path=msg.ms_path or ms_path,
-            parameters_json=parameters_json(msg.parameters),
+            parameters_json=_parameters_json(msg),
             max_attempts=msg.max_attempts or 3,
         )
         c = Checker()
@@ -184,6 +185,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
         async for event in self.watcher.watch_jobs(accept, max(request.after_sequence, 0)):
             yield event_to_proto(event)
+
+
+def _parameters_json(msg: pb.Job) -> str:
+    try:
+        return parameters_json(msg.parameters)
+    except ValueError:  # NaN and Infinity have no JSON form
+        raise InvalidArgument.single("job.parameters", "numbers must be finite") from None
 
 
 def _apply(job: Job, now: int, *, action: rules.Action, kwargs: dict[str, object]) -> tuple[Job, object, object]:

@@ -28,6 +28,11 @@ def _target_path(msg: pb.MeasurementSet) -> str:
     return names.check_path(msg.path, "measurement_set.path")
 
 
+def _check_process_time(msg: pb.MeasurementSet, c: Checker) -> None:
+    if msg.HasField("process_time"):
+        c.timestamp("measurement_set.process_time", msg.process_time.seconds, msg.process_time.nanos)
+
+
 class MSServicer(pb_grpc.MSServiceServicer):
     def __init__(self, repo: MeasurementSetRepository, paging: Paging):
         self.repo = repo
@@ -38,7 +43,7 @@ class MSServicer(pb_grpc.MSServiceServicer):
         path = names.parse_ms_name(request.name)
         [ms] = await self.repo.get_many([path])
         if ms is None:
-            raise NotFound("MEASUREMENT_SET", request.name)
+            raise NotFound("MEASUREMENT_SET", names.ms_name(path))
         return ms_to_proto(ms)
 
     @unary
@@ -48,9 +53,9 @@ class MSServicer(pb_grpc.MSServiceServicer):
         batch_names(request.names)
         paths = [names.parse_ms_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
         found = await self.repo.get_many(paths)
-        for name, ms in zip(request.names, found, strict=True):
+        for path, ms in zip(paths, found, strict=True):
             if ms is None:
-                raise NotFound("MEASUREMENT_SET", name)
+                raise NotFound("MEASUREMENT_SET", names.ms_name(path))
         return pb.BatchGetMeasurementSetsResponse(measurement_sets=[ms_to_proto(m) for m in found if m])
 
     @unary
@@ -72,6 +77,7 @@ class MSServicer(pb_grpc.MSServiceServicer):
         record = ms_from_proto(request.measurement_set, path)
         c = Checker()
         check_measurement_set(record, MS_WRITABLE_FIELDS, "measurement_set", c)
+        _check_process_time(request.measurement_set, c)
         c.raise_if_any()
         return ms_to_proto(await self.repo.create(record, idempotency("CreateMeasurementSet", request)))
 
@@ -94,6 +100,8 @@ class MSServicer(pb_grpc.MSServiceServicer):
         record = ms_from_proto(request.measurement_set, path)
         c = Checker()
         check_measurement_set(record, fields, "measurement_set", c)
+        if "process_time" in fields:
+            _check_process_time(request.measurement_set, c)
         c.raise_if_any()
         updated = await self.repo.upsert(
             record, fields, request.allow_missing, idempotency("UpdateMeasurementSet", request)

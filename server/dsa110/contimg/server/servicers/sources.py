@@ -28,9 +28,10 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
 
     @unary
     async def GetSource(self, request: pb.GetSourceRequest, context: Ctx) -> pb.Source:
-        [src] = await self.repo.get_many([names.parse_source_name(request.name)])
+        source_id = names.parse_source_name(request.name)
+        [src] = await self.repo.get_many([source_id])
         if src is None:
-            raise NotFound("SOURCE", request.name)
+            raise NotFound("SOURCE", names.source_name(source_id))
         return source_to_proto(src)
 
     @unary
@@ -38,9 +39,9 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         batch_names(request.names)
         ids = [names.parse_source_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
         found = await self.repo.get_many(ids)
-        for name, src in zip(request.names, found, strict=True):
+        for source_id, src in zip(ids, found, strict=True):
             if src is None:
-                raise NotFound("SOURCE", name)
+                raise NotFound("SOURCE", names.source_name(source_id))
         return pb.BatchGetSourcesResponse(sources=[source_to_proto(s) for s in found if s])
 
     @unary
@@ -89,7 +90,7 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         c.raise_if_any()
         [src] = await self.repo.get_many([source_id])
         if src is None:
-            raise NotFound("SOURCE", request.name)
+            raise NotFound("SOURCE", names.source_name(source_id))
         first = pb.GetLightcurveResponse(source=source_to_proto(src))
         sent_first = False
         async for points in self.repo.lightcurve(
@@ -113,6 +114,8 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
             except Exception as exc:  # collect alongside the other violations
                 c.violations.extend(getattr(exc, "violations", []))
                 source_id = f"invalid-{i}"
+            if m.HasField("measure_time"):
+                c.timestamp(f"measurements[{i}].measure_time", m.measure_time.seconds, m.measure_time.nanos)
             rows.append(photometry_from_proto(m, source_id))
             if len(c.violations) >= 100:
                 break

@@ -93,8 +93,12 @@ class Database:
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
         self._inline = sqlite3.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
-        for pragma in ("query_only = ON", f"busy_timeout = {INLINE_BUSY_MS}", "mmap_size = 268435456",
-                       f"cache_size = {-1024 * int(self.settings.cache_mb)}"):
+        for pragma in (
+            "query_only = ON",
+            f"busy_timeout = {INLINE_BUSY_MS}",
+            "mmap_size = 268435456",
+            f"cache_size = {-1024 * int(self.settings.cache_mb)}",
+        ):
             self._inline.execute(f"PRAGMA {pragma}")
 
     async def close(self) -> None:

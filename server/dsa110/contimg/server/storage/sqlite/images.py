@@ -10,6 +10,7 @@ import aiosqlite
 
 from ...domain import sky
 from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from ...domain.names import ms_name
 from ...domain.records import Image, Match, Page
 from ...repositories.protocols import Idempotency, ListQuery
 from . import rows
@@ -94,9 +95,14 @@ class SQLiteImages:
                 await conn.execute_fetchall("SELECT mid_mjd FROM measurement_sets WHERE path = ?", (image.ms_path,))
             )
             if not ms:
-                raise NotFound("MEASUREMENT_SET", image.ms_path)
-            if await conn.execute_fetchall("SELECT 1 FROM images WHERE path = ?", (image.path,)):
-                raise AlreadyExists("IMAGE", image.path)
+                raise NotFound("MEASUREMENT_SET", ms_name(image.ms_path))
+            existing = list(await conn.execute_fetchall("SELECT id FROM images WHERE path = ?", (image.path,)))
+            if existing:
+                raise AlreadyExists(
+                    "IMAGE",
+                    f"images/{existing[0][0]}",
+                    message=f"an image with path {image.path!r} is already registered",
+                )
             now = now_us()
             new = replace(
                 image, create_time=now, update_time=now, photometry_count=0, mid_mjd=image.mid_mjd or ms[0][0]

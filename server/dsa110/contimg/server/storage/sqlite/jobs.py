@@ -8,6 +8,7 @@ from dataclasses import replace
 import aiosqlite
 
 from ...domain.errors import AlreadyExists, NotFound
+from ...domain.names import ms_name
 from ...domain.records import Job, JobEvent, JobEventType, JobLogEntry, JobState, JobTransition, Page
 from ...repositories.protocols import EventPublisher, Idempotency, JobMutation, ListQuery
 from . import rows
@@ -16,8 +17,8 @@ from .sql import page_query
 
 _COLUMNS = {name: name for name in rows.JOB_COLUMNS}
 _COLUMNS["measurement_set"] = "ms_path"
-# Events kept for replay by WatchJobs(after_sequence); older ones are trimmed on write.
-EVENT_RETENTION = 100_000
+# job_events is never trimmed: it is both the jobs' transition history (GetJob) and the replay log of
+# WatchJobs. At ~10 events per job and a few thousand jobs a day it grows by well under 1 MB a day.
 
 
 async def _load(conn: aiosqlite.Connection, job_id: str) -> Job | None:
@@ -43,8 +44,6 @@ async def _record_event(
         ),
     )
     seq = int(cursor.lastrowid or 0)
-    if seq % 1000 == 0:
-        await conn.execute("DELETE FROM job_events WHERE sequence <= ?", (seq - EVENT_RETENTION,))
     return JobEvent(sequence=seq, type=int(etype), job=job, transition=replace(transition, sequence=seq))
 
 
@@ -100,7 +99,7 @@ class SQLiteJobs:
             if job.ms_path and not await conn.execute_fetchall(
                 "SELECT 1 FROM measurement_sets WHERE path = ?", (job.ms_path,)
             ):
-                raise NotFound("MEASUREMENT_SET", job.ms_path)
+                raise NotFound("MEASUREMENT_SET", ms_name(job.ms_path))
             now = now_us()
             new = replace(
                 job,

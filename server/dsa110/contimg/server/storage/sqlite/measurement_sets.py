@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import aiosqlite
 
-from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from ...domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ...domain.names import ms_name
 from ...domain.records import MeasurementSet, MSStage, MSStatus, Page
 from ...repositories.protocols import Idempotency, ListQuery
 from . import rows
@@ -54,7 +55,7 @@ class SQLiteMeasurementSets:
         async def body(conn: aiosqlite.Connection) -> MeasurementSet:
             if await check_request_id(conn, idem) is None:
                 if await _load(conn, ms.path) is not None:
-                    raise AlreadyExists("MEASUREMENT_SET", ms.path)
+                    raise AlreadyExists("MEASUREMENT_SET", ms_name(ms.path))
                 now = now_us()
                 new = replace(
                     ms,
@@ -85,7 +86,7 @@ class SQLiteMeasurementSets:
                 now = now_us()
                 if current is None:
                     if not allow_missing:
-                        raise NotFound("MEASUREMENT_SET", ms.path)
+                        raise NotFound("MEASUREMENT_SET", ms_name(ms.path))
                     current = MeasurementSet(path=ms.path, create_time=now)
                     await conn.execute(
                         f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
@@ -95,6 +96,10 @@ class SQLiteMeasurementSets:
                 updated = replace(current)
                 for f in fields:
                     setattr(updated, f, getattr(ms, f))
+                if updated.start_mjd and updated.end_mjd and updated.start_mjd > updated.end_mjd:
+                    # Checked on the merged record: a partial update must not contradict stored values.
+                    field = "end_mjd" if "end_mjd" in fields else "start_mjd"
+                    raise InvalidArgument.single(f"measurement_set.{field}", "start_mjd would be later than end_mjd")
                 if "stage" in fields and updated.stage != current.stage:
                     if updated.stage < current.stage:
                         raise FailedPrecondition(
@@ -102,7 +107,7 @@ class SQLiteMeasurementSets:
                             f"{MSStage(updated.stage).name}",
                             reason="INVALID_STAGE_TRANSITION",
                             metadata={
-                                "resource": ms.path,
+                                "resource": ms_name(ms.path),
                                 "from_stage": MSStage(current.stage).name,
                                 "to_stage": MSStage(updated.stage).name,
                             },
@@ -129,13 +134,13 @@ class SQLiteMeasurementSets:
         async def body(conn: aiosqlite.Connection) -> None:
             current = await _load(conn, path)
             if current is None:
-                raise NotFound("MEASUREMENT_SET", path)
+                raise NotFound("MEASUREMENT_SET", ms_name(path))
             image_ids = [r[0] for r in await conn.execute_fetchall("SELECT id FROM images WHERE ms_path = ?", (path,))]
             if image_ids and not force:
                 raise FailedPrecondition(
                     f"measurement set has {len(image_ids)} images; delete them first or set force",
                     reason="MEASUREMENT_SET_HAS_IMAGES",
-                    metadata={"resource": path, "image_count": str(len(image_ids))},
+                    metadata={"resource": ms_name(path), "image_count": str(len(image_ids))},
                 )
             await delete_images(conn, image_ids)
             await conn.execute("DELETE FROM measurement_sets WHERE path = ?", (path,))

@@ -1,0 +1,1 @@
+"""Query-result caching for the expensive reads, kept exact across replicas through Redis."""

@@ -10,21 +10,26 @@ from ..domain import names
 from ..domain.checks import Checker
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import IMAGE_DEFAULT_ORDER, IMAGE_FIELDS
-from ..domain.records import IMAGE_UPDATABLE_FIELDS
+from ..domain.records import IMAGE_UPDATABLE_FIELDS, Image
 from ..domain.validation import check_image
 from ..repositories.protocols import ImageRepository
 from ..rpc_types import Ctx
 from .common import Paging, batch_names, idempotency, require
 from .convert import image_from_proto, image_to_proto
+from .encoded import EncodedCache, double_field, field_bytes
 from .errors import unary
 
 _ALL_FIELDS = tuple(dict.fromkeys(f for attrs in IMAGE_UPDATABLE_FIELDS.values() for f in attrs))
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
-    def __init__(self, repo: ImageRepository, paging: Paging):
+    def __init__(self, repo: ImageRepository, paging: Paging, cache: EncodedCache | None = None):
         self.repo = repo
         self.paging = paging
+        self.cache = cache or EncodedCache()
+
+    def _encoded(self, img: Image) -> bytes:
+        return self.cache.get(("image", img.id, img.update_time), lambda: image_to_proto(img))
 
     @unary
     async def GetImage(self, request: pb.GetImageRequest, context: Ctx) -> pb.Image:
@@ -41,17 +46,16 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         for image_id, img in zip(ids, found, strict=True):
             if img is None:
                 raise NotFound("IMAGE", names.image_name(image_id))
-        return pb.BatchGetImagesResponse(images=[image_to_proto(i) for i in found if i])
+        return self.cache.message(pb.BatchGetImagesResponse, 1, [self._encoded(i) for i in found if i])
 
     @unary
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> pb.ListImagesResponse:
         query, fp = self.paging.query("ListImages", request, IMAGE_FIELDS, IMAGE_DEFAULT_ORDER)
         page = await self.repo.list_page(query)
-        return pb.ListImagesResponse(
-            images=[image_to_proto(i) for i in page.items],
-            next_page_token=self.paging.next_token(page, fp),
-            total_size=page.total_size,
-        )
+        response = self.cache.message(pb.ListImagesResponse, 1, [self._encoded(i) for i in page.items])
+        response.next_page_token = self.paging.next_token(page, fp)
+        response.total_size = page.total_size
+        return response
 
     @unary
     async def SearchImages(self, request: pb.SearchImagesRequest, context: Ctx) -> pb.SearchImagesResponse:
@@ -68,11 +72,11 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             bound_to=(request.ra_deg, request.dec_deg),
         )
         page = await self.repo.search(request.ra_deg, request.dec_deg, query)
-        return pb.SearchImagesResponse(
-            matches=[pb.ImageMatch(image=image_to_proto(m.item), separation_deg=m.separation_deg) for m in page.items],
-            next_page_token=self.paging.next_token(page, fp),
-            total_size=page.total_size,
-        )
+        matches = [field_bytes(1, self._encoded(m.item)) + double_field(2, m.separation_deg) for m in page.items]
+        response = self.cache.message(pb.SearchImagesResponse, 1, matches)
+        response.next_page_token = self.paging.next_token(page, fp)
+        response.total_size = page.total_size
+        return response
 
     @unary
     async def CreateImage(self, request: pb.CreateImageRequest, context: Ctx) -> pb.Image:

@@ -11,20 +11,26 @@ from ..domain import names
 from ..domain.checks import Checker
 from ..domain.errors import NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
+from ..domain.records import Source
 from ..domain.validation import MAX_MEASUREMENTS, check_measurements
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from .common import Paging, batch_names, idempotency
 from .convert import photometry_from_proto, photometry_to_proto, source_to_proto
+from .encoded import EncodedCache, double_field, field_bytes
 from .errors import streaming, unary
 
 MAX_RADIUS_DEG = 10.0
 
 
 class SourceServicer(pb_grpc.SourceServiceServicer):
-    def __init__(self, repo: SourceRepository, paging: Paging):
+    def __init__(self, repo: SourceRepository, paging: Paging, cache: EncodedCache | None = None):
         self.repo = repo
         self.paging = paging
+        self.cache = cache or EncodedCache()
+
+    def _encoded(self, src: Source) -> bytes:
+        return self.cache.get(("source", src.id, src.update_time), lambda: source_to_proto(src))
 
     @unary
     async def GetSource(self, request: pb.GetSourceRequest, context: Ctx) -> pb.Source:
@@ -42,17 +48,16 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         for source_id, src in zip(ids, found, strict=True):
             if src is None:
                 raise NotFound("SOURCE", names.source_name(source_id))
-        return pb.BatchGetSourcesResponse(sources=[source_to_proto(s) for s in found if s])
+        return self.cache.message(pb.BatchGetSourcesResponse, 1, [self._encoded(s) for s in found if s])
 
     @unary
     async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> pb.ListSourcesResponse:
         query, fp = self.paging.query("ListSources", request, SOURCE_FIELDS, SOURCE_DEFAULT_ORDER)
         page = await self.repo.list_page(query)
-        return pb.ListSourcesResponse(
-            sources=[source_to_proto(s) for s in page.items],
-            next_page_token=self.paging.next_token(page, fp),
-            total_size=page.total_size,
-        )
+        response = self.cache.message(pb.ListSourcesResponse, 1, [self._encoded(s) for s in page.items])
+        response.next_page_token = self.paging.next_token(page, fp)
+        response.total_size = page.total_size
+        return response
 
     @unary
     async def SearchSources(self, request: pb.SearchSourcesRequest, context: Ctx) -> pb.SearchSourcesResponse:
@@ -70,13 +75,11 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
             bound_to=(request.ra_deg, request.dec_deg, request.radius_deg),
         )
         page = await self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, query)
-        return pb.SearchSourcesResponse(
-            matches=[
-                pb.SourceMatch(source=source_to_proto(m.item), separation_deg=m.separation_deg) for m in page.items
-            ],
-            next_page_token=self.paging.next_token(page, fp),
-            total_size=page.total_size,
-        )
+        matches = [field_bytes(1, self._encoded(m.item)) + double_field(2, m.separation_deg) for m in page.items]
+        response = self.cache.message(pb.SearchSourcesResponse, 1, matches)
+        response.next_page_token = self.paging.next_token(page, fp)
+        response.total_size = page.total_size
+        return response
 
     @streaming
     async def GetLightcurve(

@@ -32,8 +32,11 @@ T = TypeVar("T")
 Row = Sequence[Any]
 
 
-# How long a lookup on the event loop may wait for a lock before it moves to the thread pool.
+# How long a read on the event loop may wait for a lock before it moves to the thread pool.
 INLINE_BUSY_MS = 5
+# Work a read may do on the event loop: TICKS x OPS SQLite VM instructions (~1 ms), then it moves.
+INLINE_TICK_OPS = 1000
+INLINE_BUDGET_TICKS = 100
 
 
 def now_us() -> int:
@@ -63,6 +66,8 @@ class Database:
         self._write_lock = asyncio.Lock()
         self.page_token_secret = b""
         self._inline: sqlite3.Connection | None = None
+        self._inline_ticks = 0
+        self.inline_fallbacks = 0
         # Bumped on every local commit (and by remote invalidations): cached counts older than it are void.
         self.generation = 0
         self._counts: OrderedDict[tuple[str, tuple[Any, ...]], tuple[int, float, int]] = OrderedDict()
@@ -93,6 +98,7 @@ class Database:
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
         self._inline = sqlite3.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
+        self._inline.set_progress_handler(self._inline_budget, INLINE_TICK_OPS)
         for pragma in (
             "query_only = ON",
             f"busy_timeout = {INLINE_BUSY_MS}",
@@ -156,18 +162,27 @@ class Database:
             self._readers.put_nowait(conn)
 
     async def lookup(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """A primary-key lookup, run on the event loop thread.
+        """A read expected to be quick (a key lookup, an indexed page), tried on the event loop thread.
 
-        Measured: a thread hop to an aiosqlite connection costs more CPU than an indexed lookup
-        itself, so point reads skip it. In WAL mode readers do not wait for the writer; if the
-        file is briefly busy anyway (a checkpoint), fall back to the pool instead of blocking the loop.
+        Measured: a thread hop to an aiosqlite connection costs more CPU than an indexed lookup or a
+        100-row index range. SQLite's progress handler caps the inline attempt at ~1 ms of VM work;
+        a query that needs more is abandoned and rerun on the reader pool, so one slow filter never
+        stalls the loop. In WAL mode readers do not wait for the writer; if the file is briefly busy
+        anyway, the pool takes it too.
         """
-        if self._inline is None:
+        conn = self._inline
+        if conn is None:
             return await self.fetchall(sql, params)
+        self._inline_ticks = 0
         try:
-            return self._inline.execute(sql, params).fetchall()
+            return conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError:
+            self.inline_fallbacks += 1
             return await self.fetchall(sql, params)
+
+    def _inline_budget(self) -> int:
+        self._inline_ticks += 1
+        return 1 if self._inline_ticks > INLINE_BUDGET_TICKS else 0
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self.reader() as conn:
@@ -240,7 +255,7 @@ class Database:
             self._counts.move_to_end(key)
             return hit[2]
         generation = self.generation
-        total = int((await self.fetchall(sql, params))[0][0])
+        total = int((await self.lookup(sql, params))[0][0])
         self._counts[key] = (generation, now + self.settings.count_ttl_s, total)
         if len(self._counts) > 4096:
             self._counts.popitem(last=False)

@@ -115,7 +115,8 @@ class SQLiteImages:
             new.id = int(cursor.lastrowid or 0)
             await _set_footprint(conn, new)
             await conn.execute(
-                "UPDATE measurement_sets SET image_count = image_count + 1 WHERE path = ?", (image.ms_path,)
+                "UPDATE measurement_sets SET image_count = image_count + 1, update_time = ? WHERE path = ?",
+                (now, image.ms_path),
             )
             await remember_request_id(conn, idem, new.id)
             return new

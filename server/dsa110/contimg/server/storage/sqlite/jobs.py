@@ -165,7 +165,7 @@ class SQLiteJobs:
                 [(job_id, start + i + 1, now, text) for i, text in enumerate(lines)],
             )
             total = start + len(lines)
-            await conn.execute("UPDATE jobs SET log_line_count = ? WHERE id = ?", (total, job_id))
+            await conn.execute("UPDATE jobs SET log_line_count = ?, update_time = ? WHERE id = ?", (total, now, job_id))
             await remember_request_id(conn, idem, total)
             return total
 

@@ -82,6 +82,6 @@ async def delete_images(conn: aiosqlite.Connection, image_ids: Sequence[int]) ->
         )
         await conn.execute(f"DELETE FROM images WHERE id IN ({marks})", part)
         await conn.executemany(
-            "UPDATE measurement_sets SET image_count = image_count - ? WHERE path = ?",
-            [(n, p) for p, n in ms_counts],
+            "UPDATE measurement_sets SET image_count = image_count - ?, update_time = ? WHERE path = ?",
+            [(n, now_us(), p) for p, n in ms_counts],
         )

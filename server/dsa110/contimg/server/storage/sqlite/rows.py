@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+import orjson
+
 from ...domain.records import (
     CalibrationTable,
     Image,
@@ -95,7 +97,7 @@ _METRICS = IMAGE_COLUMNS.index("qa_metrics")
 def image_from_row(r: Sequence[Any]) -> Image:
     img = Image(*r)
     img.pbcor = bool(img.pbcor)
-    img.qa_metrics = json.loads(r[_METRICS]) if r[_METRICS] != "{}" else {}
+    img.qa_metrics = orjson.loads(r[_METRICS]) if r[_METRICS] != "{}" else {}
     return img
 
 

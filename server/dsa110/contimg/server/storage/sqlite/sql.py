@@ -71,7 +71,7 @@ async def page_query(
     page_clauses = [*clauses, ks_clause] if ks_clause else clauses
     where_sql = f" WHERE {' AND '.join(page_clauses)}" if page_clauses else ""
     key_cols = ", ".join(col for col, _ in keys)
-    rows = await db.fetchall(
+    rows = await db.lookup(
         f"SELECT {select}, {key_cols} FROM {table}{where_sql} ORDER BY {order_by(keys)} LIMIT ?",
         [*params, *ks_params, page_size + 1],
     )

@@ -1,0 +1,348 @@
+"""The benchmark harness: seed, serve, load, compare to the reference server, report.
+
+    python bench/run.py                       # 100,000 images, every case, 3 interleaved rounds
+    python bench/run.py --images 1000000      # the large scale
+    python bench/run.py --smoke               # seconds: proves the harness works (CI runs this)
+
+Loopback only; every load is bounded in time. Results go to stdout and, with --write, into
+bench/README.md (between the RESULTS markers) with the exact command, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from dsa110.contimg.v1 import images_pb2, jobs_pb2, jobs_pb2_grpc, measurement_sets_pb2, sources_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).parent))
+import h2load  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def machine() -> str:
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, grpcio {grpc.__version__}"
+
+
+def wait_healthy(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} never became healthy")
+
+
+def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_healthy(port)
+    except Exception:
+        proc.kill()
+        raise
+    return proc
+
+
+def serve_cmd(data_dir: Path, port: int, *extra: str) -> list[str]:
+    return [str(BIN / "contimg-server"), "serve", "--port", str(port), "--data-dir", str(data_dir),
+            "--no-log-rpcs", "--allow-anonymous-writes", *extra]
+
+
+@dataclass
+class Case:
+    name: str
+    method: str
+    request: bytes
+    streaming: bool = False
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+
+def raw_call(port: int, method: str, request: bytes, streaming: bool) -> list[bytes]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 1 << 26)]) as ch:
+        if streaming:
+            return list(ch.unary_stream(method)(request, timeout=30))
+        return [ch.unary_unary(method)(request, timeout=30)]
+
+
+def pick_targets(db: Path) -> dict[str, object]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    n_images = con.execute("SELECT count(*) FROM images").fetchone()[0]
+    image_id = con.execute("SELECT id FROM images ORDER BY id LIMIT 1 OFFSET ?", (n_images // 2,)).fetchone()[0]
+    source = con.execute("SELECT id, detection_count FROM sources ORDER BY abs(detection_count - 100), id LIMIT 1"
+                         ).fetchone()
+    ra, dec = con.execute("SELECT ra_deg, dec_deg FROM sources ORDER BY detection_count DESC LIMIT 1").fetchone()
+    photometry = con.execute("SELECT count(*) FROM photometry").fetchone()[0]
+    n_sources = con.execute("SELECT count(*) FROM sources").fetchone()[0]
+    con.close()
+    return {"images": n_images, "image_id": image_id, "source": source[0], "points": source[1], "ra": ra,
+            "dec": dec, "photometry": photometry, "sources": n_sources}
+
+
+def unary_cases(t: dict[str, object]) -> list[Case]:
+    svc = "/dsa110.contimg.v1."
+    return [
+        Case("GetImage", svc + "ImageService/GetImage",
+             images_pb2.GetImageRequest(name=f"images/{t['image_id']}").SerializeToString()),
+        Case("ListImages page_size=100", svc + "ImageService/ListImages",
+             images_pb2.ListImagesRequest(page_size=100).SerializeToString()),
+        Case("ListImages filtered, 100", svc + "ImageService/ListImages",
+             images_pb2.ListImagesRequest(page_size=100, filter="center_dec_deg > 54 AND center_dec_deg < 55",
+                                          order_by="noise_jy").SerializeToString()),
+        Case(f"GetLightcurve {t['points']} points", svc + "SourceService/GetLightcurve",
+             sources_pb2.GetLightcurveRequest(name=f"sources/{t['source']}").SerializeToString(), streaming=True),
+        Case("SearchSources r=1 deg", svc + "SourceService/SearchSources",
+             sources_pb2.SearchSourcesRequest(ra_deg=float(t["ra"]), dec_deg=float(t["dec"]), radius_deg=1.0,  # type: ignore[arg-type]
+                                              page_size=100).SerializeToString()),
+    ]
+
+
+def measure(port: int, pid: int, case: Case, seconds: float, expected_bytes: int) -> dict[str, float]:
+    before = cpu_seconds(pid)
+    result = h2load.run(port, case.method, case.request, seconds=seconds)
+    cpu = cpu_seconds(pid) - before
+    if result.failed or result.data_bytes_per_req < 0.9 * expected_bytes:
+        raise RuntimeError(f"{case.name}: failed calls ({result.failed}) or short responses "
+                           f"({result.data_bytes_per_req:.0f} B < {expected_bytes} B): not grpc-status 0")
+    calls = result.succeeded + result.rps * 1.0  # h2load's warm-up calls also cost the server CPU
+    return {"rps": result.rps, "p50": result.p50_ms, "p99": result.p99_ms, "cpu_us": cpu / max(calls, 1) * 1e6}
+
+
+async def ingest(port: int, rows_per_image: int, images: int, concurrency: int) -> dict[str, float]:
+    """RecordPhotometry throughput: rows durably committed per second (synchronous=FULL)."""
+    from dsa110.contimg.v1 import images_pb2_grpc, measurement_sets_pb2_grpc, sources_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        ms_stub = measurement_sets_pb2_grpc.MSServiceStub(ch)
+        img_stub = images_pb2_grpc.ImageServiceStub(ch)
+        src_stub = sources_pb2_grpc.SourceServiceStub(ch)
+        tag = f"{time.time_ns()}"
+        ms = await ms_stub.UpdateMeasurementSet(measurement_sets_pb2.UpdateMeasurementSetRequest(
+            measurement_set=measurement_sets_pb2.MeasurementSet(path=f"/bench/{tag}.ms", mid_mjd=61000.0),
+            allow_missing=True))
+        names = []
+        for i in range(images):
+            img = await img_stub.CreateImage(images_pb2.CreateImageRequest(image=images_pb2.Image(
+                path=f"/bench/{tag}-{i}.fits", measurement_set=ms.name, mid_mjd=61000.0 + i / 288)))
+            names.append(img.name)
+        rnd = random.Random(1)
+        batches = [sources_pb2.RecordPhotometryRequest(image=name, measurements=[
+            sources_pb2.PhotometryMeasurement(source=f"sources/BENCH{tag}-{j}", ra_deg=100 + j * 1e-3, dec_deg=54.57,
+                                              peak_flux_jy=0.05 + rnd.random() * 0.01, peak_flux_err_jy=0.001)
+            for j in range(rows_per_image)]) for name in names]
+        queue = list(batches)
+        start_t = time.perf_counter()
+
+        async def worker() -> None:
+            while queue:
+                await src_stub.RecordPhotometry(queue.pop(), timeout=120)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start_t
+    return {"rows_per_s": rows_per_image * images / elapsed, "batches": images, "rows_per_batch": rows_per_image}
+
+
+async def watchers(port: int, count: int) -> dict[str, float]:
+    """`count` WatchJob streams on one job; latency from each transition's reply to each receipt."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = jobs_pb2_grpc.JobServiceStub(ch)
+        job = await stub.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)))
+        ready = 0
+        all_ready = asyncio.Event()
+        received: dict[int, list[float]] = {}
+
+        async def watch() -> None:
+            nonlocal ready
+            call = stub.WatchJob(jobs_pb2.WatchJobRequest(name=job.name))
+            async for event in call:
+                if event.type == jobs_pb2.JobEvent.TYPE_SNAPSHOT:
+                    ready += 1
+                    if ready == count:
+                        all_ready.set()
+                    continue
+                received.setdefault(event.sequence, []).append(time.perf_counter())
+
+        tasks = [asyncio.create_task(watch()) for _ in range(count)]
+        await asyncio.wait_for(all_ready.wait(), 60)
+        sent: dict[int, float] = {}
+        for call in (stub.StartJob(jobs_pb2.StartJobRequest(name=job.name)),):
+            reply = await call
+            sent[reply.transitions[-1].sequence] = time.perf_counter()
+        reply = await stub.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name))
+        sent[reply.transitions[-1].sequence] = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    lat = sorted((t - sent[seq]) * 1000 for seq, times in received.items() if seq in sent for t in times)
+    complete = all(len(received.get(seq, [])) == count for seq in sent)
+    return {"watchers": count, "p50_ms": statistics.median(lat), "p99_ms": lat[int(len(lat) * 0.99) - 1],
+            "all_received": float(complete)}
+
+
+def table(rows: list[list[str]]) -> str:
+    head, *body = rows
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=100_000)
+    p.add_argument("--data-dir", type=Path, help="reuse or create the seeded database here")
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--watchers", type=int, default=1000)
+    p.add_argument("--workers", action="store_true", help="also compare 1 vs 2 worker processes")
+    p.add_argument("--smoke", action="store_true", help="tiny database, 1-second loads, 1 round")
+    p.add_argument("--write", action="store_true", help="record the results in bench/README.md")
+    args = p.parse_args()
+    if args.smoke:
+        args.images, args.seconds, args.rounds, args.watchers = min(args.images, 300), 1.0, 1, 50
+
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="contimg-bench-"))
+    db = data_dir / "contimg.sqlite3"
+    if not db.exists():
+        t0 = time.perf_counter()
+        subprocess.run([str(BIN / "contimg-server"), "demo-data", "--images", str(args.images),
+                        "--data-dir", str(data_dir), "--log-level", "WARNING"], check=True)
+        print(f"seeded {args.images} images in {time.perf_counter() - t0:.1f} s", flush=True)
+    targets = pick_targets(db)
+    print(f"database: {json.dumps(targets)}", flush=True)
+
+    port, ref_port = free_port(), free_port()
+    server = start(serve_cmd(data_dir, port), port)
+    responses = Path(tempfile.mkdtemp(prefix="contimg-bench-responses-"))
+    cases = unary_cases(targets)
+    expected: dict[str, int] = {}
+    for case in cases:
+        replies = raw_call(port, case.method, case.request, case.streaming)
+        expected[case.name] = sum(len(r) + 5 for r in replies)
+        stem = case.method.lstrip("/").replace("/", ".")
+        for i, reply in enumerate(replies):
+            (responses / (f"{stem}.bin.{i}" if case.streaming else f"{stem}.bin")).write_bytes(reply)
+    ref_cmd = [sys.executable, str(Path(__file__).parent / "reference_server.py"), "--port", str(ref_port),
+               "--responses", str(responses)]
+    for case in cases:
+        if case.streaming:
+            ref_cmd += ["--streaming", case.method]
+    ref_proc = subprocess.Popen(ref_cmd, stdout=subprocess.DEVNULL)
+    time.sleep(0)  # the health check below is the real wait
+    try:
+        _wait_port(ref_port)
+        results: list[list[str]] = [["case", "server req/s", "reference req/s", "ratio", "p50 ms", "p99 ms",
+                                     "server CPU us/call", "reference CPU us/call"]]
+        for case in cases:
+            ours, refs = [], []
+            for _ in range(args.rounds):  # interleaved so machine noise hits both alike
+                refs.append(measure(ref_port, ref_proc.pid, case, args.seconds, expected[case.name]))
+                ours.append(measure(port, server.pid, case, args.seconds, expected[case.name]))
+            med = {k: statistics.median(r[k] for r in ours) for k in ours[0]}
+            ref = {k: statistics.median(r[k] for r in refs) for k in refs[0]}
+            results.append([case.name, f"{med['rps']:.0f}", f"{ref['rps']:.0f}", f"{med['rps'] / ref['rps']:.2f}x",
+                            f"{med['p50']:.1f}", f"{med['p99']:.1f}", f"{med['cpu_us']:.0f}", f"{ref['cpu_us']:.0f}"])
+            print(results[-1], flush=True)
+        rss = peak_rss_mb(server.pid)
+        ingest_r = asyncio.run(ingest(port, 1000 if not args.smoke else 100, 20 if not args.smoke else 3, 4))
+        watch_r = asyncio.run(watchers(port, args.watchers))
+    finally:
+        server.terminate()
+        ref_proc.terminate()
+        server.wait(30)
+        ref_proc.wait(30)
+
+    extra = [
+        f"- RecordPhotometry: **{ingest_r['rows_per_s']:,.0f} rows/s** durably committed "
+        f"({ingest_r['batches']:.0f} batches of {ingest_r['rows_per_batch']:.0f} rows, 4 concurrent writers, "
+        "synchronous=FULL).",
+        f"- WatchJob: {watch_r['watchers']:.0f} concurrent watchers, transition-to-receipt p50 "
+        f"{watch_r['p50_ms']:.1f} ms, p99 **{watch_r['p99_ms']:.1f} ms**; every watcher got every transition: "
+        f"{bool(watch_r['all_received'])}.",
+        f"- Server peak RSS: {rss:.0f} MB.",
+    ]
+    if args.workers and not args.smoke:
+        extra.append(compare_workers(data_dir, cases[0], args.seconds, expected[cases[0].name]))
+    report = "\n".join([
+        f"### {args.images:,} images, {targets['photometry']:,} photometry rows, {targets['sources']:,} sources",
+        "", f"`{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}` on {machine()}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. 64 concurrent streams (h2load -c 16 -m 4), "
+        f"{args.seconds:g} s per run, median of {args.rounds} interleaved rounds.", "",
+        table(results), "", *extra, ""])
+    print(report)
+    if args.write:
+        readme = Path(__file__).parent / "README.md"
+        text = readme.read_text()
+        marker = "<!-- RESULTS -->"
+        readme.write_text(text.replace(marker, marker + "\n\n" + report, 1))
+
+
+def compare_workers(data_dir: Path, case: Case, seconds: float, expected: int) -> str:
+    out = []
+    for workers in (1, 2):
+        port = free_port()
+        proc = start(serve_cmd(data_dir, port, "--workers", str(workers)), port)
+        try:
+            result = h2load.run(port, case.method, case.request, seconds=seconds)
+            if result.data_bytes_per_req < 0.9 * expected:
+                raise RuntimeError("worker comparison got error responses")
+            out.append(f"{workers} worker{'s' if workers > 1 else ''}: {result.rps:.0f} req/s, "
+                       f"p99 {result.p99_ms:.1f} ms")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return f"- {case.name} with --workers: " + "; ".join(out) + "."
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+if __name__ == "__main__":
+    main()

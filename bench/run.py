@@ -185,7 +185,7 @@ async def ingest(port: int, rows_per_image: int, images: int, concurrency: int) 
 
 
 async def watchers(port: int, count: int) -> dict[str, float]:
-    """`count` WatchJob streams on one job; latency from each transition's reply to each receipt."""
+    """`count` WatchJob streams on one job; latency from each transition request to each receipt."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = jobs_pb2_grpc.JobServiceStub(ch)
         job = await stub.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)))
@@ -206,12 +206,14 @@ async def watchers(port: int, count: int) -> dict[str, float]:
 
         tasks = [asyncio.create_task(watch()) for _ in range(count)]
         await asyncio.wait_for(all_ready.wait(), 60)
+        # Latency counts from just before each transition request is sent (it includes that call).
         sent: dict[int, float] = {}
-        for call in (stub.StartJob(jobs_pb2.StartJobRequest(name=job.name)),):
-            reply = await call
-            sent[reply.transitions[-1].sequence] = time.perf_counter()
+        t0 = time.perf_counter()
+        reply = await stub.StartJob(jobs_pb2.StartJobRequest(name=job.name))
+        sent[reply.transitions[-1].sequence] = t0
+        t0 = time.perf_counter()
         reply = await stub.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name))
-        sent[reply.transitions[-1].sequence] = time.perf_counter()
+        sent[reply.transitions[-1].sequence] = t0
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     lat = sorted((t - sent[seq]) * 1000 for seq, times in received.items() if seq in sent for t in times)
     complete = all(len(received.get(seq, [])) == count for seq in sent)

@@ -22,6 +22,14 @@ if [[ ! -x "$BUF" ]] || [[ "$("$BUF" --version)" != "$BUF_VERSION" ]]; then
 fi
 "$BUF" --version
 
+step "h2load (benchmark smoke test)"
+if ! command -v h2load >/dev/null; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
+  fi
+fi
+command -v h2load >/dev/null || die "h2load is required by the benchmark smoke test (apt-get install nghttp2-client)"
+
 step "redis-server"
 if ! command -v redis-server >/dev/null; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then

@@ -100,6 +100,11 @@ class CachedImages:
             ("images.list", query_key(query)), self.TAGS, lambda: self.inner.list_page(query), page_weight
         )
 
+    async def list_refs(self, query: ListQuery) -> Page[tuple[int, int]]:
+        return await self.cache.get_or_load(
+            ("images.refs", query_key(query)), self.TAGS, lambda: self.inner.list_refs(query), page_weight
+        )
+
     async def search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
         return await self.cache.get_or_load(
             ("images.search", ra_deg, dec_deg, query_key(query)),
@@ -120,7 +125,7 @@ class CachedImages:
 
 
 class CachedSources:
-    """SourceRepository: list and search pages and lightcurves cached; Gets pass through."""
+    """SourceRepository: list and search pages and lightcurves (by source version) cached; Gets pass through."""
 
     TAGS = (SOURCES,)
 
@@ -136,6 +141,11 @@ class CachedSources:
             ("sources.list", query_key(query)), self.TAGS, lambda: self.inner.list_page(query), page_weight
         )
 
+    async def list_refs(self, query: ListQuery) -> Page[tuple[str, int]]:
+        return await self.cache.get_or_load(
+            ("sources.refs", query_key(query)), self.TAGS, lambda: self.inner.list_refs(query), page_weight
+        )
+
     async def search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
         return await self.cache.get_or_load(
             ("sources.search", ra_deg, dec_deg, radius_deg, query_key(query)),
@@ -147,8 +157,13 @@ class CachedSources:
     async def lightcurve(
         self, source_id: str, start_mjd: float, end_mjd: float, chunk: int
     ) -> AsyncIterator[list[Photometry]]:
-        key = ("sources.lightcurve", source_id, start_mjd, end_mjd, chunk)
-        found, value, ticket = await self.cache.open(key, self.TAGS)
+        # A lightcurve changes only with its source's statistics, which move update_time in the same
+        # transaction: the current update_time (a primary-key lookup) names the lightcurve's version
+        # exactly, on any replica, so a write to other sources does not evict it.
+        [source] = await self.inner.get_many([source_id])
+        version = (source.update_time, source.detection_count) if source is not None else None
+        key = ("sources.lightcurve", source_id, version, start_mjd, end_mjd, chunk)
+        found, value, ticket = await self.cache.open(key, ()) if source is not None else (False, None, None)
         if found:
             for part in cast(list[list[Photometry]], value):
                 yield part

@@ -48,7 +48,13 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 
 class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
-    """Innermost interceptor: wraps the contract's handlers (every one takes a single request message)."""
+    """Innermost interceptor: wraps the contract's handlers (every one takes a single request message).
+
+    Wrapped handlers are built once per method, not per call (building them costs more than a Get).
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -58,6 +64,14 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or handler.request_streaming or not details.method.startswith("/dsa110."):
             return handler
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any) -> Any:
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 

@@ -27,6 +27,9 @@ def _code(context: Ctx, failed: BaseException | None) -> str:
 
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -35,7 +38,13 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith("/grpc.reflection."):
             return handler
-        return wrap_handler(handler, details.method, self._around, self._around_stream)
+        # One wrapper per method, built on first use: wrapping per call would cost more than a Get.
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap_handler(handler, details.method, self._around, self._around_stream)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
     async def _around(self, method: str, context: Ctx, call: Callable[[], Awaitable[Any]]) -> Any:
         start = time.perf_counter()

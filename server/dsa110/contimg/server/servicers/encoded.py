@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from functools import partial
 from typing import TypeVar
 
 from google.protobuf.message import Message
 
 M = TypeVar("M", bound=Message)
+K = TypeVar("K", int, str)
+R = TypeVar("R")
 
 
 def _varint(n: int) -> bytes:
@@ -63,6 +66,39 @@ class EncodedCache:
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
         return data
+
+    def peek(self, key: Hashable) -> bytes | None:
+        found = self._items.get(key)
+        if found is not None:
+            self.hits += 1
+        return found
+
+    async def from_refs(
+        self,
+        kind: str,
+        refs: Sequence[tuple[K, int]],
+        fetch: Callable[[list[K]], Awaitable[Sequence[R | None]]],
+        ident: Callable[[R], tuple[K, int]],
+        build: Callable[[R], Message],
+    ) -> list[bytes]:
+        """Encoded items for (id, update_time) refs; only rows not cached are fetched and built.
+
+        A row that changed after the refs were read comes back newer (cached under its own key);
+        one deleted in between is left out.
+        """
+        out: list[bytes | None] = [self.peek((kind, i, v)) for i, v in refs]
+        missing = [i for (i, _), b in zip(refs, out, strict=True) if b is None]
+        if missing:
+            fetched: dict[K, R] = {}
+            for r in await fetch(missing):
+                if r is not None:
+                    fetched[ident(r)[0]] = r
+            for n, ((i, _), b) in enumerate(zip(refs, out, strict=True)):
+                if b is None and i in fetched:
+                    item: R = fetched[i]
+                    key = (kind, *ident(item))
+                    out[n] = self.get(key, partial(build, item))
+        return [b for b in out if b is not None]
 
     def message(self, cls: type[M], number: int, parts: Iterable[bytes]) -> M:
         """`cls` with repeated field `number` holding the already serialized items."""

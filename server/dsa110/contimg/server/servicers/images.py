@@ -51,8 +51,11 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     @unary
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> pb.ListImagesResponse:
         query, fp = self.paging.query("ListImages", request, IMAGE_FIELDS, IMAGE_DEFAULT_ORDER)
-        page = await self.repo.list_page(query)
-        response = self.cache.message(pb.ListImagesResponse, 1, [self._encoded(i) for i in page.items])
+        page = await self.repo.list_refs(query)
+        items = await self.cache.from_refs(
+            "image", page.items, self.repo.get_many, lambda i: (i.id, i.update_time), image_to_proto
+        )
+        response = self.cache.message(pb.ListImagesResponse, 1, items)
         response.next_page_token = self.paging.next_token(page, fp)
         response.total_size = page.total_size
         return response

@@ -146,7 +146,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         size = page_size(request.page_size, default=100)
         fp = fingerprint("ListJobLogEntries", job_id)
         after = self.paging.tokens.decode(request.page_token, fp)
-        start = after[0] if after and isinstance(after[0], int) else 0
+        start = after[0] if after and isinstance(after[0], int) and 0 <= after[0] < 2**63 else 0
         page = await self.repo.list_logs(job_id, size, start)
         return pb.ListJobLogEntriesResponse(
             entries=[log_entry_to_proto(e) for e in page.items],

@@ -53,8 +53,11 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
     @unary
     async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> pb.ListSourcesResponse:
         query, fp = self.paging.query("ListSources", request, SOURCE_FIELDS, SOURCE_DEFAULT_ORDER)
-        page = await self.repo.list_page(query)
-        response = self.cache.message(pb.ListSourcesResponse, 1, [self._encoded(s) for s in page.items])
+        page = await self.repo.list_refs(query)
+        items = await self.cache.from_refs(
+            "source", page.items, self.repo.get_many, lambda s: (s.id, s.update_time), source_to_proto
+        )
+        response = self.cache.message(pb.ListSourcesResponse, 1, items)
         response.next_page_token = self.paging.next_token(page, fp)
         response.total_size = page.total_size
         return response

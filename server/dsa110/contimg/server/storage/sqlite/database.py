@@ -75,15 +75,18 @@ class Database:
     async def _connect(self, read_only: bool) -> aiosqlite.Connection:
         s = self.settings
         conn = await aiosqlite.connect(str(s.path), isolation_level=None, check_same_thread=False)
-        await conn.execute(f"PRAGMA busy_timeout = {int(s.busy_timeout_ms)}")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        await conn.execute(f"PRAGMA cache_size = {-1024 * int(s.cache_mb)}")
-        await conn.execute("PRAGMA temp_store = MEMORY")
-        if read_only:
-            await conn.execute("PRAGMA query_only = ON")
-            await conn.execute("PRAGMA mmap_size = 268435456")
-        else:
-            await conn.execute(f"PRAGMA synchronous = {s.synchronous}")
+        pragmas = [
+            f"busy_timeout = {int(s.busy_timeout_ms)}",
+            "foreign_keys = ON",
+            f"cache_size = {-1024 * int(s.cache_mb)}",
+            "temp_store = MEMORY",
+        ]
+        pragmas += ["query_only = ON", "mmap_size = 268435456"] if read_only else [f"synchronous = {s.synchronous}"]
+        for pragma in pragmas:
+            # execute_fetchall, not execute: a PRAGMA that returns a row (busy_timeout, mmap_size) left
+            # unfetched stays an active statement, and then the interrupt() that stops a cancelled
+            # query is never cleared: every later statement on the connection fails "interrupted".
+            await conn.execute_fetchall(f"PRAGMA {pragma}")
         return conn
 
     async def open(self) -> None:

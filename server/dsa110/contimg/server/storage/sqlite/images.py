@@ -67,6 +67,20 @@ class SQLiteImages:
         )
         return Page([rows.image_from_row(r) for r in found], after, total)
 
+    async def list_refs(self, query: ListQuery) -> Page[tuple[int, int]]:
+        found, after, total = await page_query(
+            self.db,
+            select="images.id, images.update_time",
+            table="images",
+            conditions=query.conditions,
+            columns=_COLUMNS,
+            order=query.order,
+            tiebreak="images.id",
+            page_size=query.page_size,
+            after=query.after,
+        )
+        return Page([(int(r[0]), int(r[1])) for r in found], after, total)
+
     async def search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
         x, y, z = sky.unit_vector(ra_deg, dec_deg)
         clauses, params = where(query.conditions, _COLUMNS)
@@ -164,7 +178,7 @@ class SQLiteImages:
 async def _match_page(repo: SQLiteImages, hits: list[tuple[float, int]], query: ListQuery) -> Page[Match[Image]]:
     """Page through (separation, id) hits sorted ascending, keyset = the last (separation, id)."""
     keys = [("sep", False), ("id", False)]
-    keyset(keys, query.after)  # validates the token's shape
+    keyset(keys, query.after, numeric=True)  # validates the token's shape
     if query.after is not None:
         last = (float(cast(float, query.after[0])), int(cast(int, query.after[1])))
         hits_after = [h for h in hits if h > last]

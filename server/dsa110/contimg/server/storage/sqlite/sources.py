@@ -51,6 +51,20 @@ class SQLiteSources:
         )
         return Page([rows.source_from_row(r) for r in found], after, total)
 
+    async def list_refs(self, query: ListQuery) -> Page[tuple[str, int]]:
+        found, after, total = await page_query(
+            self.db,
+            select="sources.id, sources.update_time",
+            table="sources",
+            conditions=query.conditions,
+            columns=_COLUMNS,
+            order=query.order,
+            tiebreak="sources.id",
+            page_size=query.page_size,
+            after=query.after,
+        )
+        return Page([(str(r[0]), int(r[1])) for r in found], after, total)
+
     async def search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
         box = sky.cap_box(ra_deg, dec_deg, radius_deg)
         clauses, params = where(query.conditions, _COLUMNS)
@@ -65,7 +79,7 @@ class SQLiteSources:
             for h in ((sky.separation_deg(ra_deg, dec_deg, ra, dec), sid) for sid, ra, dec in candidates)
             if h[0] <= radius_deg
         )
-        keyset([("sep", False), ("sid", False)], query.after)  # validates the token's shape
+        keyset([("sep", False), ("sid", False)], query.after, numeric=True)  # validates the token's shape
         if query.after is not None:
             last = (float(cast(float, query.after[0])), int(cast(int, query.after[1])))
             hits_after = [h for h in hits if h > last]

@@ -30,11 +30,21 @@ def order_by(keys: Sequence[tuple[str, bool]]) -> str:
     return ", ".join(f"{col} {'DESC' if desc else 'ASC'}" for col, desc in keys)
 
 
-def keyset(keys: Sequence[tuple[str, bool]], after: list[object] | None) -> tuple[str | None, list[Any]]:
-    """Rows strictly after `after` in the order `keys` (one value per key, as the last row had)."""
+def keyset(
+    keys: Sequence[tuple[str, bool]], after: list[object] | None, *, numeric: bool = False
+) -> tuple[str | None, list[Any]]:
+    """Rows strictly after `after` in the order `keys` (one value per key, as the last row had).
+
+    The token is signed, but may come from another version of the server: check each value is one
+    SQLite can bind (an int64, a float or a string; only numbers when `numeric`).
+    """
     if after is None:
         return None, []
-    if len(after) != len(keys) or not all(isinstance(v, (int, float, str)) for v in after):
+    kinds = (int, float) if numeric else (int, float, str)
+    if len(after) != len(keys) or not all(
+        isinstance(v, kinds) and not isinstance(v, bool) and (not isinstance(v, int) or -(2**63) <= v < 2**63)
+        for v in after
+    ):
         raise InvalidArgument.single("page_token", "invalid page token", reason="INVALID_PAGE_TOKEN")
     if all(desc == keys[0][1] for _, desc in keys):
         cols = ", ".join(col for col, _ in keys)

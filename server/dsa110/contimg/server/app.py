@@ -31,6 +31,7 @@ from .events.local import LocalEventBus
 from .events.watch import JobWatcher
 from .interceptors.auth import AuthInterceptor, TokenPolicy
 from .interceptors.decoding import DecodeGuardInterceptor
+from .interceptors.limit import ConcurrencyLimitInterceptor
 from .interceptors.logging import LoggingInterceptor
 from .replicas import RedisFeatures, Repositories
 from .servicers.common import Paging
@@ -105,13 +106,12 @@ class ContimgServer:
             log.warning("no write token configured: every write will be refused (see --write-tokens)")
         # Logging first so rejected calls are logged too.
         interceptors: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor()] if self.config.log_rpcs else []
+        if self.config.max_concurrent_rpcs:
+            # Not grpc's maximum_concurrent_rpcs: its refusals carry no ErrorInfo.
+            interceptors.append(ConcurrencyLimitInterceptor(self.config.max_concurrent_rpcs))
         interceptors.append(AuthInterceptor(policy))
         interceptors.append(DecodeGuardInterceptor())  # innermost: undecodable requests -> INVALID_ARGUMENT
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=server_options(self.config),
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None,
-        )
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
         images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(repos.images, paging), server)
         sources_pb2_grpc.add_SourceServiceServicer_to_server(SourceServicer(repos.sources, paging), server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(

@@ -1,0 +1,247 @@
+"""Shared by the robustness tests (durability, fuzz, concurrency, load).
+
+* `ServerProcess`: `contimg-server serve` as a real subprocess (the console script next to
+  sys.executable), so it can be SIGKILLed, share a SQLite file with a second process, or have its
+  RSS sampled from /proc.
+* Read-only views of the SQLite file (`table_counts`, `db_digest`, `photometry_invariants`) that
+  the tests compare before and after calls without going through the server.
+* `env_int` / `env_float`: test sizes that CI keeps small and a manual run turns up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import free_port
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("contimg-server")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+class ServerProcess:
+    """One `contimg-server serve` subprocess on a free loopback port; stderr goes to a log file."""
+
+    def __init__(self, data_dir: Path, *, database: Path | None = None, args: Sequence[str] = (), name: str = "server"):
+        self.data_dir = data_dir
+        self.database = database or data_dir / "contimg.sqlite3"
+        self.args = list(args)
+        self.log_path = data_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.starts = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self, port: int) -> list[str]:
+        return [
+            str(CONSOLE_SCRIPT),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(self.data_dir),
+            "--database",
+            str(self.database),
+            "--allow-anonymous-writes",
+            *self.args,
+        ]
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.port = free_port()
+        with self.log_path.open("ab") as log:
+            log.write(f"---- start {self.starts} on port {self.port}\n".encode())
+            self.starts += 1
+            return subprocess.Popen(
+                self.command(self.port), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+            )
+
+    async def start(self, wait_s: float = 30.0) -> None:
+        """Start and wait until grpc.health.v1 reports SERVING; retries on a port race."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        for _attempt in range(3):
+            self.proc = self._spawn()
+            if await self._wait_serving(wait_s):
+                return
+            if self.proc.poll() is None:
+                break
+        self.kill()
+        raise RuntimeError(f"contimg-server did not become SERVING; log tail:\n{self.log_tail()}")
+
+    async def _wait_serving(self, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    return False  # exited (e.g. the port was taken meanwhile)
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == SERVING:
+                        return True
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+        return False
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, exactly like a crash or the OOM killer."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM (graceful drain); SIGKILL if it does not exit in time. Returns the exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.proc.returncode)
+
+    def rss_kib(self) -> int:
+        """VmRSS of the server process, KiB."""
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS line")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+async def health_status(target: str, service: str = "", wait_s: float = 5.0) -> int:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=wait_s
+        )
+        return int(reply.status)
+
+
+# ---- read-only SQLite views ---------------------------------------------------------------------
+
+
+def ro_connect(database: Path) -> sqlite3.Connection:
+    """A read-only connection (never writes, never checkpoints the WAL away from the server)."""
+    return sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+
+
+def _tables(conn: sqlite3.Connection) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
+
+
+def table_counts(database: Path) -> dict[str, int]:
+    conn = ro_connect(database)
+    try:
+        return {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in _tables(conn)}
+    finally:
+        conn.close()
+
+
+def db_digest(database: Path) -> dict[str, tuple[int, str]]:
+    """Per table: row count and a hash of every row (in one read transaction, so one snapshot)."""
+    conn = ro_connect(database)
+    try:
+        conn.execute("BEGIN")
+        out: dict[str, tuple[int, str]] = {}
+        for table in _tables(conn):
+            h = hashlib.sha256()
+            n = 0
+            for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY 1, 2'):
+                h.update(repr(row).encode())
+                n += 1
+            out[table] = (n, h.hexdigest()[:16])
+        conn.execute("COMMIT")
+        return out
+    finally:
+        conn.close()
+
+
+def photometry_invariants(database: Path, batch_size: int | None = None) -> list[str]:
+    """Violations of the all-or-nothing photometry rules, read in one snapshot.
+
+    For every image, photometry_count equals its photometry rows (and is 0 or `batch_size` when
+    every batch has that size); for every source, detection_count equals its photometry rows.
+    """
+    conn = ro_connect(database)
+    problems: list[str] = []
+    try:
+        conn.execute("BEGIN")
+        for image_id, stored, rows in conn.execute(
+            "SELECT i.id, i.photometry_count, (SELECT count(*) FROM photometry p WHERE p.image_id = i.id) FROM images i"
+        ):
+            if stored != rows:
+                problems.append(f"images/{image_id}: photometry_count {stored} but {rows} photometry rows")
+            if batch_size is not None and rows not in (0, batch_size):
+                problems.append(f"images/{image_id}: half-written batch of {rows} rows (batch size {batch_size})")
+        for source_id, stored, rows in conn.execute(
+            "SELECT s.id, s.detection_count, (SELECT count(*) FROM photometry p WHERE p.source_sid = s.sid) "
+            "FROM sources s"
+        ):
+            if stored != rows:
+                problems.append(f"sources/{source_id}: detection_count {stored} but {rows} photometry rows")
+        orphans = conn.execute(
+            "SELECT count(*) FROM photometry p WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.id = p.image_id)"
+        ).fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} photometry rows of missing images")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return problems
+
+
+def write_lock_free(database: Path) -> bool:
+    """True when nobody holds a write transaction: BEGIN IMMEDIATE succeeds at once (then rolls back)."""
+    conn = sqlite3.connect(str(database), timeout=0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False
+        conn.execute("ROLLBACK")
+        return True
+    finally:
+        conn.close()

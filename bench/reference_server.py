@@ -2,48 +2,57 @@
 
 Its throughput is the limit of Python gRPC on this machine; every result is reported as a ratio to it.
 
-    python bench/reference_server.py --port P --responses DIR   (DIR/<Service>.<Method>.bin[.N])
+    python bench/reference_server.py --port P --responses DIR
+
+DIR holds `<Service>.<Method>.<request key>.bin` (unary) or `...bin.<N>` (stream messages), where the
+request key is `request_key(request bytes)`: two cases of one method get their own responses.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
 
-def load(directory: Path) -> dict[str, list[bytes]]:
-    """`Service.Method.bin` (unary) or `Service.Method.bin.0..N` (stream) -> response messages."""
-    out: dict[str, list[bytes]] = {}
-    for path in sorted(directory.glob("*.bin*")):
-        service, method = path.name.split(".bin")[0].rsplit(".", 1)
-        out.setdefault(f"/{service}/{method}", []).append(path.read_bytes())
+def request_key(request: bytes) -> str:
+    return hashlib.sha1(request).hexdigest()[:12]
+
+
+def load(directory: Path) -> dict[tuple[str, str], list[bytes]]:
+    """(method path, request key) -> response messages, in stream order."""
+    out: dict[tuple[str, str], list[bytes]] = {}
+    for path in sorted(directory.glob("*.bin*"), key=lambda p: (p.name.split(".bin")[0], len(p.name), p.name)):
+        service, method, key = path.name.split(".bin")[0].rsplit(".", 2)
+        out.setdefault((f"/{service}/{method}", key), []).append(path.read_bytes())
     return out
 
 
 class Prebuilt(grpc.GenericRpcHandler):
-    def __init__(self, responses: dict[str, list[bytes]], streaming: set[str]):
+    def __init__(self, responses: dict[tuple[str, str], list[bytes]], streaming: set[str]):
         self.responses = responses
+        self.methods = {method for method, _ in responses}
         self.streaming = streaming
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:  # type: ignore[override]
-        messages = self.responses.get(details.method)
-        if messages is None:
+        method = details.method
+        if method not in self.methods:
             return None
-        if details.method in self.streaming:
+        responses = self.responses
+        if method in self.streaming:
 
-            async def stream(_request: bytes, _context: object) -> AsyncIterator[bytes]:
-                for message in messages:
+            async def stream(request: bytes, _context: object) -> AsyncIterator[bytes]:
+                for message in responses[(method, request_key(request))]:
                     yield message
 
             return grpc.unary_stream_rpc_method_handler(stream)
-        reply = messages[0]
 
-        async def unary(_request: bytes, _context: object) -> bytes:
-            return reply
+        async def unary(request: bytes, _context: object) -> bytes:
+            return responses[(method, request_key(request))][0]
 
         return grpc.unary_unary_rpc_method_handler(unary)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 from dsa110.contimg.v1 import sources_pb2 as pb
 from dsa110.contimg.v1 import sources_pb2_grpc as pb_grpc
@@ -97,17 +98,21 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         [src] = await self.repo.get_many([source_id])
         if src is None:
             raise NotFound("SOURCE", names.source_name(source_id))
-        first = pb.GetLightcurveResponse(source=source_to_proto(src))
+        # A recorded measurement never changes (it goes only with its image, and image ids are never
+        # reused), so its encoded bytes are cached for good under (source, image).
+        head = field_bytes(1, self._encoded(src))
         sent_first = False
         async for points in self.repo.lightcurve(
             source_id, request.start_mjd, request.end_mjd, request.max_points_per_message or 1000
         ):
-            msg = first if not sent_first else pb.GetLightcurveResponse()
-            msg.points.extend(photometry_to_proto(p) for p in points)
+            parts = [
+                field_bytes(2, self.cache.get(("point", source_id, p.image_id), partial(photometry_to_proto, p)))
+                for p in points
+            ]
+            yield pb.GetLightcurveResponse.FromString(b"".join([b"" if sent_first else head, *parts]))
             sent_first = True
-            yield msg
         if not sent_first:
-            yield first
+            yield pb.GetLightcurveResponse.FromString(head)
 
     @unary
     async def RecordPhotometry(self, request: pb.RecordPhotometryRequest, context: Ctx) -> pb.RecordPhotometryResponse:

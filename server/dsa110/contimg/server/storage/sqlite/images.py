@@ -47,7 +47,7 @@ class SQLiteImages:
             found = await self.db.lookup(f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id = ?", ids)
         else:
             unique = list(dict.fromkeys(ids))
-            found = await self.db.fetchall(
+            found = await self.db.lookup(
                 f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id IN ({placeholders(len(unique))})", unique
             )
         by_id = {r[0]: rows.image_from_row(r) for r in found}
@@ -89,7 +89,7 @@ class SQLiteImages:
             "images.cell_size_arcsec FROM image_footprints f JOIN images ON images.id = f.id "
             "WHERE f.x0 <= ? AND f.x1 >= ? AND f.y0 <= ? AND f.y1 >= ? AND f.z0 <= ? AND f.z1 >= ?"
         )
-        candidates = await self.db.fetchall(" AND ".join([sql, *clauses]), [x, x, y, y, z, z, *params])
+        candidates = await self.db.lookup(" AND ".join([sql, *clauses]), [x, x, y, y, z, z, *params])
         hits = sorted(
             (sky.separation_deg(ra_deg, dec_deg, c_ra, c_dec), image_id)
             for image_id, c_ra, c_dec, nx, ny, cell in candidates

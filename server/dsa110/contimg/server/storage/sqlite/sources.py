@@ -31,7 +31,7 @@ class SQLiteSources:
 
     async def get_many(self, ids: Sequence[str]) -> list[Source | None]:
         unique = list(dict.fromkeys(ids))
-        found = await self.db.fetchall(
+        found = await self.db.lookup(
             f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id IN ({placeholders(len(unique))})", unique
         )
         by_id = {r[0]: rows.source_from_row(r) for r in found}
@@ -73,7 +73,7 @@ class SQLiteSources:
             "JOIN sources ON sources.sid = p.sid "
             "WHERE p.x1 >= ? AND p.x0 <= ? AND p.y1 >= ? AND p.y0 <= ? AND p.z1 >= ? AND p.z0 <= ?"
         )
-        candidates = await self.db.fetchall(" AND ".join([sql, *clauses]), [*box, *params])
+        candidates = await self.db.lookup(" AND ".join([sql, *clauses]), [*box, *params])
         hits = sorted(
             h
             for h in ((sky.separation_deg(ra_deg, dec_deg, ra, dec), sid) for sid, ra, dec in candidates)
@@ -87,7 +87,7 @@ class SQLiteSources:
             hits_after = hits
         page = hits_after[: query.page_size]
         found = (
-            await self.db.fetchall(
+            await self.db.lookup(
                 f"SELECT sources.sid, {rows.SOURCE_SELECT} FROM sources WHERE sid IN ({placeholders(len(page))})",
                 [sid for _, sid in page],
             )
@@ -102,7 +102,7 @@ class SQLiteSources:
     async def lightcurve(
         self, source_id: str, start_mjd: float, end_mjd: float, chunk: int
     ) -> AsyncIterator[list[Photometry]]:
-        found = await self.db.fetchall("SELECT sid FROM sources WHERE id = ?", (source_id,))
+        found = await self.db.lookup("SELECT sid FROM sources WHERE id = ?", (source_id,))
         if not found:
             raise NotFound("SOURCE", f"sources/{source_id}")
         sid = found[0][0]
@@ -110,7 +110,7 @@ class SQLiteSources:
         hi = end_mjd if end_mjd else math.inf
         after: tuple[float, int] = (lo, -1)
         while True:
-            batch = await self.db.fetchall(
+            batch = await self.db.lookup(
                 f"SELECT {rows.PHOTOMETRY_SELECT} FROM photometry WHERE source_sid = ? "
                 "AND (observation_mjd, image_id) > (?, ?) AND observation_mjd <= ? "
                 "ORDER BY observation_mjd, image_id LIMIT ?",

@@ -183,6 +183,17 @@ class Database:
             self.inline_fallbacks += 1
             return await self.fetchall(sql, params)
 
+    async def try_inline(self, sql: str, params: Sequence[Any] = ()) -> list[Row] | None:
+        """The rows if the query finishes within the on-loop budget, else None (nothing is retried)."""
+        conn = self._inline
+        if conn is None:
+            return None
+        self._inline_ticks = 0
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:
+            return None
+
     def _inline_budget(self) -> int:
         self._inline_ticks += 1
         return 1 if self._inline_ticks > INLINE_BUDGET_TICKS else 0

@@ -40,7 +40,7 @@ class RedisLink:
         self,
         url: str,
         *,
-        op_timeout_s: float = 0.25,
+        op_timeout_s: float = 0.5,
         ping_interval_s: float = 0.5,
         retry_s: float = 0.5,
     ):
@@ -106,7 +106,8 @@ class RedisLink:
         if not self.usable:
             raise RedisUnavailable("redis is down")
         try:
-            return await asyncio.wait_for(call(self.client), self.op_timeout_s)
+            async with asyncio.timeout(self.op_timeout_s):  # unlike wait_for, no task per command
+                return await call(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
             self.mark_broken(exc)
             raise RedisUnavailable(str(exc) or type(exc).__name__) from None

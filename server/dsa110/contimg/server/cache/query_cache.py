@@ -1,7 +1,8 @@
 """An in-process cache of query results, exact across replicas through generation counters in Redis.
 
 What it holds: results of the expensive reads only (list and search pages, lightcurves), keyed by
-the full query and tagged with the resources they read ("images", "sources", ...). Primary-key
+the full query and tagged with the resources they read ("images", "sources", ...), or - for a
+lightcurve - keyed by the exact version of its source (see CachedSources.lightcurve). Primary-key
 Gets are never cached: an indexed SQLite lookup costs about as much as one Redis round trip, so a
 cache could only make them slower (bench/REDIS.md). The values stay in this process (an LRU bounded
 by rows); Redis holds only one small hash, `contimg:cache:generations`: a counter per tag.
@@ -14,7 +15,8 @@ write has returned, every later read on any replica sees a newer counter and goe
 a read racing the write may store an old result, but only under the old counter, where no later read
 looks. (Redis executes commands one at a time, so "later" is well defined.) No pub/sub message has
 to arrive in time, and the other replicas' COUNT caches are dropped as soon as they see a counter
-move.
+move (and, for the lists this cache does not hold, when the write's announcement on
+`contimg:cache:writes` arrives; the storage's own count TTL bounds that).
 
 Cost: one Redis round trip per cached read, shared - at most one HMGET is in flight per process, and
 every read that arrives while it is out waits for the next one (which starts after they arrived, so
@@ -51,6 +53,9 @@ log = logging.getLogger("contimg.cache")
 T = TypeVar("T")
 
 GENERATIONS_KEY = "contimg:cache:generations"
+# Every counter increment also announces itself here (same MULTI, no extra round trip): replicas
+# drop their cached COUNT totals at once, also those of lists this cache does not hold.
+WRITES_CHANNEL = "contimg:cache:writes"
 INCARNATION = "incarnation"
 MEASUREMENT_SETS: Final = "measurement_sets"
 IMAGES: Final = "images"
@@ -73,6 +78,7 @@ class CacheStats:
     fetches: int = 0  # HMGETs of the counters (shared by every read waiting at the time)
     bumps: int = 0  # HINCRBYs after writes
     remote_changes: int = 0  # counter moves this process did not make itself
+    write_messages: int = 0  # other replicas' write announcements received
 
     @property
     def hit_ratio(self) -> float:
@@ -119,7 +125,9 @@ class QueryCache:
         self._incarnation: object = _UNSEEN
         self._next: asyncio.Future[dict[str, int] | None] | None = None
         self._fetcher: asyncio.Task[None] | None = None
+        self.origin = uuid.uuid4().hex.encode()
         link.on_state(self._on_state)
+        link.on_message(WRITES_CHANNEL, self._on_write_message)
 
     @property
     def active(self) -> bool:
@@ -128,16 +136,23 @@ class QueryCache:
     # ---- reads ------------------------------------------------------------------------------------
 
     async def open(self, key: Hashable, tags: tuple[str, ...]) -> tuple[bool, object, Ticket | None]:
-        """(found, value, ticket): a hit, or a miss to load and `finish`, or (False, None, None) to bypass."""
-        if not self.active or not _hashable(key):
+        """(found, value, ticket): a hit, or a miss to load and `finish`, or (False, None, None) to bypass.
+
+        With no `tags` the key itself must name an exact version of the data (e.g. a row's
+        update_time read from the database just before): no counters are read, and such entries
+        stay correct without Redis.
+        """
+        if not _hashable(key) or (tags and not self.active):
             self.stats.bypassed += 1
             return False, None, None
         epoch = self._epoch
-        counters = await self._counters()
-        if counters is None:
-            self.stats.bypassed += 1
-            return False, None, None
-        generations = tuple(counters[t] for t in tags)
+        generations: tuple[int, ...] = ()
+        if tags:
+            counters = await self._counters()
+            if counters is None:
+                self.stats.bypassed += 1
+                return False, None, None
+            generations = tuple(counters[t] for t in tags)
         entry = self._entries.get(key)
         if entry is not None:
             if entry.generations == generations and entry.expires >= time.monotonic():
@@ -149,7 +164,9 @@ class QueryCache:
 
     def finish(self, ticket: Ticket, value: object, weight: int) -> None:
         """Store a loaded value, unless every entry was dropped since the ticket was issued."""
-        if ticket.epoch != self._epoch or not self.active or weight > self.max_weight // 8:
+        if ticket.epoch != self._epoch or weight > self.max_weight // 8:
+            return
+        if ticket.generations and not self.active:
             return
         self._drop(ticket.key)
         self._entries[ticket.key] = _Entry(ticket.generations, time.monotonic() + self.ttl_s, weight, value)
@@ -251,7 +268,7 @@ class QueryCache:
         if not self.link.usable:
             return  # this process does not cache now; it bumps everything when the link is back
         try:
-            await self.link.command(lambda r: _increment(r, tags))
+            await self.link.command(lambda r: _increment(r, tags, self.origin))
             self.stats.bumps += 1
         except RedisUnavailable:
             pass  # the link is now down: this process stops caching until it is back
@@ -271,16 +288,22 @@ class QueryCache:
         self.on_remote_write()
         if up:
             try:
-                await self.link.command(lambda r: _increment(r, TAGS, claim=True))
+                await self.link.command(lambda r: _increment(r, TAGS, self.origin, claim=True))
             except RedisUnavailable:
                 pass
+
+    def _on_write_message(self, origin: bytes) -> None:
+        if origin != self.origin:
+            self.stats.write_messages += 1
+            self.on_remote_write()
 
     def describe(self) -> str:
         s = self.stats
         return (
             f"hits={s.hits} coalesced={s.coalesced} misses={s.misses} bypassed={s.bypassed} "
             f"hit_ratio={s.hit_ratio:.3f} stored={s.stored} evicted={s.evicted} entries={len(self._entries)} "
-            f"weight={self._weight} counter_reads={s.fetches} counter_bumps={s.bumps} remote_changes={s.remote_changes}"
+            f"weight={self._weight} counter_reads={s.fetches} counter_bumps={s.bumps} "
+            f"remote_changes={s.remote_changes} write_messages={s.write_messages}"
         )
 
 
@@ -288,12 +311,13 @@ async def _read_counters(client: Redis) -> list[Any]:
     return list(await client.hmget(GENERATIONS_KEY, [INCARNATION, *TAGS]))
 
 
-async def _increment(client: Redis, tags: tuple[str, ...], *, claim: bool = False) -> None:
+async def _increment(client: Redis, tags: tuple[str, ...], origin: bytes, *, claim: bool = False) -> None:
     async with client.pipeline(transaction=True) as pipe:
         for tag in tags:
             pipe.hincrby(GENERATIONS_KEY, tag, 1)
         if claim:
             pipe.hsetnx(GENERATIONS_KEY, INCARNATION, uuid.uuid4().hex)
+        pipe.publish(WRITES_CHANNEL, origin)
         await pipe.execute()
 
 

@@ -98,15 +98,18 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         [src] = await self.repo.get_many([source_id])
         if src is None:
             raise NotFound("SOURCE", names.source_name(source_id))
-        # A recorded measurement never changes (it goes only with its image, and image ids are never
-        # reused), so its encoded bytes are cached for good under (source, image).
+        # Encoded points are cached under the source's version: every photometry write that touches
+        # the source (new epoch, deleted image) bumps its update_time and so retires them.
         head = field_bytes(1, self._encoded(src))
         sent_first = False
         async for points in self.repo.lightcurve(
             source_id, request.start_mjd, request.end_mjd, request.max_points_per_message or 1000
         ):
             parts = [
-                field_bytes(2, self.cache.get(("point", source_id, p.image_id), partial(photometry_to_proto, p)))
+                field_bytes(
+                    2,
+                    self.cache.get(("point", source_id, src.update_time, p.image_id), partial(photometry_to_proto, p)),
+                )
                 for p in points
             ]
             yield pb.GetLightcurveResponse.FromString(b"".join([b"" if sent_first else head, *parts]))

@@ -3,7 +3,7 @@
 What it holds: results of the expensive reads only (list and search pages, lightcurves), keyed by
 the full query and tagged with the resources they read ("images", "sources", ...), or - for a
 lightcurve - keyed by the exact version of its source (see CachedSources.lightcurve). Primary-key
-Gets are never cached: an indexed SQLite lookup costs about as much as one Redis round trip, so a
+Gets are never cached: an indexed SQLite lookup costs a fraction of one Redis round trip, so a
 cache could only make them slower (bench/REDIS.md). The values stay in this process (an LRU bounded
 by rows); Redis holds only one small hash, `contimg:cache:generations`: a counter per tag.
 
@@ -22,8 +22,9 @@ Cost: one Redis round trip per cached read, shared - at most one HMGET is in fli
 every read that arrives while it is out waits for the next one (which starts after they arrived, so
 it is as fresh as a read of its own). See bench/REDIS.md for what that costs against what it saves.
 
-Fail-open: the cache serves only while the Redis link is usable; otherwise every read goes to the
-database and writes do not wait for Redis. Whenever the link goes down or comes back the process
+Fail-open: counter-checked entries are served only while the Redis link is usable; otherwise those
+reads go to the database and writes do not wait for Redis (version-keyed lightcurves need no
+Redis and keep being served). Whenever the link goes down or comes back the process
 drops every entry, and on coming back it increments every counter (it may have written while it
 could not tell the others). The hash carries an `incarnation` id, so a Redis that lost its data
 (restart without persistence) is noticed even by a replica that never saw a disconnect. The TTL is

@@ -226,6 +226,31 @@ async def _slots_are_released(target: str) -> None:
         await asyncio.gather(*(stubs.ms.ListMeasurementSets(listing, timeout=10) for _ in range(LIMIT)))
 
 
+async def _refused_when_full(target: str) -> None:
+    """LIMIT open WatchJobs streams hold every slot: the next call is RESOURCE_EXHAUSTED with ErrorInfo."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stubs = make_stubs(channel)
+        streams = [stubs.jobs.WatchJobs(jobs_pb2.WatchJobsRequest()) for _ in range(LIMIT)]
+        try:
+            for call in streams:  # the first message (a heartbeat) means the handler holds its slot
+                first = await asyncio.wait_for(call.read(), 10)
+                assert first is not grpc.aio.EOF
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stubs.jobs.ListJobs(jobs_pb2.ListJobsRequest(), timeout=10)
+            assert refused.value.code() == EXHAUSTED
+            details = dict(refused.value.trailing_metadata() or ()).get("grpc-status-details-bin")
+            assert details is not None
+            reasons = set()
+            for detail in status_pb2.Status.FromString(details).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    reasons.add(info.reason)
+            assert reasons == {"RESOURCE_EXHAUSTED"}
+        finally:
+            for call in streams:
+                call.cancel()
+
+
 async def test_load_with_a_small_concurrency_limit(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, args=["--max-concurrent-rpcs", str(LIMIT)])
     try:
@@ -234,7 +259,10 @@ async def test_load_with_a_small_concurrency_limit(tmp_path: Path) -> None:
         print("\n" + _summary(f"max_concurrent_rpcs={LIMIT}", tally, elapsed))
         unexpected = {c: n for c, n in tally.codes.items() if c not in (OK, EXHAUSTED)}
         assert not unexpected, f"{unexpected}; {tally.details.most_common(5)}"
-        assert tally.codes[OK] > 0 and tally.codes[EXHAUSTED] > 0, tally.codes
+        # Whether random load overlaps more than LIMIT calls depends on timing (fast handlers finish
+        # before the next call starts); refusal itself is proven below by holding every slot.
+        assert tally.codes[OK] > 0, tally.codes
+        await _refused_when_full(server.target)
         assert tally.exhausted_without_info == 0, (
             f"{tally.exhausted_without_info} RESOURCE_EXHAUSTED without ErrorInfo reason RESOURCE_EXHAUSTED"
         )

@@ -1,0 +1,76 @@
+"""The one-pass validation of photometry batches accepts exactly what the detailed checks accept."""
+
+from __future__ import annotations
+
+from dsa110.contimg.server.domain import validation
+from dsa110.contimg.server.domain.checks import Checker
+from dsa110.contimg.server.domain.records import Photometry
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+EDGES = [
+    0.0,
+    -0.0,
+    1e-300,
+    -1e-300,
+    359.999999,
+    360.0,
+    -90.0,
+    90.0,
+    90.0000001,
+    15000.0,
+    100000.0,
+    1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+]
+num = st.one_of(
+    st.sampled_from(EDGES), st.floats(allow_nan=True, allow_infinity=True), st.floats(min_value=-400, max_value=400)
+)
+flags = st.one_of(st.sampled_from(["", "good", "x" * 32, "x" * 33, "é" * 16, "é" * 17, "a\x00b"]), st.text(max_size=40))
+row = st.builds(
+    Photometry,
+    source_id=st.sampled_from(["A", "B", "C", "D"]),
+    ra_deg=num,
+    dec_deg=num,
+    catalog_flux_mjy=num,
+    peak_flux_jy=num,
+    peak_flux_err_jy=num,
+    integrated_flux_jy=num,
+    integrated_flux_err_jy=num,
+    normalized_flux=num,
+    normalized_flux_err=num,
+    snr=num,
+    local_rms_jy=num,
+    separation_from_center_deg=num,
+    quality_flag=flags,
+    observation_mjd=st.one_of(st.sampled_from(EDGES), st.floats(min_value=10000, max_value=110000)),
+)
+
+
+def detailed(rows: list[Photometry]) -> bool:
+    """True when the field-by-field checks find nothing (the fast path switched off)."""
+    original = validation._all_plainly_valid
+    validation._all_plainly_valid = lambda _rows: False  # type: ignore[assignment]
+    try:
+        c = Checker()
+        validation.check_measurements(rows, c)
+        return not c.violations
+    finally:
+        validation._all_plainly_valid = original  # type: ignore[assignment]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(row, min_size=1, max_size=4))
+def test_fast_path_agrees_with_the_detailed_checks(rows: list[Photometry]) -> None:
+    fast = validation._all_plainly_valid(rows)
+    assert fast == detailed(rows), rows
+
+
+def test_a_plainly_valid_batch_takes_the_fast_path() -> None:
+    rows = [
+        Photometry(source_id=f"S{i}", ra_deg=10.0, dec_deg=54.5, peak_flux_jy=0.1, peak_flux_err_jy=0.001)
+        for i in range(3)
+    ]
+    assert validation._all_plainly_valid(rows) and detailed(rows)

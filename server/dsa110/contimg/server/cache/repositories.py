@@ -95,11 +95,6 @@ class CachedImages:
     async def get_many(self, ids: Sequence[int]) -> list[Image | None]:
         return await self.inner.get_many(ids)
 
-    async def list_page(self, query: ListQuery) -> Page[Image]:
-        return await self.cache.get_or_load(
-            ("images.list", query_key(query)), self.TAGS, lambda: self.inner.list_page(query), page_weight
-        )
-
     async def list_refs(self, query: ListQuery) -> Page[tuple[int, int]]:
         return await self.cache.get_or_load(
             ("images.refs", query_key(query)), self.TAGS, lambda: self.inner.list_refs(query), page_weight
@@ -139,9 +134,6 @@ class CachedSources:
 
     async def get_many(self, ids: Sequence[str]) -> list[Source | None]:
         return await self.inner.get_many(ids)
-
-    async def list_page(self, query: ListQuery) -> Page[Source]:
-        return await self.inner.list_page(query)
 
     async def list_refs(self, query: ListQuery) -> Page[tuple[str, int]]:
         return await self.inner.list_refs(query)

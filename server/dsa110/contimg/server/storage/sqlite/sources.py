@@ -37,6 +37,8 @@ class SQLiteSources:
         by_id = {r[0]: rows.source_from_row(r) for r in found}
         return [by_id.get(i) for i in ids]
 
+    # Whole rows of a page: not used by the servicers (they read refs), kept for bench/redis_cache.py,
+    # which measures what a page costs SQLite against a Redis copy.
     async def list_page(self, query: ListQuery) -> Page[Source]:
         found, after, total = await page_query(
             self.db,

@@ -10,71 +10,26 @@ from __future__ import annotations
 import math
 import random
 import uuid
-from dataclasses import dataclass
 
 import grpc
 import pytest
 from dsa110.contimg.server.domain.sky import separation_deg
 from dsa110.contimg.v1 import images_pb2, sources_pb2
 
-from helpers_jobs import expect_error, make_image, make_images, make_ms, measurement, record
+from helpers_jobs import (
+    Epoch,
+    assert_stats,
+    expect_error,
+    expected_stats,
+    make_image,
+    make_images,
+    make_ms,
+    measurement,
+    record,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
-
-
-# ---- expected statistics, computed the plain way --------------------------------------------------
-
-
-@dataclass
-class Epoch:
-    flux: float
-    err: float
-    mjd: float
-
-
-def expected_stats(epochs: list[Epoch]) -> dict[str, float]:
-    n = len(epochs)
-    fluxes = [e.flux for e in epochs]
-    mean = sum(fluxes) / n
-    weights = [1.0 / (e.err * e.err) for e in epochs]
-    if n > 1:
-        std = math.sqrt(sum((f - mean) ** 2 for f in fluxes) / (n - 1))
-        weighted_mean = sum(w * f for w, f in zip(weights, fluxes, strict=True)) / sum(weights)
-        eta = sum(w * (f - weighted_mean) ** 2 for w, f in zip(weights, fluxes, strict=True)) / (n - 1)
-        chi2 = sum(w * (f - mean) ** 2 for w, f in zip(weights, fluxes, strict=True)) / (n - 1)
-    else:
-        std = eta = chi2 = 0.0
-    v = std / mean if mean > 0 else 0.0
-    sigma = max(abs(f - mean) for f in fluxes) / std if std > 0 else 0.0
-    return {
-        "epoch_count": n,
-        "mean_flux_jy": mean,
-        "std_flux_jy": std,
-        "min_flux_jy": min(fluxes),
-        "max_flux_jy": max(fluxes),
-        "chi2_reduced": chi2,
-        "eta": eta,
-        "v": v,
-        "sigma_deviation": sigma,
-        "last_mjd": max(e.mjd for e in epochs),
-        "is_variable": n >= 3 and (eta > 2.0 or v > 0.1),
-    }
-
-
-def assert_stats(src: sources_pb2.Source, epochs: list[Epoch]) -> None:
-    want = expected_stats(epochs)
-    got = src.variability
-    assert got.epoch_count == want["epoch_count"] == src.detection_count
-    assert got.is_variable == want["is_variable"], src.name
-    for key, value in want.items():
-        if key in ("epoch_count", "is_variable"):
-            continue
-        assert math.isclose(getattr(got, key), value, rel_tol=1e-7, abs_tol=1e-12), (
-            f"{src.name} {key}: server {getattr(got, key)!r}, expected {value!r}"
-        )
-    assert src.first_detection_mjd == min(e.mjd for e in epochs)
-    assert src.last_detection_mjd == max(e.mjd for e in epochs)
 
 
 # ---- GetSource / BatchGetSources ------------------------------------------------------------------

@@ -75,6 +75,15 @@ def check_source_id(source_id: str, field: str) -> str:
     return source_id
 
 
+_SOURCE_NAME = re.compile(r"sources/([A-Za-z0-9+\-._]{1,64})\Z")
+
+
+def source_id_or_none(name: str) -> str | None:
+    """The id in a well-formed source name, else None (no error built: for per-row fast paths)."""
+    found = _SOURCE_NAME.match(name)
+    return found.group(1) if found else None
+
+
 def parse_source_name(name: str, field: str = "name") -> str:
     prefix = "sources/"
     if not name.startswith(prefix):

@@ -29,6 +29,19 @@ class FluxSums:
     first_mjd: float = math.inf
     last_mjd: float = -math.inf
 
+    def merge(self, other: FluxSums) -> None:
+        """Fold in the sums of other measurements (as `add` of each of them would)."""
+        self.n += other.n
+        self.sum_f += other.sum_f
+        self.sum_f2 += other.sum_f2
+        self.sum_w += other.sum_w
+        self.sum_wf += other.sum_wf
+        self.sum_wf2 += other.sum_wf2
+        self.min_f = min(self.min_f, other.min_f)
+        self.max_f = max(self.max_f, other.max_f)
+        self.first_mjd = min(self.first_mjd, other.first_mjd)
+        self.last_mjd = max(self.last_mjd, other.last_mjd)
+
     def add(self, flux: float, err: float, mjd: float) -> None:
         w = 1.0 / (err * err)
         self.n += 1

@@ -227,23 +227,25 @@ def photometry_to_proto(p: Photometry) -> sources_pb2.PhotometryMeasurement:
 
 
 def photometry_from_proto(m: sources_pb2.PhotometryMeasurement, source_id: str) -> Photometry:
+    # Positional, in field order: this runs once per ingested row.
     return Photometry(
-        source_id=source_id,
-        ra_deg=m.ra_deg,
-        dec_deg=m.dec_deg,
-        catalog_flux_mjy=m.catalog_flux_mjy,
-        peak_flux_jy=m.peak_flux_jy,
-        peak_flux_err_jy=m.peak_flux_err_jy,
-        integrated_flux_jy=m.integrated_flux_jy,
-        integrated_flux_err_jy=m.integrated_flux_err_jy,
-        normalized_flux=m.normalized_flux,
-        normalized_flux_err=m.normalized_flux_err,
-        snr=m.snr,
-        local_rms_jy=m.local_rms_jy,
-        separation_from_center_deg=m.separation_from_center_deg,
-        quality_flag=m.quality_flag,
-        observation_mjd=m.observation_mjd,
-        measure_time=micros(m.measure_time) if m.HasField("measure_time") else 0,
+        source_id,
+        0,
+        m.ra_deg,
+        m.dec_deg,
+        m.catalog_flux_mjy,
+        m.peak_flux_jy,
+        m.peak_flux_err_jy,
+        m.integrated_flux_jy,
+        m.integrated_flux_err_jy,
+        m.normalized_flux,
+        m.normalized_flux_err,
+        m.snr,
+        m.local_rms_jy,
+        m.separation_from_center_deg,
+        m.quality_flag,
+        m.observation_mjd,
+        micros(m.measure_time) if m.HasField("measure_time") else 0,
     )
 
 

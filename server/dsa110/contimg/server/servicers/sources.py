@@ -123,11 +123,13 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         c = Checker()
         rows = []
         for i, m in enumerate(request.measurements[:MAX_MEASUREMENTS]):
-            try:
-                source_id = names.parse_source_name(m.source, f"measurements[{i}].source")
-            except Exception as exc:  # collect alongside the other violations
-                c.violations.extend(getattr(exc, "violations", []))
-                source_id = f"invalid-{i}"
+            source_id = names.source_id_or_none(m.source)
+            if source_id is None:
+                try:
+                    source_id = names.parse_source_name(m.source, f"measurements[{i}].source")
+                except Exception as exc:  # collect alongside the other violations
+                    c.violations.extend(getattr(exc, "violations", []))
+                    source_id = f"invalid-{i}"
             if m.HasField("measure_time"):
                 c.timestamp(f"measurements[{i}].measure_time", m.measure_time.seconds, m.measure_time.nanos)
             rows.append(photometry_from_proto(m, source_id))

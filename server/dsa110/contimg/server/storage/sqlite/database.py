@@ -1,9 +1,9 @@
 """The SQLite database: connections, pragmas, migrations, transactions, idempotency records.
 
 One writer connection serializes every write (SQLite allows one writer anyway; queueing in-process
-is cheaper than lock retries), each write is one `BEGIN IMMEDIATE ... COMMIT` run as a shielded
-task so a cancelled caller never leaves a transaction half done. Reads go to a small pool of
-read-only connections (WAL lets them run beside the writer).
+is cheaper than lock retries): see writer.py for its thread, group commit and why a cancelled caller
+never leaves a transaction half done. Reads go to a small pool of read-only connections (WAL lets
+them run beside the writer) and, when quick, to one connection on the event loop.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ import aiosqlite
 from ...domain.errors import RequestIdMismatch, StorageUnavailable
 from ...repositories.protocols import Idempotency
 from .migrations import MIGRATIONS
+from .writer import Body, Finish, Txn, Writer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,10 +61,9 @@ class SQLiteSettings:
 class Database:
     def __init__(self, settings: SQLiteSettings):
         self.settings = settings
-        self._writer: aiosqlite.Connection | None = None
+        self._writer = Writer(self._connect_writer, _translate, self._committed)
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
-        self._write_lock = asyncio.Lock()
         self.page_token_secret = b""
         self._inline: sqlite3.Connection | None = None
         self._inline_ticks = 0
@@ -72,17 +72,28 @@ class Database:
         self.generation = 0
         self._counts: OrderedDict[tuple[str, tuple[Any, ...]], tuple[int, float, int]] = OrderedDict()
 
-    async def _connect(self, read_only: bool) -> aiosqlite.Connection:
+    def _pragmas(self) -> list[str]:
         s = self.settings
-        conn = await aiosqlite.connect(str(s.path), isolation_level=None, check_same_thread=False)
-        pragmas = [
+        return [
             f"busy_timeout = {int(s.busy_timeout_ms)}",
             "foreign_keys = ON",
             f"cache_size = {-1024 * int(s.cache_mb)}",
             "temp_store = MEMORY",
         ]
-        pragmas += ["query_only = ON", "mmap_size = 268435456"] if read_only else [f"synchronous = {s.synchronous}"]
-        for pragma in pragmas:
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
+        for pragma in [*self._pragmas(), f"synchronous = {self.settings.synchronous}"]:
+            conn.execute(f"PRAGMA {pragma}").fetchall()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        if mode[0][0] != "wal":
+            conn.close()
+            raise RuntimeError(f"could not enable WAL on {self.settings.path}")
+        return conn
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
+        for pragma in [*self._pragmas(), "query_only = ON", "mmap_size = 268435456"]:
             # execute_fetchall, not execute: a PRAGMA that returns a row (busy_timeout, mmap_size) left
             # unfetched stays an active statement, and then the interrupt() that stops a cancelled
             # query is never cleared: every later statement on the connection fails "interrupted".
@@ -91,13 +102,10 @@ class Database:
 
     async def open(self) -> None:
         self.settings.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect(read_only=False)
-        mode = await self._writer.execute_fetchall("PRAGMA journal_mode = WAL")
-        if next(iter(mode))[0] != "wal":
-            raise RuntimeError(f"could not enable WAL on {self.settings.path}")
-        await self._migrate()
+        await self._writer.open()
+        self.page_token_secret = await self._writer.call(_migrate)
         for _ in range(max(1, self.settings.readers)):
-            conn = await self._connect(read_only=True)
+            conn = await self._connect()
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
         self._inline = sqlite3.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
@@ -111,44 +119,15 @@ class Database:
             self._inline.execute(f"PRAGMA {pragma}")
 
     async def close(self) -> None:
-        async with self._write_lock:
-            if self._inline is not None:
-                self._inline.close()
-                self._inline = None
-            for conn in self._all_readers:
-                await conn.close()
-            self._all_readers.clear()
-            if self._writer is not None:
-                await self._writer.execute("PRAGMA optimize")
-                await self._writer.close()
-                self._writer = None
-
-    async def _migrate(self) -> None:
-        w = self._writer
-        assert w is not None
-        await w.execute("BEGIN IMMEDIATE")
-        try:
-            await w.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_time INTEGER NOT NULL)"
-            )
-            done = {r[0] for r in await w.execute_fetchall("SELECT version FROM schema_migrations")}
-            for version, name, sql in MIGRATIONS:
-                if version in done:
-                    continue
-                log.info("applying migration %d: %s", version, name)
-                for statement in _split_sql(sql):
-                    await w.execute(statement)
-                await w.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_us()))
-            await w.execute(
-                "INSERT OR IGNORE INTO settings VALUES ('page_token_secret', ?)", (secrets.token_bytes(32),)
-            )
-            rows = list(await w.execute_fetchall("SELECT value FROM settings WHERE key = 'page_token_secret'"))
-            self.page_token_secret = bytes(rows[0][0])
-            await w.execute("COMMIT")
-        except BaseException:
-            await w.execute("ROLLBACK")
-            raise
+        if self._writer.is_open:
+            await self._writer.call(lambda conn: conn.execute("PRAGMA optimize").fetchall())
+            await self._writer.close()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+        for conn in self._all_readers:
+            await conn.close()
+        self._all_readers.clear()
 
     async def schema_version(self) -> int:
         rows = await self.fetchall("SELECT max(version) FROM schema_migrations")
@@ -217,44 +196,19 @@ class Database:
     # ---- writes ------------------------------------------------------------------------------
 
     async def write(
-        self,
-        body: Callable[[aiosqlite.Connection], Awaitable[T]],
-        after_commit: Callable[[T], None] | None = None,
+        self, body: Body[T], after_commit: Callable[[T], None] | None = None, *, finish: Finish | None = None
     ) -> T:
-        """Run `body` in one IMMEDIATE transaction on the writer; all or nothing, never cancelled halfway.
+        """Run `body` (on the writer thread) in a transaction; all or nothing, never cancelled halfway.
 
-        `after_commit` runs after COMMIT while the writer is still held, so whatever it publishes
-        goes out in commit order.
+        `after_commit` runs on the event loop after COMMIT and before any later write is acknowledged,
+        so whatever it publishes goes out in commit order. `finish`: see writer.py.
         """
-        task = asyncio.ensure_future(self._write(body, after_commit))
-        return await asyncio.shield(task)
+        if not self._writer.is_open:
+            raise StorageUnavailable("the database is closed")
+        return await self._writer.write(body, finish, after_commit)
 
-    async def _write(
-        self, body: Callable[[aiosqlite.Connection], Awaitable[T]], after_commit: Callable[[T], None] | None
-    ) -> T:
-        async with self._write_lock:
-            w = self._writer
-            if w is None:
-                raise StorageUnavailable("the database is closed")
-            try:
-                await w.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise _storage_error(exc) from exc
-            try:
-                result = await body(w)
-                await w.execute("COMMIT")
-            except BaseException as exc:
-                try:
-                    await w.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback failed")
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise _storage_error(exc) from exc
-                raise
-            self.generation += 1
-            if after_commit is not None:
-                after_commit(result)
-            return result
+    def _committed(self) -> None:
+        self.generation += 1
 
     def invalidate(self) -> None:
         """Another process wrote: forget cached counts."""
@@ -276,26 +230,22 @@ class Database:
         return total
 
 
-async def check_request_id(conn: aiosqlite.Connection, idem: Idempotency | None) -> Any | None:
+def check_request_id(txn: Txn, idem: Idempotency | None) -> Any | None:
     """The stored result of an earlier identical request, or None when this one is new."""
     if idem is None:
         return None
-    rows = list(
-        await conn.execute_fetchall(
-            "SELECT method, fingerprint, result FROM request_ids WHERE request_id = ?", (idem.request_id,)
-        )
-    )
-    if not rows:
+    row = txn.fetchone("SELECT method, fingerprint, result FROM request_ids WHERE request_id = ?", (idem.request_id,))
+    if row is None:
         return None
-    method, fingerprint, result = rows[0]
+    method, fingerprint, result = row
     if method != idem.method or fingerprint != idem.fingerprint:
         raise RequestIdMismatch(idem.request_id)
     return json.loads(result)
 
 
-async def remember_request_id(conn: aiosqlite.Connection, idem: Idempotency | None, result: Any) -> None:
+def remember_request_id(txn: Txn, idem: Idempotency | None, result: Any) -> None:
     if idem is not None:
-        await conn.execute(
+        txn.execute(
             "INSERT INTO request_ids VALUES (?, ?, ?, ?, ?)",
             (idem.request_id, idem.method, idem.fingerprint, json.dumps(result), now_us()),
         )
@@ -308,6 +258,35 @@ def placeholders(n: int) -> str:
 def chunks(items: Sequence[T], size: int = 500) -> Iterable[Sequence[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _migrate(conn: sqlite3.Connection) -> bytes:
+    """Apply pending migrations in one transaction; return the page-token secret."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_time INTEGER NOT NULL)"
+        )
+        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            log.info("applying migration %d: %s", version, name)
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_us()))
+        conn.execute("INSERT OR IGNORE INTO settings VALUES ('page_token_secret', ?)", (secrets.token_bytes(32),))
+        secret = bytes(conn.execute("SELECT value FROM settings WHERE key = 'page_token_secret'").fetchone()[0])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return secret
+
+
+def _translate(exc: Exception) -> Exception:
+    return _storage_error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
 
 
 def _storage_error(exc: sqlite3.OperationalError) -> Exception:

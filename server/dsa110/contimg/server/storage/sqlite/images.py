@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import cast
 
-import aiosqlite
-
 from ...domain import sky
 from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from ...domain.names import ms_name
@@ -17,22 +15,23 @@ from . import rows
 from .database import Database, check_request_id, now_us, placeholders, remember_request_id
 from .maintenance import delete_images
 from .sql import keyset, page_query, where
+from .writer import Txn
 
 _COLUMNS = {name: f"images.{name}" for name in rows.IMAGE_COLUMNS}
 _COLUMNS.update({"measurement_set": "images.ms_path", "qa.grade": "images.qa_grade"})
 _GEOMETRY = ("center_ra_deg", "center_dec_deg", "size_x_px", "size_y_px", "cell_size_arcsec")
 
 
-async def _load(conn: aiosqlite.Connection, image_id: int) -> Image | None:
-    found = list(await conn.execute_fetchall(f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id = ?", (image_id,)))
+def _load(txn: Txn, image_id: int) -> Image | None:
+    found = txn.fetchall(f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id = ?", (image_id,))
     return rows.image_from_row(found[0]) if found else None
 
 
-async def _set_footprint(conn: aiosqlite.Connection, img: Image) -> None:
-    await conn.execute("DELETE FROM image_footprints WHERE id = ?", (img.id,))
+def _set_footprint(txn: Txn, img: Image) -> None:
+    txn.execute("DELETE FROM image_footprints WHERE id = ?", (img.id,))
     if img.size_x_px > 0 and img.size_y_px > 0 and img.cell_size_arcsec > 0:
         radius = sky.footprint_radius_deg(img.size_x_px, img.size_y_px, img.cell_size_arcsec)
-        await conn.execute(
+        txn.execute(
             "INSERT INTO image_footprints VALUES (?, ?, ?, ?, ?, ?, ?)",
             (img.id, *sky.cap_box(img.center_ra_deg, img.center_dec_deg, radius)),
         )
@@ -100,19 +99,17 @@ class SQLiteImages:
         return await _match_page(self, hits, query)
 
     async def create(self, image: Image, idem: Idempotency | None) -> Image:
-        async def body(conn: aiosqlite.Connection) -> Image:
-            earlier = await check_request_id(conn, idem)
+        def body(txn: Txn) -> Image:
+            earlier = check_request_id(txn, idem)
             if earlier is not None:
-                stored = await _load(conn, int(earlier))
+                stored = _load(txn, int(earlier))
                 if stored is None:
                     raise NotFound("IMAGE", f"images/{earlier}")
                 return stored
-            ms = list(
-                await conn.execute_fetchall("SELECT mid_mjd FROM measurement_sets WHERE path = ?", (image.ms_path,))
-            )
+            ms = list(txn.fetchall("SELECT mid_mjd FROM measurement_sets WHERE path = ?", (image.ms_path,)))
             if not ms:
                 raise NotFound("MEASUREMENT_SET", ms_name(image.ms_path))
-            existing = list(await conn.execute_fetchall("SELECT id FROM images WHERE path = ?", (image.path,)))
+            existing = txn.fetchall("SELECT id FROM images WHERE path = ?", (image.path,))
             if existing:
                 raise AlreadyExists(
                     "IMAGE",
@@ -124,46 +121,46 @@ class SQLiteImages:
                 image, create_time=now, update_time=now, photometry_count=0, mid_mjd=image.mid_mjd or ms[0][0]
             )
             cols = rows.IMAGE_COLUMNS[1:]
-            cursor = await conn.execute(
+            cursor = txn.execute(
                 f"INSERT INTO images ({', '.join(cols)}) VALUES ({placeholders(len(cols))})",
                 [rows.image_value(new, c) for c in cols],
             )
             new.id = int(cursor.lastrowid or 0)
-            await _set_footprint(conn, new)
-            await conn.execute(
+            _set_footprint(txn, new)
+            txn.execute(
                 "UPDATE measurement_sets SET image_count = image_count + 1, update_time = ? WHERE path = ?",
                 (now, image.ms_path),
             )
-            await remember_request_id(conn, idem, new.id)
+            remember_request_id(txn, idem, new.id)
             return new
 
         return await self.db.write(body)
 
     async def update(self, image: Image, fields: Sequence[str], idem: Idempotency | None) -> Image:
-        async def body(conn: aiosqlite.Connection) -> Image:
-            current = await _load(conn, image.id)
+        def body(txn: Txn) -> Image:
+            current = _load(txn, image.id)
             if current is None:
                 raise NotFound("IMAGE", f"images/{image.id}")
-            if await check_request_id(conn, idem) is not None:
+            if check_request_id(txn, idem) is not None:
                 return current
             now = now_us()
             sets = [f"{c} = ?" for c in fields] + ["update_time = ?"]
-            await conn.execute(
+            txn.execute(
                 f"UPDATE images SET {', '.join(sets)} WHERE id = ?",
                 [*(rows.image_value(image, c) for c in fields), now, image.id],
             )
-            updated = await _load(conn, image.id)
+            updated = _load(txn, image.id)
             assert updated is not None
             if any(f in _GEOMETRY for f in fields):
-                await _set_footprint(conn, updated)
-            await remember_request_id(conn, idem, image.id)
+                _set_footprint(txn, updated)
+            remember_request_id(txn, idem, image.id)
             return updated
 
         return await self.db.write(body)
 
     async def delete(self, image_id: int, force: bool) -> None:
-        async def body(conn: aiosqlite.Connection) -> None:
-            current = await _load(conn, image_id)
+        def body(txn: Txn) -> None:
+            current = _load(txn, image_id)
             if current is None:
                 raise NotFound("IMAGE", f"images/{image_id}")
             if current.photometry_count and not force:
@@ -172,7 +169,7 @@ class SQLiteImages:
                     reason="IMAGE_HAS_PHOTOMETRY",
                     metadata={"resource": f"images/{image_id}"},
                 )
-            await delete_images(conn, [image_id])
+            delete_images(txn, [image_id])
 
         await self.db.write(body)
 

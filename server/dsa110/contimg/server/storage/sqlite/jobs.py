@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-import aiosqlite
-
 from ...domain.errors import AlreadyExists, NotFound
 from ...domain.names import ms_name
 from ...domain.records import Job, JobEvent, JobEventType, JobLogEntry, JobState, JobTransition, Page
@@ -14,6 +12,7 @@ from ...repositories.protocols import EventPublisher, Idempotency, JobMutation, 
 from . import rows
 from .database import Database, check_request_id, now_us, placeholders, remember_request_id
 from .sql import page_query
+from .writer import Txn
 
 _COLUMNS = {name: name for name in rows.JOB_COLUMNS}
 _COLUMNS["measurement_set"] = "ms_path"
@@ -21,15 +20,13 @@ _COLUMNS["measurement_set"] = "ms_path"
 # WatchJobs. At ~10 events per job and a few thousand jobs a day it grows by well under 1 MB a day.
 
 
-async def _load(conn: aiosqlite.Connection, job_id: str) -> Job | None:
-    found = list(await conn.execute_fetchall(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (job_id,)))
+def _load(txn: Txn, job_id: str) -> Job | None:
+    found = txn.fetchall(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (job_id,))
     return rows.job_from_row(found[0]) if found else None
 
 
-async def _record_event(
-    conn: aiosqlite.Connection, job: Job, etype: JobEventType, transition: JobTransition
-) -> JobEvent:
-    cursor = await conn.execute(
+def _record_event(txn: Txn, job: Job, etype: JobEventType, transition: JobTransition) -> JobEvent:
+    cursor = txn.execute(
         "INSERT INTO job_events (job_id, type, from_state, to_state, stage, message, time, snapshot) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -87,18 +84,16 @@ class SQLiteJobs:
         return Page([rows.job_from_row(r) for r in found], after, total)
 
     async def create(self, job: Job, idem: Idempotency | None) -> Job:
-        async def body(conn: aiosqlite.Connection) -> tuple[Job, JobEvent | None]:
-            earlier = await check_request_id(conn, idem)
+        def body(txn: Txn) -> tuple[Job, JobEvent | None]:
+            earlier = check_request_id(txn, idem)
             if earlier is not None:
-                stored = await _load(conn, str(earlier))
+                stored = _load(txn, str(earlier))
                 if stored is None:
                     raise NotFound("JOB", f"jobs/{earlier}")
                 return stored, None
-            if await _load(conn, job.id) is not None:
+            if _load(txn, job.id) is not None:
                 raise AlreadyExists("JOB", f"jobs/{job.id}")
-            if job.ms_path and not await conn.execute_fetchall(
-                "SELECT 1 FROM measurement_sets WHERE path = ?", (job.ms_path,)
-            ):
+            if job.ms_path and not txn.fetchall("SELECT 1 FROM measurement_sets WHERE path = ?", (job.ms_path,)):
                 raise NotFound("MEASUREMENT_SET", ms_name(job.ms_path))
             now = now_us()
             new = replace(
@@ -116,14 +111,12 @@ class SQLiteJobs:
                 log_line_count=0,
                 transitions=[],
             )
-            await conn.execute(
+            txn.execute(
                 f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({placeholders(len(rows.JOB_COLUMNS))})",
                 rows.job_values(new),
             )
-            event = await _record_event(
-                conn, new, JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", now)
-            )
-            await remember_request_id(conn, idem, new.id)
+            event = _record_event(txn, new, JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", now))
+            remember_request_id(txn, idem, new.id)
             return new, event
 
         job_out, _ = await self.db.write(body, self._publish)
@@ -132,17 +125,17 @@ class SQLiteJobs:
         return stored
 
     async def transition(self, job_id: str, mutate: JobMutation, idem: Idempotency | None) -> Job:
-        async def body(conn: aiosqlite.Connection) -> tuple[Job, JobEvent | None]:
-            current = await _load(conn, job_id)
+        def body(txn: Txn) -> tuple[Job, JobEvent | None]:
+            current = _load(txn, job_id)
             if current is None:
                 raise NotFound("JOB", f"jobs/{job_id}")
-            if await check_request_id(conn, idem) is not None:
+            if check_request_id(txn, idem) is not None:
                 return current, None
             new, transition, etype = mutate(current, now_us())
             sets = ", ".join(f"{c} = ?" for c in rows.JOB_COLUMNS[1:])
-            await conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*rows.job_values(new)[1:], job_id])
-            event = await _record_event(conn, new, etype, transition)
-            await remember_request_id(conn, idem, job_id)
+            txn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*rows.job_values(new)[1:], job_id])
+            event = _record_event(txn, new, etype, transition)
+            remember_request_id(txn, idem, job_id)
             return new, event
 
         await self.db.write(body, self._publish)
@@ -152,21 +145,21 @@ class SQLiteJobs:
         return stored
 
     async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int:
-        async def body(conn: aiosqlite.Connection) -> int:
-            current = await _load(conn, job_id)
+        def body(txn: Txn) -> int:
+            current = _load(txn, job_id)
             if current is None:
                 raise NotFound("JOB", f"jobs/{job_id}")
-            if await check_request_id(conn, idem) is not None:
+            if check_request_id(txn, idem) is not None:
                 return current.log_line_count
             now = now_us()
             start = current.log_line_count
-            await conn.executemany(
+            txn.executemany(
                 "INSERT INTO job_logs VALUES (?, ?, ?, ?)",
                 [(job_id, start + i + 1, now, text) for i, text in enumerate(lines)],
             )
             total = start + len(lines)
-            await conn.execute("UPDATE jobs SET log_line_count = ?, update_time = ? WHERE id = ?", (total, now, job_id))
-            await remember_request_id(conn, idem, total)
+            txn.execute("UPDATE jobs SET log_line_count = ?, update_time = ? WHERE id = ?", (total, now, job_id))
+            remember_request_id(txn, idem, total)
             return total
 
         return await self.db.write(body)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import aiosqlite
-
 from ...domain.records import Variability
 from ...domain.variability import FluxSums, derive
 from .database import chunks, now_us, placeholders
+from .writer import Txn
 
 VARIABILITY_COLUMNS = tuple(Variability.__dataclass_fields__)
 
@@ -47,41 +46,34 @@ STATS_SET = ", ".join(
 )
 
 
-async def recompute_sources(conn: aiosqlite.Connection, sids: Iterable[int]) -> None:
+def recompute_sources(txn: Txn, sids: Iterable[int]) -> None:
     """Rebuild the statistics of these sources from their remaining photometry."""
     now = now_us()
     for sid in sorted(set(sids)):
         sums = FluxSums()
-        for flux, err, mjd in await conn.execute_fetchall(
+        for flux, err, mjd in txn.fetchall(
             "SELECT peak_flux_jy, peak_flux_err_jy, observation_mjd FROM photometry WHERE source_sid = ?",
             (sid,),
         ):
             sums.add(flux, err, mjd)
-        await conn.execute(
-            f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?", [*stats_values(sums), now, sid]
-        )
+        txn.execute(f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?", [*stats_values(sums), now, sid])
 
 
-async def delete_images(conn: aiosqlite.Connection, image_ids: Sequence[int]) -> None:
+def delete_images(txn: Txn, image_ids: Sequence[int]) -> None:
     """Delete images with their photometry and footprints, keeping source statistics true."""
     for part in chunks(image_ids):
         marks = placeholders(len(part))
         sids = [
-            r[0]
-            for r in await conn.execute_fetchall(
-                f"SELECT DISTINCT source_sid FROM photometry WHERE image_id IN ({marks})", part
-            )
+            r[0] for r in txn.fetchall(f"SELECT DISTINCT source_sid FROM photometry WHERE image_id IN ({marks})", part)
         ]
-        await conn.execute(f"DELETE FROM photometry WHERE image_id IN ({marks})", part)
-        await recompute_sources(conn, sids)
-        await conn.execute(f"DELETE FROM image_footprints WHERE id IN ({marks})", part)
+        txn.execute(f"DELETE FROM photometry WHERE image_id IN ({marks})", part)
+        recompute_sources(txn, sids)
+        txn.execute(f"DELETE FROM image_footprints WHERE id IN ({marks})", part)
         ms_counts = list(
-            await conn.execute_fetchall(
-                f"SELECT ms_path, count(*) FROM images WHERE id IN ({marks}) GROUP BY ms_path", part
-            )
+            txn.fetchall(f"SELECT ms_path, count(*) FROM images WHERE id IN ({marks}) GROUP BY ms_path", part)
         )
-        await conn.execute(f"DELETE FROM images WHERE id IN ({marks})", part)
-        await conn.executemany(
+        txn.execute(f"DELETE FROM images WHERE id IN ({marks})", part)
+        txn.executemany(
             "UPDATE measurement_sets SET image_count = image_count - ?, update_time = ? WHERE path = ?",
             [(n, now_us(), p) for p, n in ms_counts],
         )

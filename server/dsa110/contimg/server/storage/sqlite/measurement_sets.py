@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-import aiosqlite
-
 from ...domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ...domain.names import ms_name
 from ...domain.records import MeasurementSet, MSStage, MSStatus, Page
@@ -15,12 +13,13 @@ from . import rows
 from .database import Database, check_request_id, now_us, placeholders, remember_request_id
 from .maintenance import delete_images
 from .sql import page_query
+from .writer import Txn
 
 _COLUMNS = {name: name for name in rows.MS_COLUMNS}
 
 
-async def _load(conn: aiosqlite.Connection, path: str) -> MeasurementSet | None:
-    found = list(await conn.execute_fetchall(f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path = ?", (path,)))
+def _load(txn: Txn, path: str) -> MeasurementSet | None:
+    found = txn.fetchall(f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path = ?", (path,))
     return rows.ms_from_row(found[0]) if found else None
 
 
@@ -52,9 +51,9 @@ class SQLiteMeasurementSets:
         return Page([rows.ms_from_row(r) for r in found], after, total)
 
     async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet:
-        async def body(conn: aiosqlite.Connection) -> MeasurementSet:
-            if await check_request_id(conn, idem) is None:
-                if await _load(conn, ms.path) is not None:
+        def body(txn: Txn) -> MeasurementSet:
+            if check_request_id(txn, idem) is None:
+                if _load(txn, ms.path) is not None:
                     raise AlreadyExists("MEASUREMENT_SET", ms_name(ms.path))
                 now = now_us()
                 new = replace(
@@ -66,12 +65,12 @@ class SQLiteMeasurementSets:
                 )
                 if new.stage == MSStage.PHOTOMETRY_DONE and new.status == MSStatus.COMPLETED and not new.process_time:
                     new.process_time = now  # as upsert does: registered already finished
-                await conn.execute(
+                txn.execute(
                     f"INSERT INTO measurement_sets ({rows.MS_SELECT}) VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                     rows.ms_values(new),
                 )
-                await remember_request_id(conn, idem, ms.path)
-            stored = await _load(conn, ms.path)
+                remember_request_id(txn, idem, ms.path)
+            stored = _load(txn, ms.path)
             assert stored is not None
             return stored
 
@@ -80,15 +79,15 @@ class SQLiteMeasurementSets:
     async def upsert(
         self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool, idem: Idempotency | None
     ) -> MeasurementSet:
-        async def body(conn: aiosqlite.Connection) -> MeasurementSet:
-            if await check_request_id(conn, idem) is None:
-                current = await _load(conn, ms.path)
+        def body(txn: Txn) -> MeasurementSet:
+            if check_request_id(txn, idem) is None:
+                current = _load(txn, ms.path)
                 now = now_us()
                 if current is None:
                     if not allow_missing:
                         raise NotFound("MEASUREMENT_SET", ms_name(ms.path))
                     current = MeasurementSet(path=ms.path, create_time=now)
-                    await conn.execute(
+                    txn.execute(
                         f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
                         f"VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                         rows.ms_values(replace(current, update_time=now)),
@@ -122,27 +121,27 @@ class SQLiteMeasurementSets:
                 updated.update_time = now
                 values = rows.ms_values(updated)
                 sets = ", ".join(f"{c} = ?" for c in rows.MS_COLUMNS[1:])
-                await conn.execute(f"UPDATE measurement_sets SET {sets} WHERE path = ?", [*values[1:], ms.path])
-                await remember_request_id(conn, idem, ms.path)
-            stored = await _load(conn, ms.path)
+                txn.execute(f"UPDATE measurement_sets SET {sets} WHERE path = ?", [*values[1:], ms.path])
+                remember_request_id(txn, idem, ms.path)
+            stored = _load(txn, ms.path)
             assert stored is not None
             return stored
 
         return await self.db.write(body)
 
     async def delete(self, path: str, force: bool) -> None:
-        async def body(conn: aiosqlite.Connection) -> None:
-            current = await _load(conn, path)
+        def body(txn: Txn) -> None:
+            current = _load(txn, path)
             if current is None:
                 raise NotFound("MEASUREMENT_SET", ms_name(path))
-            image_ids = [r[0] for r in await conn.execute_fetchall("SELECT id FROM images WHERE ms_path = ?", (path,))]
+            image_ids = [r[0] for r in txn.fetchall("SELECT id FROM images WHERE ms_path = ?", (path,))]
             if image_ids and not force:
                 raise FailedPrecondition(
                     f"measurement set has {len(image_ids)} images; delete them first or set force",
                     reason="MEASUREMENT_SET_HAS_IMAGES",
                     metadata={"resource": ms_name(path), "image_count": str(len(image_ids))},
                 )
-            await delete_images(conn, image_ids)
-            await conn.execute("DELETE FROM measurement_sets WHERE path = ?", (path,))
+            delete_images(txn, image_ids)
+            txn.execute("DELETE FROM measurement_sets WHERE path = ?", (path,))
 
         await self.db.write(body)

@@ -135,7 +135,7 @@ def source_from_row(r: Sequence[Any]) -> Source:
     return Source(*r[:9], var, *r[9 + _NV :])  # type: ignore[misc, call-arg]
 
 
-PHOTOMETRY_COLUMNS = tuple(c for c in Photometry.__dataclass_fields__ if c != "source_id")
+PHOTOMETRY_COLUMNS = Photometry._fields[1:]
 PHOTOMETRY_SELECT = ", ".join(PHOTOMETRY_COLUMNS)
 
 

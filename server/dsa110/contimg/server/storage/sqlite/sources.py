@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import cast
-
-import aiosqlite
 
 from ...domain import sky
 from ...domain.errors import AlreadyExists, NotFound
@@ -17,6 +16,7 @@ from . import rows
 from .database import Database, check_request_id, chunks, now_us, placeholders, remember_request_id
 from .maintenance import STATS_SET, stats_values
 from .sql import keyset, page_query, where
+from .writer import Txn
 
 _COLUMNS = {name: f"sources.{name}" for name in rows.SOURCE_COLUMNS}
 _INSERT_PHOTOMETRY = (
@@ -129,16 +129,14 @@ class SQLiteSources:
     async def record_photometry(
         self, image_id: int, measurements: Sequence[Photometry], idem: Idempotency | None
     ) -> PhotometryResult:
-        async def body(conn: aiosqlite.Connection) -> PhotometryResult:
-            earlier = await check_request_id(conn, idem)
+        def body(txn: Txn) -> PhotometryResult:
+            earlier = check_request_id(txn, idem)
             if earlier is not None:
                 return PhotometryResult(**earlier)
-            image = list(
-                await conn.execute_fetchall("SELECT mid_mjd, photometry_count FROM images WHERE id = ?", (image_id,))
-            )
-            if not image:
+            image = txn.fetchone("SELECT mid_mjd, photometry_count FROM images WHERE id = ?", (image_id,))
+            if image is None:
                 raise NotFound("IMAGE", f"images/{image_id}")
-            image_mjd, already = image[0]
+            image_mjd, already = image
             if already:
                 raise AlreadyExists(
                     "IMAGE",
@@ -147,22 +145,19 @@ class SQLiteSources:
                     message=f"photometry of images/{image_id} was already recorded",
                 )
             now = now_us()
-            ids = [m.source_id for m in measurements]
-            existing: dict[str, tuple[int, FluxSums]] = {}
-            for part in chunks(ids):
-                for r in await conn.execute_fetchall(
-                    "SELECT id, sid, detection_count, sum_f, sum_f2, sum_w, sum_wf, sum_wf2, min_flux_jy, "
-                    f"max_flux_jy, first_detection_mjd, last_detection_mjd FROM sources "
-                    f"WHERE id IN ({placeholders(len(part))})",
-                    part,
-                ):
-                    existing[r[0]] = (r[1], FluxSums(*r[2:]) if r[2] else FluxSums())
-            created = 0
+            group: _IngestGroup = txn.scratch.setdefault(_INGEST_GROUP, _IngestGroup())
+            known = group.sids
+            sids: dict[str, int] = {}
+            to_read = [m.source_id for m in measurements if m.source_id not in known]
+            for part in chunks(to_read):
+                sids.update(
+                    txn.fetchall(f"SELECT id, sid FROM sources WHERE id IN ({placeholders(len(part))})", part)  # type: ignore[arg-type]
+                )
             new_positions = []
             for m in measurements:
-                if m.source_id in existing:
+                if m.source_id in known or m.source_id in sids:
                     continue
-                cursor = await conn.execute(
+                cursor = txn.execute(
                     "INSERT INTO sources (id, designation, ra_deg, dec_deg, catalog, catalog_flux_mjy, create_time, "
                     "update_time) VALUES (?, ?, ?, ?, 'NVSS', ?, ?, ?)",
                     (
@@ -176,49 +171,23 @@ class SQLiteSources:
                     ),
                 )
                 sid = int(cursor.lastrowid or 0)
-                existing[m.source_id] = (sid, FluxSums())
+                sids[m.source_id] = sid
                 new_positions.append((sid, *sky.point_box(m.ra_deg, m.dec_deg)))
-                created += 1
             if new_positions:
-                await conn.executemany("INSERT INTO source_positions VALUES (?, ?, ?, ?, ?, ?, ?)", new_positions)
-            photometry_rows = []
-            for m in measurements:
-                sid, sums = existing[m.source_id]
-                mjd = m.observation_mjd or image_mjd
-                sums.add(m.peak_flux_jy, m.peak_flux_err_jy, mjd)
-                photometry_rows.append(
-                    (
-                        sid,
-                        image_id,
-                        m.ra_deg,
-                        m.dec_deg,
-                        m.catalog_flux_mjy,
-                        m.peak_flux_jy,
-                        m.peak_flux_err_jy,
-                        m.integrated_flux_jy,
-                        m.integrated_flux_err_jy,
-                        m.normalized_flux,
-                        m.normalized_flux_err,
-                        m.snr,
-                        m.local_rms_jy,
-                        m.separation_from_center_deg,
-                        m.quality_flag,
-                        mjd,
-                        m.measure_time or now,
-                    )
-                )
-            await conn.executemany(_INSERT_PHOTOMETRY, photometry_rows)
-            await conn.executemany(
-                f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?",
-                [(*stats_values(sums), now, sid) for sid, sums in existing.values()],
-            )
-            await conn.execute(
+                txn.executemany("INSERT INTO source_positions VALUES (?, ?, ?, ?, ?, ?, ?)", new_positions)
+            # Photometry is in column order after source_id: a row is the source's sid, the image and
+            # a slice of the measurement, with the defaulted observation and measure times.
+            sids.update(known)
+            photometry_rows = [(sids[m[0]], image_id, *m[2:15], m[15] or image_mjd, m[16] or now) for m in measurements]
+            txn.executemany(_INSERT_PHOTOMETRY, photometry_rows)
+            txn.execute(
                 "UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?",
                 (len(measurements), now, image_id),
             )
-            result = PhotometryResult(image_id, len(measurements), created, len(existing) - created)
-            await remember_request_id(
-                conn,
+            created = len(new_positions)
+            result = PhotometryResult(image_id, len(measurements), created, len(measurements) - created)
+            remember_request_id(
+                txn,
                 idem,
                 {
                     "image_id": image_id,
@@ -227,6 +196,47 @@ class SQLiteSources:
                     "updated_source_count": result.updated_source_count,
                 },
             )
+            # Last, after every statement that could fail: a failed body leaves the group's state alone.
+            known.update(sids)
+            deltas = group.deltas
+            for row in photometry_rows:
+                delta = deltas.get(row[0])
+                if delta is None:
+                    delta = deltas[row[0]] = FluxSums()
+                delta.add(row[5], row[6], row[15])
             return result
 
-        return await self.db.write(body)
+        return await self.db.write(body, finish=_update_source_statistics)
+
+
+_INGEST_GROUP = "photometry.ingest_group"
+_SUMS = (
+    "SELECT sid, detection_count, sum_f, sum_f2, sum_w, sum_wf, sum_wf2, min_flux_jy, max_flux_jy, "
+    "first_detection_mjd, last_detection_mjd FROM sources WHERE sid IN ({})"
+)
+
+
+@dataclass(slots=True)
+class _IngestGroup:
+    """What the photometry batches of one write group leave for its finish step: the sid of every
+    source they named, and per source the sums of the group's new measurements."""
+
+    sids: dict[str, int] = field(default_factory=dict)
+    deltas: dict[int, FluxSums] = field(default_factory=dict)
+
+
+def _update_source_statistics(txn: Txn) -> None:
+    """Once per write group: fold the group's new photometry into each touched source's statistics
+    (a source measured in every image of the group is read and written once)."""
+    group: _IngestGroup | None = txn.scratch.pop(_INGEST_GROUP, None)
+    if group is None or not group.deltas:
+        return
+    touched = list(group.deltas)
+    now = now_us()
+    updates = []
+    for part in chunks(touched):
+        for sid, *stored in txn.fetchall(_SUMS.format(placeholders(len(part))), part):
+            total = FluxSums(*stored) if stored[0] else FluxSums()
+            total.merge(group.deltas[sid])
+            updates.append((*stats_values(total), now, sid))
+    txn.executemany(f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?", updates)

@@ -1,0 +1,229 @@
+"""The single SQLite writer: one thread owns the write connection and commits queued writes in groups.
+
+Why a thread of its own with synchronous write bodies: a body used to await one aiosqlite hop per
+statement (a write of five statements paid five thread hops); now the whole body runs where the
+connection lives, in one hop.
+
+Why groups (group commit): with `synchronous=FULL` every COMMIT pays a WAL write and an fsync, and
+each page a transaction touches is written whole. Writes that queue up while one group commits are
+run together in the next: each in its own SAVEPOINT (a body that fails is rolled back alone and
+gets its own error), one COMMIT for all, and only then is any of them acknowledged. Concurrent
+photometry batches of overlapping fields touch the same source and index pages, so a group writes
+those pages once instead of once per batch. A write that arrives to an idle writer runs at once
+(no waiting for company), so a single caller sees no added latency.
+
+Bodies of one kind may also share work until the commit: a body can name a `finish` step that runs
+once per group, after the bodies and before COMMIT, over state they left in `Txn.scratch` (the
+photometry ingest writes each source's statistics once per group this way). A group never mixes
+bodies that have a `finish` step with later bodies that do not, so nothing else ever reads state
+that a pending step is still to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Row = Sequence[Any]
+
+# Enough to amortize the commit; small enough that one group never holds the writer for long.
+MAX_GROUP = 32
+
+
+class Txn:
+    """The open write transaction as one body sees it (used only on the writer thread)."""
+
+    __slots__ = ("conn", "scratch")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        # State shared by the bodies of one group and their finish step.
+        self.scratch: dict[str, Any] = {}
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, seq: Any) -> None:
+        self.conn.executemany(sql, seq)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row: Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+
+Body = Callable[[Txn], T]
+Finish = Callable[[Txn], None]
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T]):
+    body: Body[T]
+    finish: Finish | None
+    after_commit: Callable[[T], None] | None
+    future: asyncio.Future[T]
+
+
+class Writer:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        translate: Callable[[Exception], Exception],
+        on_commit: Callable[[], None],
+    ):
+        self._connect = connect
+        self._translate = translate
+        self._on_commit = on_commit
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="contimg-sqlite-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._queue: deque[_Pending[Any]] = deque()
+        self._drainer: asyncio.Future[None] | None = None
+        self.groups = 0
+        self.grouped_writes = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    async def open(self) -> None:
+        self._conn = await self._in_thread(self._connect)
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the writer thread outside any group (migrations, maintenance at close)."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("the writer is closed")
+        return await self._in_thread(lambda: fn(conn))
+
+    async def close(self) -> None:
+        while self._drainer is not None:
+            await asyncio.shield(self._drainer)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._in_thread(conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def write(
+        self, body: Body[T], finish: Finish | None = None, after_commit: Callable[[T], None] | None = None
+    ) -> T:
+        """Run `body` in a transaction; return once it is committed. Cancelling the caller never
+        interrupts the write: it is committed (or rolled back) whole either way."""
+        if self._conn is None:
+            raise RuntimeError("the writer is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(body, finish, after_commit, future))
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_consume)
+            raise
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                group = self._take_group()
+                outcomes = await self._in_thread(partial(self._run_group, group))
+                if any(ok for ok, _ in outcomes):
+                    self._on_commit()
+                self.groups += 1
+                self.grouped_writes += len(group)
+                # In commit order, before the next group runs: what after_commit publishes is ordered.
+                for pending, (ok, value) in zip(group, outcomes, strict=True):
+                    if ok and pending.after_commit is not None:
+                        try:
+                            pending.after_commit(value)
+                        except Exception:
+                            log.exception("after-commit step failed")
+                    if pending.future.done():
+                        continue
+                    if ok:
+                        pending.future.set_result(value)
+                    else:
+                        pending.future.set_exception(value)
+        finally:
+            self._drainer = None
+
+    def _take_group(self) -> list[_Pending[Any]]:
+        group = [self._queue.popleft()]
+        finish = group[0].finish
+        while self._queue and len(group) < MAX_GROUP:
+            nxt = self._queue[0].finish
+            if finish is not None and nxt != finish:
+                break
+            finish = nxt
+            group.append(self._queue.popleft())
+        return group
+
+    def _run_group(self, group: list[_Pending[Any]]) -> list[tuple[bool, Any]]:
+        if len(group) > 1:
+            # Optimistically without savepoints (each costs a copy of every page its body touches);
+            # if a body fails, the group is rolled back and run again with one savepoint per body.
+            outcomes = self._run_in_transaction(group, isolate=False)
+            if all(ok for ok, _ in outcomes):
+                return outcomes
+        return self._run_in_transaction(group, isolate=len(group) > 1)
+
+    def _run_in_transaction(self, group: list[_Pending[Any]], *, isolate: bool) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        if conn is None:
+            return [(False, RuntimeError("the writer is closed"))] * len(group)
+        txn = Txn(conn)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return [(False, self._translate(exc))] * len(group)
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            for pending in group:
+                outcomes.append(
+                    _in_savepoint(conn, txn, pending.body, self._translate) if isolate else (True, pending.body(txn))
+                )
+            finishes: list[Finish] = []
+            for pending, (ok, _) in zip(group, outcomes, strict=True):
+                if ok and pending.finish is not None and pending.finish not in finishes:
+                    finishes.append(pending.finish)
+            for finish in finishes:
+                finish(txn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed")
+            return [(False, self._translate(exc))] * len(group)
+        return outcomes
+
+
+def _in_savepoint(
+    conn: sqlite3.Connection, txn: Txn, body: Body[Any], translate: Callable[[Exception], Exception]
+) -> tuple[bool, Any]:
+    conn.execute("SAVEPOINT body")
+    try:
+        value = body(txn)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO body")
+        conn.execute("RELEASE body")
+        return False, translate(exc)
+    conn.execute("RELEASE body")
+    return True, value
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     config_mod.add_arguments(demo_p)
     demo_p.add_argument("--images", type=int, default=1000, help="number of images (1,000 to 1,000,000)")
     demo_p.add_argument("--seed", type=int, default=110)
+    demo_p.add_argument(
+        "--catalog-sources",
+        type=int,
+        default=0,
+        help="also load this many reference-catalog sources that no image measured (cone-search scale)",
+    )
     migrate_p = sub.add_parser("migrate", help="create or upgrade the schema and exit")
     config_mod.add_arguments(migrate_p)
     args = parser.parse_args(argv)
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         from .demo import fill
 
         async def run_demo() -> None:
-            await fill(cfg, args.images, seed=args.seed)
+            await fill(cfg, args.images, seed=args.seed, catalog_sources=args.catalog_sources)
 
         _run(run_demo(), cfg.uvloop)
     else:

@@ -98,6 +98,7 @@ SOURCE_BAND_DEG = 1.75  # catalog sources lie within this of a strip's declinati
 # ---- the catalog --------------------------------------------------------------------------------
 
 MIN_SOURCES = 200
+CATALOG_FLUX_MIN_MJY = 2.5  # NVSS's completeness limit: fainter than the photometry threshold
 SOURCES_PER_IMAGE = 2
 MAX_SOURCES = 20_000  # 1,000,000 images -> 20,000 sources, ~60 measured per image, ~15 M rows
 FLUX_MIN_MJY = 10.0
@@ -210,12 +211,14 @@ def _insert(table: str, columns: tuple[str, ...]) -> str:
 # ---- public entry points ------------------------------------------------------------------------
 
 
-async def fill(cfg: ServerConfig, images: int, *, seed: int = 110) -> None:
-    """Fill the (empty) database at `cfg.database_path` with `images` demo images and all around them.
+async def fill(cfg: ServerConfig, images: int, *, seed: int = 110, catalog_sources: int = 0) -> None:
+    """Fill the (empty) database at `cfg.database_path` with `images` demo images and all around them,
+    plus `catalog_sources` reference-catalog sources that no image measured (spread over the sky
+    NVSS covers; the real catalog holds ~1.6 million).
 
     Raises SystemExit when the database already holds data.
     """
-    summary = await _fill(cfg.database_path, images, seed, only_if_empty=False)
+    summary = await _fill(cfg.database_path, images, seed, only_if_empty=False, catalog_sources=catalog_sources)
     assert summary is not None
 
 
@@ -224,13 +227,15 @@ async def fill_if_empty(cfg: ServerConfig, images: int) -> None:
     await _fill(cfg.database_path, images, 110, only_if_empty=True)
 
 
-async def _fill(path: Path, images: int, seed: int, *, only_if_empty: bool) -> dict[str, int] | None:
+async def _fill(
+    path: Path, images: int, seed: int, *, only_if_empty: bool, catalog_sources: int = 0
+) -> dict[str, int] | None:
     if images < 1:
         raise SystemExit("demo data: the number of images must be at least 1")
     db = Database(SQLiteSettings(path))
     await db.open()  # creates or migrates the schema
     await db.close()
-    return await asyncio.to_thread(_fill_sync, path, images, seed, only_if_empty)
+    return await asyncio.to_thread(_fill_sync, path, images, seed, only_if_empty, catalog_sources)
 
 
 # ---- the bulk load ------------------------------------------------------------------------------
@@ -244,7 +249,9 @@ def _existing(conn: sqlite3.Connection) -> dict[str, int]:
     return found
 
 
-def _fill_sync(path: Path, images: int, seed: int, only_if_empty: bool) -> dict[str, int] | None:
+def _fill_sync(
+    path: Path, images: int, seed: int, only_if_empty: bool, catalog_sources: int = 0
+) -> dict[str, int] | None:
     started = time.perf_counter()
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
     try:
@@ -280,7 +287,7 @@ def _fill_sync(path: Path, images: int, seed: int, only_if_empty: bool) -> dict[
                     f"{', '.join(t for t, n in existing.items() if n)}); demo data only goes into an empty "
                     "database: use another --data-dir/--database or delete the file"
                 )
-            generator = _Generator(random.Random(seed), images)
+            generator = _Generator(random.Random(seed), images, catalog_sources)
             summary = generator.load(conn)
             conn.execute("COMMIT")
         except BaseException:
@@ -354,11 +361,13 @@ def _iso(unix_s: int) -> str:
 
 
 class _Generator:
-    def __init__(self, rng: random.Random, images: int):
+    def __init__(self, rng: random.Random, images: int, catalog_sources: int = 0):
         self.rng = rng
         self.images = images
+        self.catalog_sources = catalog_sources
         self.ms: list[_MS] = []
         self.sources: list[_Source] = []
+        self.unmeasured: list[_Source] = []  # catalog sources no image measured
         self.photometry_count: list[int] = []  # per MS (its continuum image)
         self.photometry_peak: list[float] = []
         self._cal_tables: dict[int, str] = {}
@@ -383,7 +392,7 @@ class _Generator:
         conn.executemany(_insert("measurement_sets", _MS_COLUMNS), self._ms_rows())
         step.done("measurement sets", len(self.ms))
         conn.executemany(_insert("sources", _SOURCE_COLUMNS), self._source_rows())
-        step.done("sources", len(self.sources))
+        step.done("sources", len(self.sources) + len(self.unmeasured))
         n = len(self.ms)
         self.photometry_count = [0] * n
         self.photometry_peak = [0.0] * n
@@ -396,9 +405,9 @@ class _Generator:
         )
         conn.executemany(
             _insert("source_positions", ("sid", "x0", "x1", "y0", "y1", "z0", "z1")),
-            ((s.sid, *sky.point_box(s.ra, s.dec)) for s in self.sources),
+            ((s.sid, *sky.point_box(s.ra, s.dec)) for s in [*self.sources, *self.unmeasured]),
         )
-        step.done("source statistics and positions", len(self.sources))
+        step.done("source statistics and positions", len(self.sources) + len(self.unmeasured))
         conn.executemany(_insert("images", _IMAGE_COLUMNS), self._image_rows())
         step.done("images", self.images)
         conn.executemany(
@@ -423,7 +432,7 @@ class _Generator:
         return {
             "measurement sets": len(self.ms),
             "images": self.images,
-            "sources": len(self.sources),
+            "sources": len(self.sources) + len(self.unmeasured),
             "variable sources": variable,
             "photometry rows": measured,
             "jobs": len(jobs),
@@ -663,6 +672,16 @@ class _Generator:
                 src.extent = rng.uniform(1.1, 2.0)
             src.blended = rng.random() < 0.01
             self.sources.append(src)
+        # The rest of the reference catalog: sources below the 10 mJy photometry threshold, which no
+        # image measures, uniform over the sky north of dec -40 (NVSS's). Their own generator, so the
+        # rest of the data does not depend on how many there are.
+        crng = random.Random(count * 7919 + self.catalog_sources)
+        low = math.sin(math.radians(-40.0))
+        for sid in range(count + 2, count + 2 + self.catalog_sources):
+            ra = crng.random() * 360.0
+            dec = math.degrees(math.asin(crng.uniform(low, 1.0)))
+            flux = CATALOG_FLUX_MIN_MJY * (FLUX_MIN_MJY / CATALOG_FLUX_MIN_MJY) ** crng.random()
+            self.unmeasured.append(_Source(sid, name(ra, dec), ra, dec, round(flux, 1)))
         # variables among the sources bright enough for their variations to show
         bright = [s for s in self.sources[1:] if s.flux_mjy >= 25.0]
         models = ("scintillation", "walk", "ese")
@@ -677,7 +696,7 @@ class _Generator:
 
     def _source_rows(self) -> Iterator[tuple[object, ...]]:
         created = self.ms[0].times[1] - DAY_S * 1_000_000  # the catalog was loaded the day before
-        for s in self.sources:
+        for s in [*self.sources, *self.unmeasured]:
             s.update_time = created
             yield (s.sid, s.id, sky.designation(s.ra, s.dec), s.ra, s.dec, "NVSS", s.flux_mjy, created, created)
 

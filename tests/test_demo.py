@@ -355,6 +355,36 @@ async def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert _one(paths[2], "SELECT count(*) FROM images") == 60
 
 
+async def test_catalog_sources_add_unmeasured_faint_sources_and_change_nothing_else(
+    tmp_path: Path, server_factory: ServerFactory
+) -> None:
+    plain, big = tmp_path / "plain.sqlite3", tmp_path / "catalog.sqlite3"
+    await demo.fill(_config(plain), 60, seed=7)
+    await demo.fill(_config(big), 60, seed=7, catalog_sources=3000)
+    measured = _one(plain, "SELECT count(*) FROM sources")
+    assert _one(big, "SELECT count(*) FROM sources") == measured + 3000
+    assert _one(big, "SELECT count(*) FROM source_positions") == measured + 3000
+    extra = _query(big, "SELECT detection_count, catalog_flux_mjy, dec_deg FROM sources WHERE sid > ?", (measured,))
+    assert len(extra) == 3000
+    assert all(n == 0 and 2.5 <= flux <= 10.0 and dec >= -40.0 for n, flux, dec in extra)
+    # Everything else is what the same seed gives without them.
+    for table in ("images", "photometry", "jobs", "job_events"):
+        assert _query(plain, f"SELECT * FROM {table} ORDER BY 1, 2") == _query(
+            big, f"SELECT * FROM {table} ORDER BY 1, 2"
+        )
+    assert _query(plain, "SELECT * FROM sources ORDER BY sid") == _query(
+        big, "SELECT * FROM sources WHERE sid <= ? ORDER BY sid", (measured,)
+    )
+    # And the server finds them by position like any other source.
+    ra, dec = _query(big, "SELECT ra_deg, dec_deg FROM sources WHERE sid = ?", (measured + 1,))[0]
+    running = await server_factory(database=big)
+    async with grpc.aio.insecure_channel(running.target) as channel:
+        found = await make_stubs(channel).sources.SearchSources(
+            sources_pb2.SearchSourcesRequest(ra_deg=ra, dec_deg=dec, radius_deg=0.01)
+        )
+    assert any(m.separation_deg < 1e-6 for m in found.matches)
+
+
 async def test_leaves_a_database_without_images_but_with_other_data(tmp_path: Path) -> None:
     path = tmp_path / "other.sqlite3"
     await demo.fill_if_empty(_config(path), 5)

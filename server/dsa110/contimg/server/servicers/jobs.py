@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -15,7 +16,7 @@ from ..domain.checks import Checker, page_size
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
 from ..domain.query import fingerprint, parse_filter
-from ..domain.records import Job, JobEvent, JobStage
+from ..domain.records import Heartbeat, Job, JobEvent, JobStage
 from ..domain.validation import MAX_ARTIFACTS, check_job, check_lines
 from ..events.watch import JobWatcher
 from ..repositories.protocols import JobRepository
@@ -30,6 +31,21 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self.repo = repo
         self.paging = paging
         self.watcher = watcher
+        # A live event is one object handed to every watcher: convert it once, not once per stream
+        # (1,000 watchers of a job each built the same message). Keyed by identity, holding the
+        # event so its id cannot be reused while cached.
+        self._converted: OrderedDict[int, tuple[JobEvent | Heartbeat, pb.JobEvent]] = OrderedDict()
+
+    def _to_proto(self, event: JobEvent | Heartbeat) -> pb.JobEvent:
+        key = id(event)
+        hit = self._converted.get(key)
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        message = event_to_proto(event)
+        self._converted[key] = (event, message)
+        if len(self._converted) > 256:
+            self._converted.popitem(last=False)
+        return message
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
@@ -162,7 +178,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             c.add("after_sequence", "must not be negative")
         c.raise_if_any()
         async for event in self.watcher.watch_job(job_id, max(request.after_sequence, 0)):
-            yield event_to_proto(event)
+            yield self._to_proto(event)
 
     @streaming
     async def WatchJobs(self, request: pb.WatchJobsRequest, context: Ctx) -> AsyncIterator[pb.JobEvent]:
@@ -184,7 +200,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             return True
 
         async for event in self.watcher.watch_jobs(accept, max(request.after_sequence, 0)):
-            yield event_to_proto(event)
+            yield self._to_proto(event)
 
 
 def _parameters_json(msg: pb.Job) -> str:

@@ -11,16 +11,7 @@ import signal
 from dataclasses import dataclass
 
 import grpc
-from dsa110.contimg.v1 import (
-    images_pb2,
-    images_pb2_grpc,
-    jobs_pb2,
-    jobs_pb2_grpc,
-    measurement_sets_pb2,
-    measurement_sets_pb2_grpc,
-    sources_pb2,
-    sources_pb2_grpc,
-)
+from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 from google.rpc import error_details_pb2  # noqa: F401  (registers ErrorInfo/BadRequest for reflection)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -35,6 +26,7 @@ from .interceptors.limit import ConcurrencyLimitInterceptor
 from .interceptors.logging import LoggingInterceptor
 from .replicas import RedisFeatures, Repositories
 from .servicers.common import Paging
+from .servicers.handlers import add_service
 from .servicers.images import ImageServicer
 from .servicers.jobs import JobServicer
 from .servicers.measurement_sets import MSServicer
@@ -44,15 +36,11 @@ from .storage.sqlite.storage import SQLiteStorage
 
 log = logging.getLogger("contimg.server")
 
-SERVICE_NAMES = tuple(
-    module.DESCRIPTOR.services_by_name[name].full_name
-    for module, name in (
-        (images_pb2, "ImageService"),
-        (sources_pb2, "SourceService"),
-        (jobs_pb2, "JobService"),
-        (measurement_sets_pb2, "MSService"),
-    )
-)
+IMAGE_SERVICE = images_pb2.DESCRIPTOR.services_by_name["ImageService"]
+SOURCE_SERVICE = sources_pb2.DESCRIPTOR.services_by_name["SourceService"]
+JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"]
+MS_SERVICE = measurement_sets_pb2.DESCRIPTOR.services_by_name["MSService"]
+SERVICE_NAMES = tuple(s.full_name for s in (IMAGE_SERVICE, SOURCE_SERVICE, JOB_SERVICE, MS_SERVICE))
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -112,12 +100,11 @@ class ContimgServer:
         interceptors.append(AuthInterceptor(policy))
         interceptors.append(DecodeGuardInterceptor())  # innermost: undecodable requests -> INVALID_ARGUMENT
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
-        images_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(repos.images, paging), server)
-        sources_pb2_grpc.add_SourceServiceServicer_to_server(SourceServicer(repos.sources, paging), server)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(repos.jobs, paging, JobWatcher(repos.jobs, self.bus)), server
-        )
-        measurement_sets_pb2_grpc.add_MSServiceServicer_to_server(MSServicer(repos.measurement_sets, paging), server)
+        # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).
+        add_service(server, IMAGE_SERVICE, ImageServicer(repos.images, paging))
+        add_service(server, SOURCE_SERVICE, SourceServicer(repos.sources, paging))
+        add_service(server, JOB_SERVICE, JobServicer(repos.jobs, paging, JobWatcher(repos.jobs, self.bus)))
+        add_service(server, MS_SERVICE, MSServicer(repos.measurement_sets, paging))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         self.port = self._bind(server)

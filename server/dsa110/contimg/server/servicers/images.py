@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dsa110.contimg.v1 import images_pb2 as pb
-from dsa110.contimg.v1 import images_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
 
 from ..domain import names
@@ -16,20 +15,28 @@ from ..repositories.protocols import ImageRepository
 from ..rpc_types import Ctx
 from .common import Paging, batch_names, idempotency, require
 from .convert import image_from_proto, image_to_proto
-from .encoded import EncodedCache, double_field, field_bytes
+from .encoded import Encoded, EncodedCache, double_field, field_bytes, page
 from .errors import unary
+
+
+def _version(img: Image) -> tuple[int, int]:
+    return img.id, img.update_time
+
 
 _ALL_FIELDS = tuple(dict.fromkeys(f for attrs in IMAGE_UPDATABLE_FIELDS.values() for f in attrs))
 
 
-class ImageServicer(pb_grpc.ImageServiceServicer):
+class ImageServicer:
+    """dsa110.contimg.v1.ImageService (registered by servicers/handlers.py: lists leave as Encoded bytes)."""
+
     def __init__(self, repo: ImageRepository, paging: Paging, cache: EncodedCache | None = None):
         self.repo = repo
         self.paging = paging
         self.cache = cache or EncodedCache()
 
     def _encoded(self, img: Image) -> bytes:
-        return self.cache.get(("image", img.id, img.update_time), lambda: image_to_proto(img))
+        """The image as field 1 (of BatchGet/List responses and of ImageMatch)."""
+        return self.cache.get("image", 1, img.id, img.update_time, image_to_proto, img)
 
     @unary
     async def GetImage(self, request: pb.GetImageRequest, context: Ctx) -> pb.Image:
@@ -39,29 +46,26 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         return image_to_proto(img)
 
     @unary
-    async def BatchGetImages(self, request: pb.BatchGetImagesRequest, context: Ctx) -> pb.BatchGetImagesResponse:
+    async def BatchGetImages(
+        self, request: pb.BatchGetImagesRequest, context: Ctx
+    ) -> Encoded[pb.BatchGetImagesResponse]:
         batch_names(request.names)
         ids = [names.parse_image_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
         found = await self.repo.get_many(ids)
         for image_id, img in zip(ids, found, strict=True):
             if img is None:
                 raise NotFound("IMAGE", names.image_name(image_id))
-        return self.cache.message(pb.BatchGetImagesResponse, 1, [self._encoded(i) for i in found if i])
+        return Encoded(pb.BatchGetImagesResponse, b"".join([self._encoded(i) for i in found if i]))
 
     @unary
-    async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> pb.ListImagesResponse:
+    async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> Encoded[pb.ListImagesResponse]:
         query, fp = self.paging.query("ListImages", request, IMAGE_FIELDS, IMAGE_DEFAULT_ORDER)
-        page = await self.repo.list_refs(query)
-        items = await self.cache.from_refs(
-            "image", page.items, self.repo.get_many, lambda i: (i.id, i.update_time), image_to_proto
-        )
-        response = self.cache.message(pb.ListImagesResponse, 1, items)
-        response.next_page_token = self.paging.next_token(page, fp)
-        response.total_size = page.total_size
-        return response
+        refs = await self.repo.list_refs(query)
+        items = await self.cache.from_refs("image", 1, refs.items, self.repo.get_many, _version, image_to_proto)
+        return page(pb.ListImagesResponse, items, self.paging.next_token(refs, fp), refs.total_size)
 
     @unary
-    async def SearchImages(self, request: pb.SearchImagesRequest, context: Ctx) -> pb.SearchImagesResponse:
+    async def SearchImages(self, request: pb.SearchImagesRequest, context: Ctx) -> Encoded[pb.SearchImagesResponse]:
         c = Checker()
         c.ra("ra_deg", request.ra_deg)
         c.dec("dec_deg", request.dec_deg)
@@ -74,12 +78,9 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             sortable=False,
             bound_to=(request.ra_deg, request.dec_deg),
         )
-        page = await self.repo.search(request.ra_deg, request.dec_deg, query)
-        matches = [field_bytes(1, self._encoded(m.item)) + double_field(2, m.separation_deg) for m in page.items]
-        response = self.cache.message(pb.SearchImagesResponse, 1, matches)
-        response.next_page_token = self.paging.next_token(page, fp)
-        response.total_size = page.total_size
-        return response
+        found = await self.repo.search(request.ra_deg, request.dec_deg, query)
+        matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
+        return page(pb.SearchImagesResponse, matches, self.paging.next_token(found, fp), found.total_size)
 
     @unary
     async def CreateImage(self, request: pb.CreateImageRequest, context: Ctx) -> pb.Image:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 
 from dsa110.contimg.v1 import sources_pb2 as pb
-from dsa110.contimg.v1 import sources_pb2_grpc as pb_grpc
 
 from ..domain import names
 from ..domain.checks import Checker
@@ -18,20 +16,34 @@ from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from .common import Paging, batch_names, idempotency
 from .convert import photometry_from_proto, photometry_to_proto, source_to_proto
-from .encoded import EncodedCache, double_field, field_bytes
+from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page
 from .errors import streaming, unary
 
 MAX_RADIUS_DEG = 10.0
 
 
-class SourceServicer(pb_grpc.SourceServiceServicer):
-    def __init__(self, repo: SourceRepository, paging: Paging, cache: EncodedCache | None = None):
+def _version(src: Source) -> tuple[str, int]:
+    return src.id, src.update_time
+
+
+class SourceServicer:
+    """dsa110.contimg.v1.SourceService (registered by servicers/handlers.py: reads leave as Encoded bytes)."""
+
+    def __init__(
+        self,
+        repo: SourceRepository,
+        paging: Paging,
+        cache: EncodedCache | None = None,
+        lightcurves: ReplyCache | None = None,
+    ):
         self.repo = repo
         self.paging = paging
         self.cache = cache or EncodedCache()
+        self.lightcurves = lightcurves or ReplyCache()
 
     def _encoded(self, src: Source) -> bytes:
-        return self.cache.get(("source", src.id, src.update_time), lambda: source_to_proto(src))
+        """The source as field 1 (of BatchGet/List responses, SourceMatch and GetLightcurveResponse)."""
+        return self.cache.get("source", 1, src.id, src.update_time, source_to_proto, src)
 
     @unary
     async def GetSource(self, request: pb.GetSourceRequest, context: Ctx) -> pb.Source:
@@ -42,29 +54,26 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         return source_to_proto(src)
 
     @unary
-    async def BatchGetSources(self, request: pb.BatchGetSourcesRequest, context: Ctx) -> pb.BatchGetSourcesResponse:
+    async def BatchGetSources(
+        self, request: pb.BatchGetSourcesRequest, context: Ctx
+    ) -> Encoded[pb.BatchGetSourcesResponse]:
         batch_names(request.names)
         ids = [names.parse_source_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
         found = await self.repo.get_many(ids)
         for source_id, src in zip(ids, found, strict=True):
             if src is None:
                 raise NotFound("SOURCE", names.source_name(source_id))
-        return self.cache.message(pb.BatchGetSourcesResponse, 1, [self._encoded(s) for s in found if s])
+        return Encoded(pb.BatchGetSourcesResponse, b"".join([self._encoded(s) for s in found if s]))
 
     @unary
-    async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> pb.ListSourcesResponse:
+    async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> Encoded[pb.ListSourcesResponse]:
         query, fp = self.paging.query("ListSources", request, SOURCE_FIELDS, SOURCE_DEFAULT_ORDER)
-        page = await self.repo.list_refs(query)
-        items = await self.cache.from_refs(
-            "source", page.items, self.repo.get_many, lambda s: (s.id, s.update_time), source_to_proto
-        )
-        response = self.cache.message(pb.ListSourcesResponse, 1, items)
-        response.next_page_token = self.paging.next_token(page, fp)
-        response.total_size = page.total_size
-        return response
+        refs = await self.repo.list_refs(query)
+        items = await self.cache.from_refs("source", 1, refs.items, self.repo.get_many, _version, source_to_proto)
+        return page(pb.ListSourcesResponse, items, self.paging.next_token(refs, fp), refs.total_size)
 
     @unary
-    async def SearchSources(self, request: pb.SearchSourcesRequest, context: Ctx) -> pb.SearchSourcesResponse:
+    async def SearchSources(self, request: pb.SearchSourcesRequest, context: Ctx) -> Encoded[pb.SearchSourcesResponse]:
         c = Checker()
         c.ra("ra_deg", request.ra_deg)
         c.dec("dec_deg", request.dec_deg)
@@ -78,17 +87,14 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
             sortable=False,
             bound_to=(request.ra_deg, request.dec_deg, request.radius_deg),
         )
-        page = await self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, query)
-        matches = [field_bytes(1, self._encoded(m.item)) + double_field(2, m.separation_deg) for m in page.items]
-        response = self.cache.message(pb.SearchSourcesResponse, 1, matches)
-        response.next_page_token = self.paging.next_token(page, fp)
-        response.total_size = page.total_size
-        return response
+        found = await self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, query)
+        matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
+        return page(pb.SearchSourcesResponse, matches, self.paging.next_token(found, fp), found.total_size)
 
     @streaming
     async def GetLightcurve(
         self, request: pb.GetLightcurveRequest, context: Ctx
-    ) -> AsyncIterator[pb.GetLightcurveResponse]:
+    ) -> AsyncIterator[Encoded[pb.GetLightcurveResponse]]:
         source_id = names.parse_source_name(request.name)
         c = Checker()
         c.mjd_range("start_mjd", request.start_mjd, "end_mjd", request.end_mjd)
@@ -98,24 +104,29 @@ class SourceServicer(pb_grpc.SourceServiceServicer):
         [src] = await self.repo.get_many([source_id])
         if src is None:
             raise NotFound("SOURCE", names.source_name(source_id))
-        # Encoded points are cached under the source's version: every photometry write that touches
-        # the source (new epoch, deleted image) bumps its update_time and so retires them.
-        head = field_bytes(1, self._encoded(src))
-        sent_first = False
-        async for points in self.repo.lightcurve(
-            source_id, request.start_mjd, request.end_mjd, request.max_points_per_message or 1000
-        ):
-            parts = [
-                field_bytes(
-                    2,
-                    self.cache.get(("point", source_id, src.update_time, p.image_id), partial(photometry_to_proto, p)),
-                )
-                for p in points
-            ]
-            yield pb.GetLightcurveResponse.FromString(b"".join([b"" if sent_first else head, *parts]))
-            sent_first = True
-        if not sent_first:
-            yield pb.GetLightcurveResponse.FromString(head)
+        # A lightcurve changes only with its source's statistics, which move the source's update_time
+        # in the same transaction (new epoch, deleted image): the version read just above names the
+        # lightcurve exactly, on any replica (as in cache/repositories.py). So do whole replies and points.
+        chunk = request.max_points_per_message or 1000
+        key = (source_id, src.update_time, src.detection_count, request.start_mjd, request.end_mjd, chunk)
+        cached = self.lightcurves.get(key)
+        if cached is not None:
+            for data in cached:
+                yield Encoded(pb.GetLightcurveResponse, data)
+            return
+        sent: list[bytes] = []
+        head = self._encoded(src)
+        version = src.update_time
+        point = self.cache.get
+        async for points in self.repo.lightcurve(source_id, request.start_mjd, request.end_mjd, chunk):
+            parts = [point("point", 2, (source_id, p.image_id), version, photometry_to_proto, p) for p in points]
+            sent.append(b"".join([head, *parts]))
+            yield Encoded(pb.GetLightcurveResponse, sent[-1])
+            head = b""
+        if head:  # no points: the source alone
+            sent.append(head)
+            yield Encoded(pb.GetLightcurveResponse, head)
+        self.lightcurves.put(key, sent)  # only a lightcurve sent to the end is kept
 
     @unary
     async def RecordPhotometry(self, request: pb.RecordPhotometryRequest, context: Ctx) -> pb.RecordPhotometryResponse:

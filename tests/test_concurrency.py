@@ -18,6 +18,7 @@ Sizes: CONTIMG_CONC_CLIENTS (8), CONTIMG_CONC_WRITES (50 per client), CONTIMG_SL
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import sqlite3
@@ -155,9 +156,7 @@ async def test_two_processes_share_one_database(tmp_path: Path) -> None:
             finally:
                 conn.close()
 
-            # Both processes agree through the API (totals of other processes' writes may be
-            # cached for up to 2 s: count_ttl_s).
-            await asyncio.sleep(2.2)
+            # Both processes agree through the API at once: reused totals end with any commit.
             for stubs in targets:
                 listing = await stubs.jobs.ListJobs(jobs_pb2.ListJobsRequest(filter="state = SUCCEEDED"))
                 assert listing.total_size == succeeded
@@ -215,6 +214,12 @@ async def test_deadline_on_a_slow_read_leaves_nothing_behind(tmp_path: Path) -> 
         _insert_sources(server.database, SLOW_SOURCES, 180.0, 45.0, 5.0)
         await server.start()
         cone = sources_pb2.SearchSourcesRequest(ra_deg=180.0, dec_deg=45.0, radius_deg=10.0, page_size=1000)
+        # Results are reused until the next commit (Database.cached): every slow call below asks for
+        # a cone of its own, so each one really runs the query.
+        cones = (
+            sources_pb2.SearchSourcesRequest(ra_deg=180.0, dec_deg=45.0, radius_deg=10.0 - k * 1e-9, page_size=1000)
+            for k in itertools.count(1)
+        )
         async with grpc.aio.insecure_channel(server.target) as channel:
             stubs = make_stubs(channel)
             t0 = time.monotonic()
@@ -223,8 +228,10 @@ async def test_deadline_on_a_slow_read_leaves_nothing_behind(tmp_path: Path) -> 
             assert full.total_size == SLOW_SOURCES
             # Three times as many timed-out searches as reader connections, some at once.
             for _ in range(4):
-                await _expect_deadline(stubs.sources.SearchSources(cone, timeout=0.01))
-            await asyncio.gather(*(_expect_deadline(stubs.sources.SearchSources(cone, timeout=0.02)) for _ in range(8)))
+                await _expect_deadline(stubs.sources.SearchSources(next(cones), timeout=0.01))
+            await asyncio.gather(
+                *(_expect_deadline(stubs.sources.SearchSources(next(cones), timeout=0.02)) for _ in range(8))
+            )
             listing = sources_pb2.ListSourcesRequest(filter="catalog_flux_mjy >= 0", order_by="v desc", page_size=1000)
             await _expect_deadline(stubs.sources.ListSources(listing, timeout=0.001))
             # Nothing leaked: a write at once, no transaction held, every reader back in the pool.
@@ -235,7 +242,7 @@ async def test_deadline_on_a_slow_read_leaves_nothing_behind(tmp_path: Path) -> 
             )
             assert time.monotonic() - t0 < 2.0
             assert write_lock_free(server.database)
-            again = await asyncio.gather(*(stubs.sources.SearchSources(cone, timeout=60) for _ in range(8)))
+            again = await asyncio.gather(*(stubs.sources.SearchSources(next(cones), timeout=60) for _ in range(8)))
             assert all(r.total_size == SLOW_SOURCES for r in again)
             assert await health_status(server.target) == health_pb2.HealthCheckResponse.SERVING
             print(
@@ -253,7 +260,7 @@ async def test_deadline_on_a_slow_read_leaves_nothing_behind(tmp_path: Path) -> 
             timed_out = 0
             for _ in range(8):
                 try:
-                    await stubs.sources.SearchSources(cone, timeout=60)
+                    await stubs.sources.SearchSources(next(cones), timeout=60)
                 except grpc.aio.AioRpcError as err:
                     assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
                     timed_out += 1

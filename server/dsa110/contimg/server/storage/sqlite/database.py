@@ -15,11 +15,11 @@ import secrets
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -38,6 +38,8 @@ INLINE_BUSY_MS = 5
 # Work a read may do on the event loop: TICKS x OPS SQLite VM instructions (~1 ms), then it moves.
 INLINE_TICK_OPS = 1000
 INLINE_BUDGET_TICKS = 100
+# Read results kept until the database changes (see Database.cached).
+RESULT_CACHE_ENTRIES = 2048
 
 
 def now_us() -> int:
@@ -53,24 +55,19 @@ class SQLiteSettings:
     synchronous: str = "FULL"
     cache_mb: int = 64
     statement_timeout_s: float = 30.0
-    # How stale a cached total_size may be when another process wrote (this process's writes
-    # invalidate at once).
-    count_ttl_s: float = 2.0
 
 
 class Database:
     def __init__(self, settings: SQLiteSettings):
         self.settings = settings
-        self._writer = Writer(self._connect_writer, _translate, self._committed)
+        self._writer = Writer(self._connect_writer, _translate)
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self.page_token_secret = b""
         self._inline: sqlite3.Connection | None = None
         self._inline_ticks = 0
         self.inline_fallbacks = 0
-        # Bumped on every local commit (and by remote invalidations): cached counts older than it are void.
-        self.generation = 0
-        self._counts: OrderedDict[tuple[str, tuple[Any, ...]], tuple[int, float, int]] = OrderedDict()
+        self._results: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
 
     def _pragmas(self) -> list[str]:
         s = self.settings
@@ -173,6 +170,38 @@ class Database:
         except sqlite3.OperationalError:
             return None
 
+    def data_version(self) -> int | None:
+        """SQLite's count of commits by other connections (the writer, other processes) as seen here."""
+        conn = self._inline
+        if conn is None:
+            return None
+        self._inline_ticks = 0
+        try:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.OperationalError:
+            return None
+
+    async def cached(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
+        """`compute()`'s result, reused until anything commits to the database, from any process.
+
+        Exact, not a TTL: `PRAGMA data_version` on the on-loop connection changes with every commit
+        by another connection, and every write goes through the writer's connection. So a page or
+        a cone asked for again (dashboards polling, clients paging in step) costs one pragma until
+        the next write; under a steady stream of writes this saves nothing and costs ~2 us.
+        """
+        version = self.data_version()
+        if version is None:
+            return await compute()
+        hit = self._results.get(key)
+        if hit is not None and hit[0] == version:
+            self._results.move_to_end(key)
+            return cast(T, hit[1])
+        value = await compute()
+        self._results[key] = (version, value)
+        if len(self._results) > RESULT_CACHE_ENTRIES:
+            self._results.popitem(last=False)
+        return value
+
     def _inline_budget(self) -> int:
         self._inline_ticks += 1
         return 1 if self._inline_ticks > INLINE_BUDGET_TICKS else 0
@@ -207,27 +236,17 @@ class Database:
             raise StorageUnavailable("the database is closed")
         return await self._writer.write(body, finish, after_commit)
 
-    def _committed(self) -> None:
-        self.generation += 1
-
     def invalidate(self) -> None:
-        """Another process wrote: forget cached counts."""
-        self.generation += 1
+        """Forget every reused read result (another replica says it wrote; benchmarks of misses)."""
+        self._results.clear()
 
     async def count(self, sql: str, params: Sequence[Any]) -> int:
-        """A COUNT query, cached until the next write (or count_ttl_s for other writers)."""
-        key = (sql, tuple(params))
-        hit = self._counts.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[0] == self.generation and hit[1] > now:
-            self._counts.move_to_end(key)
-            return hit[2]
-        generation = self.generation
-        total = int((await self.lookup(sql, params))[0][0])
-        self._counts[key] = (generation, now + self.settings.count_ttl_s, total)
-        if len(self._counts) > 4096:
-            self._counts.popitem(last=False)
-        return total
+        """A COUNT query, reused until the next commit by anyone (see `cached`)."""
+
+        async def run() -> int:
+            return int((await self.lookup(sql, params))[0][0])
+
+        return await self.cached(("count", sql, tuple(params)), run)
 
 
 def check_request_id(txn: Txn, idem: Idempotency | None) -> Any | None:

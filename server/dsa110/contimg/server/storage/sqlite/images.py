@@ -83,6 +83,10 @@ class SQLiteImages:
         return Page([(int(r[0]), int(r[1])) for r in found], after, total)
 
     async def search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
+        key = ("covering", ra_deg, dec_deg, tuple(query.conditions), query.page_size, _tuple(query.after))
+        return await self.db.cached(key, lambda: self._search(ra_deg, dec_deg, query))
+
+    async def _search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
         x, y, z = sky.unit_vector(ra_deg, dec_deg)
         clauses, params = where(query.conditions, _COLUMNS)
         sql = (
@@ -188,3 +192,7 @@ async def _match_page(repo: SQLiteImages, hits: list[tuple[float, int]], query: 
     matches = [Match(img, sep) for (sep, _), img in zip(page, images, strict=True) if img is not None]
     more = len(hits_after) > query.page_size
     return Page(matches, [page[-1][0], page[-1][1]] if more else None, len(hits))
+
+
+def _tuple(after: list[object] | None) -> tuple[object, ...] | None:
+    return None if after is None else tuple(after)

@@ -68,6 +68,10 @@ class SQLiteSources:
         return Page([(str(r[0]), int(r[1])) for r in found], after, total)
 
     async def search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
+        key = ("cone", ra_deg, dec_deg, radius_deg, tuple(query.conditions), query.page_size, _tuple(query.after))
+        return await self.db.cached(key, lambda: self._search(ra_deg, dec_deg, radius_deg, query))
+
+    async def _search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
         box = sky.cap_box(ra_deg, dec_deg, radius_deg)
         clauses, params = where(query.conditions, _COLUMNS)
         sql = (
@@ -240,3 +244,7 @@ def _update_source_statistics(txn: Txn) -> None:
             total.merge(group.deltas[sid])
             updates.append((*stats_values(total), now, sid))
     txn.executemany(f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?", updates)
+
+
+def _tuple(after: list[object] | None) -> tuple[object, ...] | None:
+    return None if after is None else tuple(after)

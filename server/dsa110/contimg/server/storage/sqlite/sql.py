@@ -76,6 +76,39 @@ async def page_query(
     extra_params: Sequence[Any] = (),
 ) -> tuple[list[Sequence[Any]], list[object] | None, int]:
     """One keyset page: (rows without key columns, keyset of the last row if more follow, total)."""
+    key = (
+        "page",
+        select,
+        table,
+        tuple(conditions),
+        tuple(order),
+        tiebreak,
+        page_size,
+        None if after is None else tuple(after),
+        tuple(extra_where),
+        tuple(extra_params),
+    )
+    return await db.cached(  # type: ignore[no-any-return]
+        key,
+        lambda: _page_query(
+            db, select, table, conditions, columns, order, tiebreak, page_size, after, extra_where, extra_params
+        ),
+    )
+
+
+async def _page_query(
+    db: Any,
+    select: str,
+    table: str,
+    conditions: Sequence[Condition],
+    columns: Mapping[str, str],
+    order: Sequence[OrderKey],
+    tiebreak: str,
+    page_size: int,
+    after: list[object] | None,
+    extra_where: Sequence[str],
+    extra_params: Sequence[Any],
+) -> tuple[list[Sequence[Any]], list[object] | None, int]:
     clauses, params = where(conditions, columns)
     clauses = [*extra_where, *clauses]
     params = [*extra_params, *params]

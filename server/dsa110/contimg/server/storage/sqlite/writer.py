@@ -80,11 +80,9 @@ class Writer:
         self,
         connect: Callable[[], sqlite3.Connection],
         translate: Callable[[Exception], Exception],
-        on_commit: Callable[[], None],
     ):
         self._connect = connect
         self._translate = translate
-        self._on_commit = on_commit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="contimg-sqlite-writer")
         self._conn: sqlite3.Connection | None = None
         self._queue: deque[_Pending[Any]] = deque()
@@ -139,8 +137,6 @@ class Writer:
             while self._queue:
                 group = self._take_group()
                 outcomes = await self._in_thread(partial(self._run_group, group))
-                if any(ok for ok, _ in outcomes):
-                    self._on_commit()
                 self.groups += 1
                 self.grouped_writes += len(group)
                 # In commit order, before the next group runs: what after_commit publishes is ordered.

@@ -1,0 +1,60 @@
+"""Reused read results (Database.cached) are exact: any commit, by this server or another process on
+the same file, makes the next read run again.
+
+Two servers share one SQLite file; every read is asked twice on A (so the second may come from the
+cache), then a write goes through B, then A must show it at once: pages, totals, cone searches and
+image searches.
+"""
+
+from __future__ import annotations
+
+import grpc
+from dsa110.contimg.v1 import images_pb2, sources_pb2
+
+from conftest import ServerFactory, make_stubs
+from helpers_jobs import make_image, make_ms, measurement, record
+
+
+async def test_cached_reads_follow_commits_from_another_process(server_factory: ServerFactory, tmp_path) -> None:
+    shared = tmp_path / "shared.sqlite3"
+    a = await server_factory(database=shared)
+    b = await server_factory(database=shared)
+    async with grpc.aio.insecure_channel(a.target) as ch_a, grpc.aio.insecure_channel(b.target) as ch_b:
+        sa, sb = make_stubs(ch_a), make_stubs(ch_b)
+        ms = await make_ms(sb, "/data/ms/cache.ms", mid_mjd=60100.0)
+        first = await make_image(sb, ms.name, "/data/images/cache-0.fits", 60100.0)
+        await record(sb, first.name, [measurement("CACHE1", 150.0, 40.0)])
+
+        list_req = images_pb2.ListImagesRequest(page_size=10)
+        cone = sources_pb2.SearchSourcesRequest(ra_deg=150.0, dec_deg=40.0, radius_deg=1.0)
+        covering = images_pb2.SearchImagesRequest(ra_deg=150.0, dec_deg=40.0)
+        for _ in range(2):
+            listed = await sa.images.ListImages(list_req)
+            found = await sa.sources.SearchSources(cone)
+            await sa.images.SearchImages(covering)
+        assert [i.name for i in listed.images] == [first.name] and listed.total_size == 1
+        assert [m.source.name for m in found.matches] == ["sources/CACHE1"]
+
+        # Writes through the other process.
+        second = await make_image(sb, ms.name, "/data/images/cache-1.fits", 60100.1)
+        await record(sb, second.name, [measurement("CACHE2", 150.2, 40.1), measurement("CACHE1", 150.0, 40.0)])
+
+        listed = await sa.images.ListImages(list_req)
+        assert {i.name for i in listed.images} == {first.name, second.name} and listed.total_size == 2
+        found = await sa.sources.SearchSources(cone)
+        assert {m.source.name for m in found.matches} == {"sources/CACHE1", "sources/CACHE2"}
+        assert found.total_size == 2
+        cache1 = next(m.source for m in found.matches if m.source.name == "sources/CACHE1")
+        assert cache1.detection_count == 2  # the statistics, not only the membership, are current
+
+        # And a delete through A itself.
+        await sa.images.DeleteImage(images_pb2.DeleteImageRequest(name=second.name, force=True))
+        listed = await sb.images.ListImages(list_req)
+        assert [i.name for i in listed.images] == [first.name] and listed.total_size == 1
+        listed = await sa.images.ListImages(list_req)
+        assert [i.name for i in listed.images] == [first.name] and listed.total_size == 1
+        found = await sa.sources.SearchSources(cone)
+        assert {m.source.name: m.source.detection_count for m in found.matches} == {
+            "sources/CACHE1": 1,
+            "sources/CACHE2": 0,
+        }

@@ -74,3 +74,22 @@ def test_a_plainly_valid_batch_takes_the_fast_path() -> None:
         for i in range(3)
     ]
     assert validation._all_plainly_valid(rows) and detailed(rows)
+
+
+def test_photometry_from_proto_fills_every_field_by_name() -> None:
+    """The ingest conversion builds the tuple positionally: every field must land under its own name."""
+    from dsa110.contimg.server.servicers.convert import photometry_from_proto
+    from dsa110.contimg.v1 import sources_pb2
+    from google.protobuf import timestamp_pb2
+
+    floats = [f for f in Photometry._fields if f not in ("source_id", "image_id", "quality_flag", "measure_time")]
+    values = {f: 1.0 + i for i, f in enumerate(floats)}
+    message = sources_pb2.PhotometryMeasurement(
+        source="sources/X",
+        quality_flag="blended",
+        measure_time=timestamp_pb2.Timestamp(seconds=7, nanos=8000),
+        **values,
+    )
+    got = photometry_from_proto(message, "X")
+    assert type(got) is Photometry and len(got) == len(Photometry._fields)
+    assert got == Photometry(source_id="X", quality_flag="blended", measure_time=7_000_008, **values)

@@ -227,26 +227,33 @@ def photometry_to_proto(p: Photometry) -> sources_pb2.PhotometryMeasurement:
 
 
 def photometry_from_proto(m: sources_pb2.PhotometryMeasurement, source_id: str) -> Photometry:
-    # Positional, in field order: this runs once per ingested row.
-    return Photometry(
-        source_id,
-        0,
-        m.ra_deg,
-        m.dec_deg,
-        m.catalog_flux_mjy,
-        m.peak_flux_jy,
-        m.peak_flux_err_jy,
-        m.integrated_flux_jy,
-        m.integrated_flux_err_jy,
-        m.normalized_flux,
-        m.normalized_flux_err,
-        m.snr,
-        m.local_rms_jy,
-        m.separation_from_center_deg,
-        m.quality_flag,
-        m.observation_mjd,
-        micros(m.measure_time) if m.HasField("measure_time") else 0,
+    # Runs once per ingested row: the tuple is built in field order by tuple.__new__ (C), skipping
+    # the NamedTuple's Python-level __new__ (a fifth of this function's cost).
+    return _new_tuple(
+        Photometry,
+        (
+            source_id,
+            0,
+            m.ra_deg,
+            m.dec_deg,
+            m.catalog_flux_mjy,
+            m.peak_flux_jy,
+            m.peak_flux_err_jy,
+            m.integrated_flux_jy,
+            m.integrated_flux_err_jy,
+            m.normalized_flux,
+            m.normalized_flux_err,
+            m.snr,
+            m.local_rms_jy,
+            m.separation_from_center_deg,
+            m.quality_flag,
+            m.observation_mjd,
+            micros(m.measure_time) if m.HasField("measure_time") else 0,
+        ),
     )
+
+
+_new_tuple = tuple.__new__
 
 
 # ---- jobs -------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class Database:
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
-        for pragma in [*self._pragmas(), f"synchronous = {self.settings.synchronous}"]:
+        for pragma in [*self._pragmas(), f"synchronous = {self.settings.synchronous}", "mmap_size = 268435456"]:
             conn.execute(f"PRAGMA {pragma}").fetchall()
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()
         if mode[0][0] != "wal":

@@ -21,7 +21,6 @@ from .config import ServerConfig, token_sets
 from .events.local import LocalEventBus
 from .events.watch import JobWatcher
 from .interceptors.auth import AuthInterceptor, TokenPolicy
-from .interceptors.decoding import DecodeGuardInterceptor
 from .interceptors.limit import ConcurrencyLimitInterceptor
 from .interceptors.logging import LoggingInterceptor
 from .replicas import RedisFeatures, Repositories
@@ -98,7 +97,6 @@ class ContimgServer:
             # Not grpc's maximum_concurrent_rpcs: its refusals carry no ErrorInfo.
             interceptors.append(ConcurrencyLimitInterceptor(self.config.max_concurrent_rpcs))
         interceptors.append(AuthInterceptor(policy))
-        interceptors.append(DecodeGuardInterceptor())  # innermost: undecodable requests -> INVALID_ARGUMENT
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
         # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).
         add_service(server, IMAGE_SERVICE, ImageServicer(repos.images, paging))

@@ -22,6 +22,7 @@ from ..domain.errors import (
     StorageUnavailable,
 )
 from ..rpc_types import Ctx
+from .decoding import UNDECODABLE
 
 log = logging.getLogger("contimg.errors")
 DOMAIN = "contimg.dsa110.org"
@@ -95,9 +96,19 @@ async def abort(context: Ctx, exc: BaseException, method: str) -> NoReturn:
     raise AssertionError("unreachable")  # abort_with_status always raises
 
 
+_UNDECODABLE_STATUS = rich_status(
+    code_pb2.INVALID_ARGUMENT,
+    "the request is not a valid protobuf message of the method's request type",
+    "INVALID_ARGUMENT",
+    violations=[("request", "does not decode (corrupt or truncated bytes, invalid UTF-8, or nested too deeply)")],
+)
+
+
 def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> R:
+        if request is UNDECODABLE:
+            await context.abort_with_status(_UNDECODABLE_STATUS)
         try:
             return await fn(self, request, context)
         except (DomainError, Exception) as exc:
@@ -113,6 +124,8 @@ def streaming(
 ) -> Callable[..., AsyncIterator[R]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> AsyncIterator[R]:
+        if request is UNDECODABLE:
+            await context.abort_with_status(_UNDECODABLE_STATUS)
         try:
             async for item in fn(self, request, context):
                 yield item

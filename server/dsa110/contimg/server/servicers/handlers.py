@@ -1,8 +1,9 @@
 """Registers a servicer from its service descriptor, with serializers that send `Encoded` replies as they are.
 
 What the generated `add_XServicer_to_server` does (one handler per method, the request type's
-`FromString`, the same service and method paths), except the response serializer: see
-servicers/encoded.py. Servicers need not subclass the generated base classes, whose signatures
+`FromString`, the same service and method paths), except the response serializer (see
+servicers/encoded.py) and the request deserializer, which marks undecodable bytes instead of
+failing (servicers/decoding.py). Servicers need not subclass the generated base classes, whose signatures
 insist on message replies.
 """
 
@@ -14,6 +15,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
+from .decoding import lenient
 from .encoded import serializer
 
 _MAKERS = {
@@ -34,11 +36,13 @@ def method_handlers(service: ServiceDescriptor, servicer: object) -> dict[str, g
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
         make = _MAKERS[method.client_streaming, method.server_streaming]
-        handlers[method.name] = make(behaviour, request.FromString, serializer(response))
+        handlers[method.name] = make(behaviour, lenient(request.FromString), serializer(response))
     return handlers
 
 
 def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
     handlers = method_handlers(service, servicer)
+    # Generic handlers only, unlike the generated code, which also registers each method with the
+    # core (add_registered_method_handlers): measured here, the registered path costs ~15-20 us more
+    # CPU per call (GetImage at 64 concurrent: 232 -> 211-220 us/call without it).
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)

@@ -105,16 +105,24 @@ _UNDECODABLE_STATUS = rich_status(
 
 
 def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """The servicer method as an RPC: admission (servicers/admission.py), undecodable requests, and
+    every failure as a rich status (never a stack trace)."""
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> R:
-        if request is UNDECODABLE:
-            await context.abort_with_status(_UNDECODABLE_STATUS)
+        admission = self.admission
+        await admission.enter(name, context)
         try:
+            if request is UNDECODABLE:
+                await context.abort_with_status(_UNDECODABLE_STATUS)
             return await fn(self, request, context)
         except (DomainError, Exception) as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await abort(context, exc, fn.__qualname__)
+        finally:
+            admission.leave()
 
     return wrapper
 
@@ -122,16 +130,23 @@ def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitabl
 def streaming(
     fn: Callable[[Any, Any, Ctx], AsyncIterator[R]],
 ) -> Callable[..., AsyncIterator[R]]:
+    """As `unary`, for server-streaming methods (admitted for as long as the stream is open)."""
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> AsyncIterator[R]:
-        if request is UNDECODABLE:
-            await context.abort_with_status(_UNDECODABLE_STATUS)
+        admission = self.admission
+        await admission.enter(name, context)
         try:
+            if request is UNDECODABLE:
+                await context.abort_with_status(_UNDECODABLE_STATUS)
             async for item in fn(self, request, context):
                 yield item
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await abort(context, exc, fn.__qualname__)
+        finally:
+            admission.leave()
 
     return wrapper

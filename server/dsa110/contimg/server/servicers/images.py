@@ -13,6 +13,7 @@ from ..domain.records import IMAGE_UPDATABLE_FIELDS, Image
 from ..domain.validation import check_image
 from ..repositories.protocols import ImageRepository
 from ..rpc_types import Ctx
+from .admission import OPEN, Admission
 from .common import Paging, batch_names, idempotency, require
 from .convert import image_from_proto, image_to_proto
 from .encoded import Encoded, EncodedCache, double_field, field_bytes, page
@@ -28,6 +29,8 @@ _ALL_FIELDS = tuple(dict.fromkeys(f for attrs in IMAGE_UPDATABLE_FIELDS.values()
 
 class ImageServicer:
     """dsa110.contimg.v1.ImageService (registered by servicers/handlers.py: lists leave as Encoded bytes)."""
+
+    admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
 
     def __init__(self, repo: ImageRepository, paging: Paging, cache: EncodedCache | None = None):
         self.repo = repo

@@ -21,12 +21,15 @@ from ..domain.validation import MAX_ARTIFACTS, check_job, check_lines
 from ..events.watch import JobWatcher
 from ..repositories.protocols import JobRepository
 from ..rpc_types import Ctx
+from .admission import OPEN, Admission
 from .common import Paging, idempotency, require
 from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json
 from .errors import streaming, unary
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
+    admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
+
     def __init__(self, repo: JobRepository, paging: Paging, watcher: JobWatcher):
         self.repo = repo
         self.paging = paging

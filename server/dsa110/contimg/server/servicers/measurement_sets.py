@@ -14,6 +14,7 @@ from ..domain.records import MS_WRITABLE_FIELDS, MSStage, MSStatus
 from ..domain.validation import check_measurement_set
 from ..repositories.protocols import MeasurementSetRepository
 from ..rpc_types import Ctx
+from .admission import OPEN, Admission
 from .common import Paging, batch_names, idempotency, require
 from .convert import ms_from_proto, ms_to_proto, set_fields
 from .errors import unary
@@ -34,6 +35,8 @@ def _check_process_time(msg: pb.MeasurementSet, c: Checker) -> None:
 
 
 class MSServicer(pb_grpc.MSServiceServicer):
+    admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
+
     def __init__(self, repo: MeasurementSetRepository, paging: Paging):
         self.repo = repo
         self.paging = paging

@@ -14,6 +14,7 @@ from ..domain.records import Source
 from ..domain.validation import MAX_MEASUREMENTS, check_measurements
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
+from .admission import OPEN, Admission
 from .common import Paging, batch_names, idempotency
 from .convert import photometry_from_proto, photometry_to_proto, source_to_proto
 from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page
@@ -28,6 +29,8 @@ def _version(src: Source) -> tuple[str, int]:
 
 class SourceServicer:
     """dsa110.contimg.v1.SourceService (registered by servicers/handlers.py: reads leave as Encoded bytes)."""
+
+    admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
 
     def __init__(
         self,

@@ -17,10 +17,12 @@ from dsa110.contimg.server.servicers.encoded import (
     Encoded,
     ReplyCache,
     double_field,
+    field_bytes,
     page,
     serializer,
     string_field,
     uint_field,
+    unframe,
 )
 from dsa110.contimg.server.servicers.handlers import method_handlers
 from dsa110.contimg.v1 import images_pb2, sources_pb2
@@ -97,6 +99,20 @@ def test_reply_cache_is_bounded_by_bytes():
     assert cache.size == 80
     cache.put("big", [b"q" * 61])  # larger than an entry may be: not kept, nothing evicted
     assert cache.get("big") is None and cache.size == 80
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 70000])
+def test_unframe_undoes_field_bytes(size: int):
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert unframe(field_bytes(1, payload)) == payload
+
+
+async def test_get_image_reply_is_the_message(stubs):
+    [img] = await make_images(stubs, [60310.0], "get-enc")
+    data = await raw(stubs.channel, IMAGES + "GetImage", images_pb2.GetImageRequest(name=img.name))
+    message = images_pb2.Image.FromString(data)
+    assert message == img and data == message.SerializeToString()
+    assert data == await raw(stubs.channel, IMAGES + "GetImage", images_pb2.GetImageRequest(name=img.name))
 
 
 def test_every_method_must_be_implemented():

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.rpc import code_pb2
 
 from ..rpc_types import Ctx
@@ -87,15 +88,16 @@ class Admission:
         self.limit = limit
         self.active = 0  # the server runs on one event loop: a plain counter is race-free
 
-    async def enter(self, method: str, context: Ctx) -> None:
-        """Return when the call may run (then `leave` must follow); otherwise abort it."""
+    def admit(self, method: str, context: Ctx) -> grpc.Status | None:
+        """None when the call may run (then `leave` must follow), else the status to abort it with."""
         denied = self.policy.decide(method, bearer_token(context.invocation_metadata()))
         if denied is not None:
             code, reason, message = denied
-            await context.abort_with_status(rich_status(code, message, reason))
+            return rich_status(code, message, reason)
         if self.limit and self.active >= self.limit:
-            await context.abort_with_status(_BUSY)
+            return _BUSY
         self.active += 1
+        return None
 
     def leave(self) -> None:
         self.active -= 1

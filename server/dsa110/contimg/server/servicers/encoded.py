@@ -71,6 +71,14 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def unframe(framed: bytes) -> bytes:
+    """The payload of one length-delimited field with a one-byte tag (what `field_bytes` made)."""
+    i = 1
+    while framed[i] & 0x80:
+        i += 1
+    return framed[i + 1 :]
+
+
 def field_bytes(number: int, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload."""
     n = len(payload)

@@ -112,7 +112,9 @@ def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitabl
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> R:
         admission = self.admission
-        await admission.enter(name, context)
+        refused = admission.admit(name, context)
+        if refused is not None:
+            await context.abort_with_status(refused)
         try:
             if request is UNDECODABLE:
                 await context.abort_with_status(_UNDECODABLE_STATUS)
@@ -136,7 +138,9 @@ def streaming(
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> AsyncIterator[R]:
         admission = self.admission
-        await admission.enter(name, context)
+        refused = admission.admit(name, context)
+        if refused is not None:
+            await context.abort_with_status(refused)
         try:
             if request is UNDECODABLE:
                 await context.abort_with_status(_UNDECODABLE_STATUS)

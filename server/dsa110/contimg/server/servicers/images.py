@@ -16,7 +16,7 @@ from ..rpc_types import Ctx
 from .admission import OPEN, Admission
 from .common import Paging, batch_names, idempotency, require
 from .convert import image_from_proto, image_to_proto
-from .encoded import Encoded, EncodedCache, double_field, field_bytes, page
+from .encoded import Encoded, EncodedCache, double_field, field_bytes, page, unframe
 from .errors import unary
 
 
@@ -42,11 +42,13 @@ class ImageServicer:
         return self.cache.get("image", 1, img.id, img.update_time, image_to_proto, img)
 
     @unary
-    async def GetImage(self, request: pb.GetImageRequest, context: Ctx) -> pb.Image:
-        [img] = await self.repo.get_many([names.parse_image_name(request.name)])
+    async def GetImage(self, request: pb.GetImageRequest, context: Ctx) -> Encoded[pb.Image]:
+        image_id = names.parse_image_name(request.name)
+        [img] = await self.repo.get_many([image_id])
         if img is None:
-            raise NotFound("IMAGE", names.image_name(names.parse_image_name(request.name)))
-        return image_to_proto(img)
+            raise NotFound("IMAGE", names.image_name(image_id))
+        # The same cached bytes lists use (framed as their field 1), without the frame.
+        return Encoded(pb.Image, unframe(self._encoded(img)))
 
     @unary
     async def BatchGetImages(

@@ -9,7 +9,7 @@ measurement set's image count; a measurement set deletion also changes its jobs)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 from ..domain.records import (
@@ -32,21 +32,12 @@ from ..repositories.protocols import (
     ListQuery,
     MeasurementSetRepository,
     SourceRepository,
+    query_key,
 )
 from .query_cache import IMAGES, JOBS, MEASUREMENT_SETS, SOURCES, QueryCache
 
 # Lightcurves longer than this are streamed from the database every time (not worth the memory).
 MAX_CACHED_POINTS = 20_000
-
-
-def query_key(query: ListQuery) -> Hashable:
-    """Everything that decides a page's content (value types included: 1 and 1.0 are different keys)."""
-    return (
-        tuple((c.field, c.op, type(c.value).__name__, c.value) for c in query.conditions),
-        tuple((o.field, o.desc) for o in query.order),
-        query.page_size,
-        None if query.after is None else tuple((type(v).__name__, v) for v in query.after),
-    )
 
 
 def page_weight(page: Page[Any]) -> int:

@@ -7,7 +7,7 @@ Keyset pagination: `after` is the keyset returned as `Page.next_after` of the pr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +41,16 @@ class ListQuery:
     order: Sequence[OrderKey]
     page_size: int
     after: list[object] | None
+
+
+def query_key(query: ListQuery) -> Hashable:
+    """Everything that decides a page's content (value types included: 1 and 1.0 are different keys)."""
+    return (
+        tuple((c.field, c.op, type(c.value).__name__, c.value) for c in query.conditions),
+        tuple((o.field, o.desc) for o in query.order),
+        query.page_size,
+        None if query.after is None else tuple((type(v).__name__, v) for v in query.after),
+    )
 
 
 class MeasurementSetRepository(Protocol):

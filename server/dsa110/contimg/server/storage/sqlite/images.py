@@ -10,7 +10,7 @@ from ...domain import sky
 from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from ...domain.names import ms_name
 from ...domain.records import Image, Match, Page
-from ...repositories.protocols import Idempotency, ListQuery
+from ...repositories.protocols import Idempotency, ListQuery, query_key
 from . import rows
 from .database import Database, check_request_id, now_us, placeholders, remember_request_id
 from .maintenance import delete_images
@@ -59,12 +59,9 @@ class SQLiteImages:
             self.db,
             select=rows.IMAGE_SELECT,
             table="images",
-            conditions=query.conditions,
             columns=_COLUMNS,
-            order=query.order,
             tiebreak="images.id",
-            page_size=query.page_size,
-            after=query.after,
+            query=query,
         )
         return Page([rows.image_from_row(r) for r in found], after, total)
 
@@ -73,17 +70,14 @@ class SQLiteImages:
             self.db,
             select="images.id, images.update_time",
             table="images",
-            conditions=query.conditions,
             columns=_COLUMNS,
-            order=query.order,
             tiebreak="images.id",
-            page_size=query.page_size,
-            after=query.after,
+            query=query,
         )
         return Page([(int(r[0]), int(r[1])) for r in found], after, total)
 
     async def search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
-        key = ("covering", ra_deg, dec_deg, tuple(query.conditions), query.page_size, _tuple(query.after))
+        key = ("covering", ra_deg, dec_deg, query_key(query))
         return await self.db.cached(key, lambda: self._search(ra_deg, dec_deg, query))
 
     async def _search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
@@ -192,7 +186,3 @@ async def _match_page(repo: SQLiteImages, hits: list[tuple[float, int]], query: 
     matches = [Match(img, sep) for (sep, _), img in zip(page, images, strict=True) if img is not None]
     more = len(hits_after) > query.page_size
     return Page(matches, [page[-1][0], page[-1][1]] if more else None, len(hits))
-
-
-def _tuple(after: list[object] | None) -> tuple[object, ...] | None:
-    return None if after is None else tuple(after)

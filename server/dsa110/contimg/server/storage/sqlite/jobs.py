@@ -74,12 +74,9 @@ class SQLiteJobs:
             self.db,
             select=rows.JOB_SELECT,
             table="jobs",
-            conditions=query.conditions,
             columns=_COLUMNS,
-            order=query.order,
             tiebreak="id",
-            page_size=query.page_size,
-            after=query.after,
+            query=query,
         )
         return Page([rows.job_from_row(r) for r in found], after, total)
 

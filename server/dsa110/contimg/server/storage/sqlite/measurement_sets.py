@@ -41,12 +41,9 @@ class SQLiteMeasurementSets:
             self.db,
             select=rows.MS_SELECT,
             table="measurement_sets",
-            conditions=query.conditions,
             columns=_COLUMNS,
-            order=query.order,
             tiebreak="path",
-            page_size=query.page_size,
-            after=query.after,
+            query=query,
         )
         return Page([rows.ms_from_row(r) for r in found], after, total)
 

@@ -11,7 +11,7 @@ from ...domain import sky
 from ...domain.errors import AlreadyExists, NotFound
 from ...domain.records import Match, Page, Photometry, PhotometryResult, Source
 from ...domain.variability import FluxSums
-from ...repositories.protocols import Idempotency, ListQuery
+from ...repositories.protocols import Idempotency, ListQuery, query_key
 from . import rows
 from .database import Database, check_request_id, chunks, now_us, placeholders, remember_request_id
 from .maintenance import STATS_SET, stats_values
@@ -44,12 +44,9 @@ class SQLiteSources:
             self.db,
             select=rows.SOURCE_SELECT,
             table="sources",
-            conditions=query.conditions,
             columns=_COLUMNS,
-            order=query.order,
             tiebreak="sources.id",
-            page_size=query.page_size,
-            after=query.after,
+            query=query,
         )
         return Page([rows.source_from_row(r) for r in found], after, total)
 
@@ -58,17 +55,14 @@ class SQLiteSources:
             self.db,
             select="sources.id, sources.update_time",
             table="sources",
-            conditions=query.conditions,
             columns=_COLUMNS,
-            order=query.order,
             tiebreak="sources.id",
-            page_size=query.page_size,
-            after=query.after,
+            query=query,
         )
         return Page([(str(r[0]), int(r[1])) for r in found], after, total)
 
     async def search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
-        key = ("cone", ra_deg, dec_deg, radius_deg, tuple(query.conditions), query.page_size, _tuple(query.after))
+        key = ("cone", ra_deg, dec_deg, radius_deg, query_key(query))
         return await self.db.cached(key, lambda: self._search(ra_deg, dec_deg, radius_deg, query))
 
     async def _search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
@@ -154,9 +148,8 @@ class SQLiteSources:
             sids: dict[str, int] = {}
             to_read = [m.source_id for m in measurements if m.source_id not in known]
             for part in chunks(to_read):
-                sids.update(
-                    txn.fetchall(f"SELECT id, sid FROM sources WHERE id IN ({placeholders(len(part))})", part)  # type: ignore[arg-type]
-                )
+                found = txn.fetchall(f"SELECT id, sid FROM sources WHERE id IN ({placeholders(len(part))})", part)
+                sids.update((source_id, sid) for source_id, sid in found)
             new_positions = []
             for m in measurements:
                 if m.source_id in known or m.source_id in sids:
@@ -244,7 +237,3 @@ def _update_source_statistics(txn: Txn) -> None:
             total.merge(group.deltas[sid])
             updates.append((*stats_values(total), now, sid))
     txn.executemany(f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?", updates)
-
-
-def _tuple(after: list[object] | None) -> tuple[object, ...] | None:
-    return None if after is None else tuple(after)

@@ -7,6 +7,7 @@ from typing import Any
 
 from ...domain.errors import InvalidArgument
 from ...domain.query import Condition, OrderKey
+from ...repositories.protocols import ListQuery, query_key
 
 _OPS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -66,52 +67,22 @@ async def page_query(
     *,
     select: str,
     table: str,
-    conditions: Sequence[Condition],
     columns: Mapping[str, str],
-    order: Sequence[OrderKey],
     tiebreak: str,
-    page_size: int,
-    after: list[object] | None,
-    extra_where: Sequence[str] = (),
-    extra_params: Sequence[Any] = (),
+    query: ListQuery,
 ) -> tuple[list[Sequence[Any]], list[object] | None, int]:
-    """One keyset page: (rows without key columns, keyset of the last row if more follow, total)."""
-    key = (
-        "page",
-        select,
-        table,
-        tuple(conditions),
-        tuple(order),
-        tiebreak,
-        page_size,
-        None if after is None else tuple(after),
-        tuple(extra_where),
-        tuple(extra_params),
-    )
-    return await db.cached(  # type: ignore[no-any-return]
-        key,
-        lambda: _page_query(
-            db, select, table, conditions, columns, order, tiebreak, page_size, after, extra_where, extra_params
-        ),
-    )
+    """One keyset page: (rows without key columns, keyset of the last row if more follow, total).
+
+    Reused until the next commit (Database.cached)."""
+    key = ("page", select, table, tiebreak, query_key(query))
+    return await db.cached(key, lambda: _page(db, select, table, columns, tiebreak, query))  # type: ignore[no-any-return]
 
 
-async def _page_query(
-    db: Any,
-    select: str,
-    table: str,
-    conditions: Sequence[Condition],
-    columns: Mapping[str, str],
-    order: Sequence[OrderKey],
-    tiebreak: str,
-    page_size: int,
-    after: list[object] | None,
-    extra_where: Sequence[str],
-    extra_params: Sequence[Any],
+async def _page(
+    db: Any, select: str, table: str, columns: Mapping[str, str], tiebreak: str, query: ListQuery
 ) -> tuple[list[Sequence[Any]], list[object] | None, int]:
+    conditions, order, page_size, after = query.conditions, query.order, query.page_size, query.after
     clauses, params = where(conditions, columns)
-    clauses = [*extra_where, *clauses]
-    params = [*extra_params, *params]
     keys = order_keys(order, columns, tiebreak)
     ks_clause, ks_params = keyset(keys, after)
     page_clauses = [*clauses, ks_clause] if ks_clause else clauses
@@ -125,7 +96,7 @@ async def _page_query(
         # and testing the filter stops after one page when matches are common; when they are rare
         # it runs out of the on-loop budget, and the usual plan (filter index, then sort) answers.
         plain_where, _ = where(conditions, columns, unindexed=True)
-        walk = [*extra_where, *plain_where, *([ks_clause] if ks_clause else [])]
+        walk = [*plain_where, *([ks_clause] if ks_clause else [])]
         rows = await db.try_inline(
             f"SELECT {select}, {key_cols} FROM {table} WHERE {' AND '.join(walk)}{tail}",
             [*params, *ks_params, page_size + 1],

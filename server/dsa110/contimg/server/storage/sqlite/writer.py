@@ -87,8 +87,7 @@ class Writer:
         self._conn: sqlite3.Connection | None = None
         self._queue: deque[_Pending[Any]] = deque()
         self._drainer: asyncio.Future[None] | None = None
-        self.groups = 0
-        self.grouped_writes = 0
+        self.groups = 0  # commits so far (tests check that concurrent writes share them)
 
     @property
     def is_open(self) -> bool:
@@ -138,7 +137,6 @@ class Writer:
                 group = self._take_group()
                 outcomes = await self._in_thread(partial(self._run_group, group))
                 self.groups += 1
-                self.grouped_writes += len(group)
                 # In commit order, before the next group runs: what after_commit publishes is ordered.
                 for pending, (ok, value) in zip(group, outcomes, strict=True):
                     if ok and pending.after_commit is not None:

@@ -159,8 +159,9 @@ def measure(port: int, pid: int, case: Case, requests: int, expected_bytes: int)
     return {"rps": result.rps, "p50": result.p50_ms, "p99": result.p99_ms, "cpu_us": cpu / max(calls, 1) * 1e6}
 
 
-async def ingest(port: int, rows_per_image: int, images: int, concurrency: int) -> dict[str, float]:
-    """RecordPhotometry throughput: rows durably committed per second (synchronous=FULL)."""
+async def ingest(port: int, pid: int, rows_per_image: int, images: int, concurrency: int) -> dict[str, float]:
+    """RecordPhotometry throughput: rows durably committed per second (synchronous=FULL), and the
+    server's CPU microseconds per row (all its threads)."""
     from dsa110.contimg.v1 import images_pb2_grpc, measurement_sets_pb2_grpc, sources_pb2_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -182,7 +183,7 @@ async def ingest(port: int, rows_per_image: int, images: int, concurrency: int) 
                                               peak_flux_jy=0.05 + rnd.random() * 0.01, peak_flux_err_jy=0.001)
             for j in range(rows_per_image)]) for name in names]
         queue = list(batches)
-        start_t = time.perf_counter()
+        start_t, start_cpu = time.perf_counter(), cpu_seconds(pid)
 
         async def worker() -> None:
             while queue:
@@ -190,8 +191,9 @@ async def ingest(port: int, rows_per_image: int, images: int, concurrency: int) 
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start_t
+        cpu_us = (cpu_seconds(pid) - start_cpu) / (rows_per_image * images) * 1e6
     return {"rows_per_s": rows_per_image * images / elapsed, "batches": images, "rows_per_batch": rows_per_image,
-            "concurrency": concurrency}
+            "concurrency": concurrency, "cpu_us_per_row": cpu_us}
 
 
 async def watchers(port: int, count: int) -> dict[str, float]:
@@ -308,7 +310,7 @@ def main() -> None:
         # 64 writers is the issue's default concurrency (a backfill with many photometry workers); 4 is a
         # small pipeline. Each image's batch measures the same field's sources, as consecutive drift
         # scans do, so concurrent batches overlap.
-        ingests = [asyncio.run(ingest(port, 1000 if not args.smoke else 100, n if not args.smoke else 3, w))
+        ingests = [asyncio.run(ingest(port, server.pid, 1000 if not args.smoke else 100, n if not args.smoke else 3, w))
                    for w, n in ((64, 256), (4, 40))]
         watch_r = asyncio.run(watchers(port, args.watchers))
     finally:
@@ -319,7 +321,8 @@ def main() -> None:
 
     extra = [
         *(f"- RecordPhotometry, {r['concurrency']:.0f} concurrent writers: **{r['rows_per_s']:,.0f} rows/s** durably "
-          f"committed ({r['batches']:.0f} batches of {r['rows_per_batch']:.0f} rows, synchronous=FULL)."
+          f"committed ({r['batches']:.0f} batches of {r['rows_per_batch']:.0f} rows, synchronous=FULL); server CPU "
+          f"{r['cpu_us_per_row']:.1f} us/row."
           for r in ingests),
         f"- WatchJob: {watch_r['watchers']:.0f} concurrent watchers, transition-to-receipt p50 "
         f"{watch_r['p50_ms']:.1f} ms, p99 **{watch_r['p99_ms']:.1f} ms**; every watcher got every transition: "

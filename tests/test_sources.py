@@ -197,6 +197,7 @@ async def test_record_photometry_is_atomic(stubs):
         measurement("X2", 1.0, 20.0, flux=math.nan),
         measurement("X1", 2.0, 20.0),
         measurement("x y", 3.0, 20.0),
+        measurement("X3\nsources/X4", 4.0, 20.0),  # two well-formed names, if split at the newline
     ]
     err = await expect_error(record(stubs, img_b.name, bad), INVALID, "INVALID_ARGUMENT")
     assert {
@@ -204,6 +205,7 @@ async def test_record_photometry_is_atomic(stubs):
         "measurements[1].peak_flux_jy",
         "measurements[2].source",
         "measurements[3].source",
+        "measurements[4].source",
     } <= set(err.fields)
     await expect_error(record(stubs, img_b.name, []), INVALID, "INVALID_ARGUMENT", "measurements")
 

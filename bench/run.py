@@ -159,9 +159,11 @@ def measure(port: int, pid: int, case: Case, requests: int, expected_bytes: int)
     return {"rps": result.rps, "p50": result.p50_ms, "p99": result.p99_ms, "cpu_us": cpu / max(calls, 1) * 1e6}
 
 
-async def ingest(port: int, pid: int, rows_per_image: int, images: int, concurrency: int) -> dict[str, float]:
+async def ingest(
+    port: int, pid: int, rows_per_image: int, images: int, concurrency: int, columnar: bool = False
+) -> dict[str, float]:
     """RecordPhotometry throughput: rows durably committed per second (synchronous=FULL), and the
-    server's CPU microseconds per row (all its threads)."""
+    server's CPU microseconds per row (all its threads). `columnar` sends the batches as columns."""
     from dsa110.contimg.v1 import images_pb2_grpc, measurement_sets_pb2_grpc, sources_pb2_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -182,6 +184,11 @@ async def ingest(port: int, pid: int, rows_per_image: int, images: int, concurre
             sources_pb2.PhotometryMeasurement(source=f"sources/BENCH{tag}-{j}", ra_deg=100 + j * 1e-3, dec_deg=54.57,
                                               peak_flux_jy=0.05 + rnd.random() * 0.01, peak_flux_err_jy=0.001)
             for j in range(rows_per_image)]) for name in names]
+        if columnar:  # the same numbers, one packed array per field
+            batches = [sources_pb2.RecordPhotometryRequest(image=b.image, columns=sources_pb2.PhotometryColumns(
+                source=[m.source for m in b.measurements], ra_deg=[m.ra_deg for m in b.measurements],
+                dec_deg=[m.dec_deg for m in b.measurements], peak_flux_jy=[m.peak_flux_jy for m in b.measurements],
+                peak_flux_err_jy=[m.peak_flux_err_jy for m in b.measurements])) for b in batches]
         queue = list(batches)
         start_t, start_cpu = time.perf_counter(), cpu_seconds(pid)
 
@@ -193,7 +200,7 @@ async def ingest(port: int, pid: int, rows_per_image: int, images: int, concurre
         elapsed = time.perf_counter() - start_t
         cpu_us = (cpu_seconds(pid) - start_cpu) / (rows_per_image * images) * 1e6
     return {"rows_per_s": rows_per_image * images / elapsed, "batches": images, "rows_per_batch": rows_per_image,
-            "concurrency": concurrency, "cpu_us_per_row": cpu_us}
+            "concurrency": concurrency, "cpu_us_per_row": cpu_us, "columnar": float(columnar)}
 
 
 async def watchers(port: int, count: int) -> dict[str, float]:
@@ -310,8 +317,9 @@ def main() -> None:
         # 64 writers is the issue's default concurrency (a backfill with many photometry workers); 4 is a
         # small pipeline. Each image's batch measures the same field's sources, as consecutive drift
         # scans do, so concurrent batches overlap.
-        ingests = [asyncio.run(ingest(port, server.pid, 1000 if not args.smoke else 100, n if not args.smoke else 3, w))
-                   for w, n in ((64, 256), (4, 40))]
+        ingests = [asyncio.run(ingest(port, server.pid, 1000 if not args.smoke else 100, n if not args.smoke else 3, w,
+                                      columnar))
+                   for w, n, columnar in ((64, 256, False), (4, 40, False), (64, 256, True), (4, 40, True))]
         watch_r = asyncio.run(watchers(port, args.watchers))
     finally:
         server.terminate()
@@ -320,7 +328,8 @@ def main() -> None:
         ref_proc.wait(30)
 
     extra = [
-        *(f"- RecordPhotometry, {r['concurrency']:.0f} concurrent writers: **{r['rows_per_s']:,.0f} rows/s** durably "
+        *(f"- RecordPhotometry{' (columns)' if r['columnar'] else ''}, {r['concurrency']:.0f} concurrent writers: "
+          f"**{r['rows_per_s']:,.0f} rows/s** durably "
           f"committed ({r['batches']:.0f} batches of {r['rows_per_batch']:.0f} rows, synchronous=FULL); server CPU "
           f"{r['cpu_us_per_row']:.1f} us/row."
           for r in ingests),

@@ -564,13 +564,23 @@ class RecordPhotometryRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     MEASUREMENTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """Required. The image measured, `images/{image_id}`."""
     request_id: _builtins.str
     """Optional idempotency key (AIP-155), a UUID: a retry returns the first result."""
     @_builtins.property
     def measurements(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhotometryMeasurement]:
-        """Required. Every measurement on the image, 1 to 100000; each names a distinct source."""
+        """Every measurement on the image, 1 to 100000; each names a distinct source. Required unless
+        `columns` holds them instead.
+        """
+
+    @_builtins.property
+    def columns(self) -> Global___PhotometryColumns:
+        """The same measurements as columns, for pipelines that hold them as arrays: the server decodes
+        one packed array per field instead of a message per measurement. Set this or `measurements`,
+        not both.
+        """
 
     def __init__(
         self,
@@ -578,14 +588,135 @@ class RecordPhotometryRequest(_message.Message):
         image: _builtins.str = ...,
         measurements: _abc.Iterable[Global___PhotometryMeasurement] | None = ...,
         request_id: _builtins.str = ...,
+        columns: Global___PhotometryColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "measurements", b"measurements", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "image", b"image", "measurements", b"measurements", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordPhotometryRequest: _TypeAlias = RecordPhotometryRequest  # noqa: Y015
+
+@_typing.final
+class PhotometryColumns(_message.Message):
+    """Photometry measurements as columns (RecordPhotometryRequest.columns): element i of every column
+    is measurement i. `source` is required; every other column holds one value per source or none,
+    and an empty column means the field's default for every measurement, as an unset field of
+    PhotometryMeasurement does. Units and rules are those of PhotometryMeasurement's fields.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    RA_DEG_FIELD_NUMBER: _builtins.int
+    DEC_DEG_FIELD_NUMBER: _builtins.int
+    CATALOG_FLUX_MJY_FIELD_NUMBER: _builtins.int
+    PEAK_FLUX_JY_FIELD_NUMBER: _builtins.int
+    PEAK_FLUX_ERR_JY_FIELD_NUMBER: _builtins.int
+    INTEGRATED_FLUX_JY_FIELD_NUMBER: _builtins.int
+    INTEGRATED_FLUX_ERR_JY_FIELD_NUMBER: _builtins.int
+    NORMALIZED_FLUX_FIELD_NUMBER: _builtins.int
+    NORMALIZED_FLUX_ERR_FIELD_NUMBER: _builtins.int
+    SNR_FIELD_NUMBER: _builtins.int
+    LOCAL_RMS_JY_FIELD_NUMBER: _builtins.int
+    SEPARATION_FROM_CENTER_DEG_FIELD_NUMBER: _builtins.int
+    QUALITY_FLAG_FIELD_NUMBER: _builtins.int
+    OBSERVATION_MJD_FIELD_NUMBER: _builtins.int
+    MEASURE_TIME_UNIX_MICROS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required. `sources/{source_id}` of each measurement, each distinct; created if new."""
+
+    @_builtins.property
+    def ra_deg(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Right ascension of each measurement position, degrees in [0, 360)."""
+
+    @_builtins.property
+    def dec_deg(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Declination of each measurement position, degrees in [-90, 90]."""
+
+    @_builtins.property
+    def catalog_flux_mjy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Reference catalog (NVSS) flux density, mJy."""
+
+    @_builtins.property
+    def peak_flux_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Required. Peak flux density, Jy/beam; finite."""
+
+    @_builtins.property
+    def peak_flux_err_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Required. Error of the peak flux density, Jy/beam; > 0."""
+
+    @_builtins.property
+    def integrated_flux_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Integrated flux density, Jy."""
+
+    @_builtins.property
+    def integrated_flux_err_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Error of the integrated flux density, Jy."""
+
+    @_builtins.property
+    def normalized_flux(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Flux normalised by the image's reference-source ensemble (dimensionless)."""
+
+    @_builtins.property
+    def normalized_flux_err(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Error of the normalised flux (dimensionless)."""
+
+    @_builtins.property
+    def snr(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Signal-to-noise ratio (dimensionless)."""
+
+    @_builtins.property
+    def local_rms_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Local rms noise around each source, Jy/beam."""
+
+    @_builtins.property
+    def separation_from_center_deg(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Angular distance from the image centre, degrees."""
+
+    @_builtins.property
+    def quality_flag(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Quality flag of each measurement; at most 32 chars."""
+
+    @_builtins.property
+    def observation_mjd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Observation mid-time, Modified Julian Date (days); 0 takes the image's."""
+
+    @_builtins.property
+    def measure_time_unix_micros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """When each measurement was computed, microseconds since the Unix epoch (UTC); 0 means unset
+        (the server sets it), as an absent PhotometryMeasurement.measure_time.
+        """
+
+    def __init__(
+        self,
+        *,
+        source: _abc.Iterable[_builtins.str] | None = ...,
+        ra_deg: _abc.Iterable[_builtins.float] | None = ...,
+        dec_deg: _abc.Iterable[_builtins.float] | None = ...,
+        catalog_flux_mjy: _abc.Iterable[_builtins.float] | None = ...,
+        peak_flux_jy: _abc.Iterable[_builtins.float] | None = ...,
+        peak_flux_err_jy: _abc.Iterable[_builtins.float] | None = ...,
+        integrated_flux_jy: _abc.Iterable[_builtins.float] | None = ...,
+        integrated_flux_err_jy: _abc.Iterable[_builtins.float] | None = ...,
+        normalized_flux: _abc.Iterable[_builtins.float] | None = ...,
+        normalized_flux_err: _abc.Iterable[_builtins.float] | None = ...,
+        snr: _abc.Iterable[_builtins.float] | None = ...,
+        local_rms_jy: _abc.Iterable[_builtins.float] | None = ...,
+        separation_from_center_deg: _abc.Iterable[_builtins.float] | None = ...,
+        quality_flag: _abc.Iterable[_builtins.str] | None = ...,
+        observation_mjd: _abc.Iterable[_builtins.float] | None = ...,
+        measure_time_unix_micros: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_flux_mjy", b"catalog_flux_mjy", "dec_deg", b"dec_deg", "integrated_flux_err_jy", b"integrated_flux_err_jy", "integrated_flux_jy", b"integrated_flux_jy", "local_rms_jy", b"local_rms_jy", "measure_time_unix_micros", b"measure_time_unix_micros", "normalized_flux", b"normalized_flux", "normalized_flux_err", b"normalized_flux_err", "observation_mjd", b"observation_mjd", "peak_flux_err_jy", b"peak_flux_err_jy", "peak_flux_jy", b"peak_flux_jy", "quality_flag", b"quality_flag", "ra_deg", b"ra_deg", "separation_from_center_deg", b"separation_from_center_deg", "snr", b"snr", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhotometryColumns: _TypeAlias = PhotometryColumns  # noqa: Y015
 
 @_typing.final
 class RecordPhotometryResponse(_message.Message):

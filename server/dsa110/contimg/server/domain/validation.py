@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import names
 from .checks import MAX_TEXT, MJD_MAX, MJD_MIN, Checker
@@ -152,31 +152,45 @@ def _all_plainly_valid(rows: Sequence[Photometry]) -> bool:
     return True
 
 
-def check_measurements(rows: Sequence[Photometry], c: Checker) -> None:
+def row_field(i: int, name: str) -> str:
+    """Where field `name` of measurement i is in a RecordPhotometryRequest's `measurements`."""
+    return f"measurements[{i}].{name}"
+
+
+def column_field(i: int, name: str) -> str:
+    """Where field `name` of measurement i is in a RecordPhotometryRequest's `columns`."""
+    return f"columns.{name}[{i}]"
+
+
+def check_measurements(
+    rows: Sequence[Photometry],
+    c: Checker,
+    field: Callable[[int, str], str] = row_field,
+    count_field: str = "measurements",
+) -> None:
     if 1 <= len(rows) <= MAX_MEASUREMENTS and _all_plainly_valid(rows):
         return
-    c.count("measurements", len(rows), lo=1, hi=MAX_MEASUREMENTS)
+    c.count(count_field, len(rows), lo=1, hi=MAX_MEASUREMENTS)
     seen: set[str] = set()
     for i, m in enumerate(rows[:MAX_MEASUREMENTS]):
-        p = f"measurements[{i}]"
         if m.source_id in seen:
-            c.add(f"{p}.source", f"source {m.source_id!r} appears twice in one image")
+            c.add(field(i, "source"), f"source {m.source_id!r} appears twice in one image")
         seen.add(m.source_id)
-        c.ra(f"{p}.ra_deg", m.ra_deg)
-        c.dec(f"{p}.dec_deg", m.dec_deg)
-        c.finite(f"{p}.peak_flux_jy", m.peak_flux_jy)
-        c.finite(f"{p}.peak_flux_err_jy", m.peak_flux_err_jy, lo=0.0, lo_open=True)
+        c.ra(field(i, "ra_deg"), m.ra_deg)
+        c.dec(field(i, "dec_deg"), m.dec_deg)
+        c.finite(field(i, "peak_flux_jy"), m.peak_flux_jy)
+        c.finite(field(i, "peak_flux_err_jy"), m.peak_flux_err_jy, lo=0.0, lo_open=True)
         for f in ("catalog_flux_mjy", "integrated_flux_jy", "normalized_flux", "snr"):
-            c.finite(f"{p}.{f}", getattr(m, f))
+            c.finite(field(i, f), getattr(m, f))
         for f in (
             "integrated_flux_err_jy",
             "normalized_flux_err",
             "local_rms_jy",
             "separation_from_center_deg",
         ):
-            c.non_negative(f"{p}.{f}", getattr(m, f))
-        c.mjd(f"{p}.observation_mjd", m.observation_mjd)
-        c.text(f"{p}.quality_flag", m.quality_flag, max_len=32)
+            c.non_negative(field(i, f), getattr(m, f))
+        c.mjd(field(i, "observation_mjd"), m.observation_mjd)
+        c.text(field(i, "quality_flag"), m.quality_flag, max_len=32)
         if len(c.violations) >= 100:  # enough to act on; do not build a megabyte of violations
             return
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from itertools import repeat
+from typing import Any, cast
 
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -254,6 +257,42 @@ def photometry_from_proto(m: sources_pb2.PhotometryMeasurement, source_id: str) 
 
 
 _new_tuple = tuple.__new__
+
+# Photometry's fields after source_id and image_id, as PhotometryColumns names them, with the value
+# an empty column stands for.
+_COLUMNS: tuple[tuple[str, object], ...] = (
+    *((name, 0.0) for name in Photometry._fields[2:14]),
+    ("quality_flag", ""),
+    ("observation_mjd", 0.0),
+    ("measure_time_unix_micros", 0),
+)
+
+
+def photometry_from_columns(
+    columns: sources_pb2.PhotometryColumns, source_ids: Sequence[str]
+) -> tuple[list[Photometry], list[str]]:
+    """The measurements held as columns, and the names of the columns whose length is neither 0 nor
+    one per source (those read as empty; the caller reports them).
+
+    The rows are zipped from the columns (C loops, no per-field Python): decoding and converting
+    columns costs a fraction of a message per measurement.
+    """
+    n = len(source_ids)
+    values: list[Iterable[object]] = []
+    wrong = []
+    for name, default in _COLUMNS:
+        column = getattr(columns, name)
+        if len(column) == n:
+            values.append(column)
+        else:
+            if column:
+                wrong.append(name)
+            values.append(repeat(default, n))
+    rows = list(map(_as_photometry, zip(source_ids, repeat(0, n), *values, strict=False)))
+    return rows, wrong
+
+
+_as_photometry = cast(Callable[[tuple[object, ...]], Photometry], partial(_new_tuple, Photometry))
 
 
 # ---- jobs -------------------------------------------------------------------------------------

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import cast
 
 from dsa110.contimg.v1 import sources_pb2 as pb
 
 from ..domain import names
-from ..domain.checks import Checker
+from ..domain.checks import TIMESTAMP_MAX_S, TIMESTAMP_MIN_S, Checker
 from ..domain.errors import NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
-from ..domain.records import Source
-from ..domain.validation import MAX_MEASUREMENTS, check_measurements
+from ..domain.records import Photometry, Source
+from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
 from .common import Paging, batch_names, idempotency
-from .convert import photometry_from_proto, photometry_to_proto, source_to_proto
+from .convert import photometry_from_columns, photometry_from_proto, photometry_to_proto, source_to_proto
 from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page
 from .errors import streaming, unary
 
@@ -135,6 +136,12 @@ class SourceServicer:
     async def RecordPhotometry(self, request: pb.RecordPhotometryRequest, context: Ctx) -> pb.RecordPhotometryResponse:
         image_id = names.parse_image_name(request.image, "image")
         c = Checker()
+        if request.HasField("columns"):
+            if request.measurements:
+                c.add("columns", "set measurements or columns, not both")
+            rows = _rows_from_columns(request.columns, c)
+            c.raise_if_any()
+            return await self._record(image_id, rows, request)
         rows = []
         for i, m in enumerate(request.measurements[:MAX_MEASUREMENTS]):
             source_id = names.source_id_or_none(m.source)
@@ -153,6 +160,11 @@ class SourceServicer:
             c.add("measurements", f"at most {MAX_MEASUREMENTS} measurements per call")
         check_measurements(rows, c)
         c.raise_if_any()
+        return await self._record(image_id, rows, request)
+
+    async def _record(
+        self, image_id: int, rows: list[Photometry], request: pb.RecordPhotometryRequest
+    ) -> pb.RecordPhotometryResponse:
         result = await self.repo.record_photometry(image_id, rows, idempotency("RecordPhotometry", request))
         return pb.RecordPhotometryResponse(
             image=f"images/{result.image_id}",
@@ -160,3 +172,30 @@ class SourceServicer:
             created_source_count=result.created_source_count,
             updated_source_count=result.updated_source_count,
         )
+
+
+def _rows_from_columns(columns: pb.PhotometryColumns, c: Checker) -> list[Photometry]:
+    """RecordPhotometryRequest.columns as measurements, each problem reported at `columns.{field}[i]`."""
+    sources = columns.source
+    if len(sources) > MAX_MEASUREMENTS:
+        c.add("columns.source", f"at most {MAX_MEASUREMENTS} measurements per call")
+        return []
+    ids = [names.source_id_or_none(name) for name in sources]
+    for i, source_id in enumerate(ids):
+        if source_id is None:
+            if len(c.violations) < 100:
+                c.add(column_field(i, "source"), "must be 'sources/{source_id}' (1-64 of A-Z a-z 0-9 + - . _)")
+            ids[i] = f"invalid-{i}"
+    rows, wrong = photometry_from_columns(columns, cast(list[str], ids))
+    for name in wrong:
+        c.add(f"columns.{name}", f"has {len(getattr(columns, name))} values for {len(ids)} sources (or leave it empty)")
+    times = columns.measure_time_unix_micros
+    if times and not (_MIN_MICROS <= min(times) and max(times) <= _MAX_MICROS):
+        for i, t in enumerate(times):
+            if not _MIN_MICROS <= t <= _MAX_MICROS and len(c.violations) < 100:
+                c.add(column_field(i, "measure_time_unix_micros"), "must be between 0001-01-01 and 9999-12-31")
+    check_measurements(rows, c, column_field, "columns.source")
+    return rows
+
+
+_MIN_MICROS, _MAX_MICROS = TIMESTAMP_MIN_S * 1_000_000, TIMESTAMP_MAX_S * 1_000_000 + 999_999

@@ -93,3 +93,48 @@ def test_photometry_from_proto_fills_every_field_by_name() -> None:
     got = photometry_from_proto(message, "X")
     assert type(got) is Photometry and len(got) == len(Photometry._fields)
     assert got == Photometry(source_id="X", quality_flag="blended", measure_time=7_000_008, **values)
+
+
+COLUMN_FLOATS = [*Photometry._fields[2:14], "observation_mjd"]
+mjd_values = st.one_of(
+    st.sampled_from([*EDGES, 60000.0, 10000.0, 109999.0]), st.floats(min_value=10000, max_value=110000)
+)
+
+
+@st.composite
+def column_batches(draw: st.DrawFn) -> tuple[list[str], dict[str, list[float]], list[str]]:
+    n = draw(st.integers(min_value=0, max_value=4))
+    ids = draw(st.lists(st.sampled_from(["A", "B", "C", "D", "E"]), min_size=n, max_size=n))
+    columns = {}
+    for name in COLUMN_FLOATS:
+        values = mjd_values if name == "observation_mjd" else num
+        columns[name] = draw(st.one_of(st.just([]), st.lists(values, min_size=n, max_size=n)))
+    quality = draw(st.one_of(st.just([]), st.lists(flags, min_size=n, max_size=n)))
+    return ids, columns, quality
+
+
+@settings(max_examples=600, deadline=None)
+@given(column_batches())
+def test_columnar_fast_path_never_accepts_what_the_detailed_checks_reject(
+    batch: tuple[list[str], dict[str, list[float]], list[str]],
+) -> None:
+    """What the column-wise check passes, the per-measurement checks pass too (it may doubt more)."""
+    ids, columns, quality = batch
+    rows = [
+        Photometry(
+            ids[i],
+            0,
+            *(columns[f][i] if columns[f] else 0.0 for f in COLUMN_FLOATS[:-1]),
+            quality[i] if quality else "",
+            columns["observation_mjd"][i] if columns["observation_mjd"] else 0.0,
+        )
+        for i in range(len(ids))
+    ]
+    if validation.columns_plainly_valid(ids, columns.__getitem__, quality):
+        assert detailed(rows), rows
+
+
+def test_a_plainly_valid_column_batch_takes_the_columnar_fast_path() -> None:
+    columns = {f: [] for f in COLUMN_FLOATS} | {"peak_flux_err_jy": [0.001, 0.002], "ra_deg": [0.0, 359.9]}
+    assert validation.columns_plainly_valid(["A", "B"], columns.__getitem__, ["good", ""])
+    assert not validation.columns_plainly_valid(["A", "A"], columns.__getitem__, [])  # a source twice

@@ -152,6 +152,52 @@ def _all_plainly_valid(rows: Sequence[Photometry]) -> bool:
     return True
 
 
+# Column checks of columns_plainly_valid: (lowest allowed, lowest is open, highest allowed, highest is open).
+_COLUMN_RANGES: dict[str, tuple[float, bool, float, bool]] = {
+    "ra_deg": (0.0, False, 360.0, True),
+    "dec_deg": (-90.0, False, 90.0, False),
+    "peak_flux_jy": (-math.inf, True, math.inf, True),
+    "peak_flux_err_jy": (0.0, True, math.inf, True),
+    **dict.fromkeys(
+        ("catalog_flux_mjy", "integrated_flux_jy", "normalized_flux", "snr"), (-math.inf, True, math.inf, True)
+    ),
+    **dict.fromkeys(
+        ("integrated_flux_err_jy", "normalized_flux_err", "local_rms_jy", "separation_from_center_deg"),
+        (0.0, False, math.inf, True),
+    ),
+}
+
+
+def columns_plainly_valid(
+    source_ids: Sequence[str], column: Callable[[str], Sequence[float]], quality_flags: Sequence[str]
+) -> bool:
+    """_all_plainly_valid for measurements given as columns, a column at a time in C (sum, min, max)
+    instead of a field at a time in Python. `column(name)` is a column of one value per source or
+    empty (every value the default 0). Any doubt (a sum that is not finite, zeros mixed with dates)
+    answers False: then the rows go through the per-measurement checks, which name the fields."""
+    n = len(source_ids)
+    if not 1 <= n <= MAX_MEASUREMENTS or len(set(source_ids)) != n:
+        return False
+    for name, (lo, lo_open, hi, hi_open) in _COLUMN_RANGES.items():
+        values = column(name)
+        low = high = 0.0
+        if values:
+            if not math.isfinite(sum(values)):  # NaN or infinity somewhere (or a sum too large: doubt)
+                return False
+            low, high = min(values), max(values)
+        if low < lo or (lo_open and low == lo) or high > hi or (hi_open and high == hi):
+            return False
+    mjds = column("observation_mjd")
+    if mjds:
+        if not math.isfinite(sum(mjds)):
+            return False
+        low, high = min(mjds), max(mjds)
+        if not (low == high == 0.0 or MJD_MIN <= low <= high <= MJD_MAX):
+            return False
+    # 8 characters are at most 32 bytes of UTF-8; a NUL is never plain.
+    return not quality_flags or (max(map(len, quality_flags)) <= 8 and "\x00" not in "".join(quality_flags))
+
+
 def row_field(i: int, name: str) -> str:
     """Where field `name` of measurement i is in a RecordPhotometryRequest's `measurements`."""
     return f"measurements[{i}].{name}"

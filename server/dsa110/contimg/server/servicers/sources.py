@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import cast
 
 from dsa110.contimg.v1 import sources_pb2 as pb
@@ -12,7 +13,7 @@ from ..domain.checks import TIMESTAMP_MAX_S, TIMESTAMP_MIN_S, Checker
 from ..domain.errors import NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
 from ..domain.records import Photometry, Source
-from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field
+from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field, columns_plainly_valid
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
@@ -186,7 +187,8 @@ def _rows_from_columns(columns: pb.PhotometryColumns, c: Checker) -> list[Photom
             if len(c.violations) < 100:
                 c.add(column_field(i, "source"), "must be 'sources/{source_id}' (1-64 of A-Z a-z 0-9 + - . _)")
             ids[i] = f"invalid-{i}"
-    rows, wrong = photometry_from_columns(columns, cast(list[str], ids))
+    source_ids = cast(list[str], ids)  # every None replaced above
+    rows, wrong = photometry_from_columns(columns, source_ids)
     for name in wrong:
         c.add(f"columns.{name}", f"has {len(getattr(columns, name))} values for {len(ids)} sources (or leave it empty)")
     times = columns.measure_time_unix_micros
@@ -194,7 +196,8 @@ def _rows_from_columns(columns: pb.PhotometryColumns, c: Checker) -> list[Photom
         for i, t in enumerate(times):
             if not _MIN_MICROS <= t <= _MAX_MICROS and len(c.violations) < 100:
                 c.add(column_field(i, "measure_time_unix_micros"), "must be between 0001-01-01 and 9999-12-31")
-    check_measurements(rows, c, column_field, "columns.source")
+    if c.violations or not columns_plainly_valid(source_ids, partial(getattr, columns), columns.quality_flag):
+        check_measurements(rows, c, column_field, "columns.source")
     return rows
 
 

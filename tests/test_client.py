@@ -529,6 +529,18 @@ async def test_every_method_against_the_server(live: Any, flavour: str) -> None:
             ],
         )
         assert recorded.recorded_count == 2 and recorded.created_source_count == 2
+        residual_photometry = await call(
+            "record_photometry",
+            residual.name,
+            columns=sources_pb2.PhotometryColumns(
+                source=["sources/J083100.0+543600"],
+                ra_deg=[127.75],
+                dec_deg=[54.6],
+                peak_flux_jy=[0.2],
+                peak_flux_err_jy=[0.01],
+            ),
+        )
+        assert residual_photometry.recorded_count == 1 and residual_photometry.created_source_count == 1
         source = await call("get_source", CALIBRATOR)
         assert source.detection_count == 1 and source.variability.epoch_count == 1
         assert len((await call("batch_get_sources", [CALIBRATOR, CALIBRATOR])).sources) == 2

@@ -9,27 +9,14 @@ from __future__ import annotations
 import uuid
 
 import grpc
+from dsa110.contimg.server.domain.records import Photometry
 from dsa110.contimg.v1 import images_pb2, sources_pb2
 from google.protobuf import timestamp_pb2
 
 from helpers_jobs import expect_error, make_images, measurement, record
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-FLOATS = [
-    "ra_deg",
-    "dec_deg",
-    "catalog_flux_mjy",
-    "peak_flux_jy",
-    "peak_flux_err_jy",
-    "integrated_flux_jy",
-    "integrated_flux_err_jy",
-    "normalized_flux",
-    "normalized_flux_err",
-    "snr",
-    "local_rms_jy",
-    "separation_from_center_deg",
-    "observation_mjd",
-]
+FLOATS = [*Photometry._fields[2:14], "observation_mjd"]  # the float fields, both forms name them alike
 
 
 def as_columns(measurements: list[sources_pb2.PhotometryMeasurement]) -> sources_pb2.PhotometryColumns:

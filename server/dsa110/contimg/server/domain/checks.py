@@ -11,6 +11,8 @@ MAX_NAME = 256
 MJD_MIN, MJD_MAX = 15000.0, 100000.0  # 1900 .. 2132: anything outside is a unit mistake
 # google.protobuf.Timestamp's valid range, 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
 TIMESTAMP_MIN_S, TIMESTAMP_MAX_S = -62_135_596_800, 253_402_300_799
+# The same range in microseconds since the epoch (how measurement times travel in columns and are stored).
+TIMESTAMP_MIN_US, TIMESTAMP_MAX_US = TIMESTAMP_MIN_S * 1_000_000, TIMESTAMP_MAX_S * 1_000_000 + 999_999
 
 
 class Checker:
@@ -80,6 +82,11 @@ class Checker:
         """A google.protobuf.Timestamp inside its documented range (and so storable in microseconds)."""
         if not TIMESTAMP_MIN_S <= seconds <= TIMESTAMP_MAX_S or not 0 <= nanos <= 999_999_999:
             self.add(field, "must be a valid timestamp between 0001-01-01 and 9999-12-31 (nanos 0 to 999999999)")
+
+    def unix_micros(self, field: str, value: int) -> None:
+        """A time in microseconds since the epoch inside the range a Timestamp may hold."""
+        if not TIMESTAMP_MIN_US <= value <= TIMESTAMP_MAX_US:
+            self.add(field, "must be a valid time between 0001-01-01 and 9999-12-31")
 
     def enum(self, field: str, value: int, known: type, *, required: bool = False) -> None:
         try:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import cast
 
 from dsa110.contimg.v1 import sources_pb2 as pb
 
 from ..domain import names
-from ..domain.checks import TIMESTAMP_MAX_S, TIMESTAMP_MIN_S, Checker
-from ..domain.errors import NotFound
+from ..domain.checks import TIMESTAMP_MAX_US, TIMESTAMP_MIN_US, Checker
+from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
 from ..domain.records import Photometry, Source
-from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field, columns_plainly_valid
+from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field, columns_plainly_valid, row_field
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
@@ -145,13 +144,7 @@ class SourceServicer:
             return await self._record(image_id, rows, request)
         rows = []
         for i, m in enumerate(request.measurements[:MAX_MEASUREMENTS]):
-            source_id = names.source_id_or_none(m.source)
-            if source_id is None:
-                try:
-                    source_id = names.parse_source_name(m.source, f"measurements[{i}].source")
-                except Exception as exc:  # collect alongside the other violations
-                    c.violations.extend(getattr(exc, "violations", []))
-                    source_id = f"invalid-{i}"
+            source_id = _source_id(m.source, i, row_field, c)
             if m.HasField("measure_time"):
                 c.timestamp(f"measurements[{i}].measure_time", m.measure_time.seconds, m.measure_time.nanos)
             rows.append(photometry_from_proto(m, source_id))
@@ -181,24 +174,32 @@ def _rows_from_columns(columns: pb.PhotometryColumns, c: Checker) -> list[Photom
     if len(sources) > MAX_MEASUREMENTS:
         c.add("columns.source", f"at most {MAX_MEASUREMENTS} measurements per call")
         return []
-    ids = [names.source_id_or_none(name) for name in sources]
-    for i, source_id in enumerate(ids):
-        if source_id is None:
-            if len(c.violations) < 100:
-                c.add(column_field(i, "source"), "must be 'sources/{source_id}' (1-64 of A-Z a-z 0-9 + - . _)")
-            ids[i] = f"invalid-{i}"
-    source_ids = cast(list[str], ids)  # every None replaced above
+    source_ids = [_source_id(name, i, column_field, c) for i, name in enumerate(sources)]
     rows, wrong = photometry_from_columns(columns, source_ids)
     for name in wrong:
-        c.add(f"columns.{name}", f"has {len(getattr(columns, name))} values for {len(ids)} sources (or leave it empty)")
+        c.add(
+            f"columns.{name}",
+            f"has {len(getattr(columns, name))} values for {len(source_ids)} sources (or leave it empty)",
+        )
     times = columns.measure_time_unix_micros
-    if times and not (_MIN_MICROS <= min(times) and max(times) <= _MAX_MICROS):
+    if times and not (TIMESTAMP_MIN_US <= min(times) and max(times) <= TIMESTAMP_MAX_US):
         for i, t in enumerate(times):
-            if not _MIN_MICROS <= t <= _MAX_MICROS and len(c.violations) < 100:
-                c.add(column_field(i, "measure_time_unix_micros"), "must be between 0001-01-01 and 9999-12-31")
+            if len(c.violations) < 100:
+                c.unix_micros(column_field(i, "measure_time_unix_micros"), t)
     if c.violations or not columns_plainly_valid(source_ids, partial(getattr, columns), columns.quality_flag):
         check_measurements(rows, c, column_field, "columns.source")
     return rows
 
 
-_MIN_MICROS, _MAX_MICROS = TIMESTAMP_MIN_S * 1_000_000, TIMESTAMP_MAX_S * 1_000_000 + 999_999
+def _source_id(name: str, i: int, field: Callable[[int, str], str], c: Checker) -> str:
+    """The id in measurement i's source name; if malformed, parse_source_name's violation is collected
+    (up to 100 in all) and a placeholder id stands in so the other fields are still checked."""
+    source_id = names.source_id_or_none(name)
+    if source_id is not None:
+        return source_id
+    try:
+        return names.parse_source_name(name, field(i, "source"))
+    except InvalidArgument as exc:
+        if len(c.violations) < 100:
+            c.violations.extend(exc.violations)
+        return f"invalid-{i}"

@@ -33,22 +33,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
 import h2load
+from procs import cpu_seconds
 from reference_server import request_key
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -175,7 +170,7 @@ async def ingest(
             measurement_set=measurement_sets_pb2.MeasurementSet(path=f"/bench/{tag}.ms", mid_mjd=61000.0),
             allow_missing=True))
         names = []
-        for i in range(images):
+        for i in range(images + 1):
             img = await img_stub.CreateImage(images_pb2.CreateImageRequest(image=images_pb2.Image(
                 path=f"/bench/{tag}-{i}.fits", measurement_set=ms.name, mid_mjd=61000.0 + i / 288)))
             names.append(img.name)
@@ -189,6 +184,8 @@ async def ingest(
                 source=[m.source for m in b.measurements], ra_deg=[m.ra_deg for m in b.measurements],
                 dec_deg=[m.dec_deg for m in b.measurements], peak_flux_jy=[m.peak_flux_jy for m in b.measurements],
                 peak_flux_err_jy=[m.peak_flux_err_jy for m in b.measurements])) for b in batches]
+        # The first batch is not timed: it starts the server's write process (see write_process.py).
+        await src_stub.RecordPhotometry(batches.pop(), timeout=120)
         queue = list(batches)
         start_t, start_cpu = time.perf_counter(), cpu_seconds(pid)
 

@@ -73,6 +73,7 @@ class ContimgServer:
                 readers=self.config.readers,
                 synchronous=self.config.synchronous.upper(),
                 statement_timeout_s=self.config.statement_timeout_s,
+                write_process=self.config.write_process,
             ),
             self.redis.tailer if self.redis is not None else self.bus,
         )

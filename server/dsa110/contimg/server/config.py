@@ -28,6 +28,10 @@ class ServerConfig:
             "(survive a process crash only)"
         },
     )
+    write_process: bool = field(
+        default=True,
+        metadata={"help": "write photometry from a helper process beside the server (its own core and GIL)"},
+    )
     statement_timeout_s: float = field(default=30.0, metadata={"help": "cap on one storage query, seconds"})
     max_message_mb: int = field(default=64, metadata={"help": "max send/receive message size, MiB"})
     max_concurrent_rpcs: int = field(

@@ -24,6 +24,18 @@ class DomainError(Exception):
             self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses' constructors take other arguments than the message: rebuild from the state
+        # (errors cross from the write process to the server pickled).
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[DomainError], args: tuple[object, ...], state: dict[str, object]) -> DomainError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidArgument(DomainError):
     reason = "INVALID_ARGUMENT"

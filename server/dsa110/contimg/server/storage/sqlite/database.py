@@ -17,16 +17,19 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import aiosqlite
 
 from ...domain.errors import RequestIdMismatch, StorageUnavailable
 from ...repositories.protocols import Idempotency
+from .connect import SQLiteSettings, connect_writer, pragmas, storage_error, translate
 from .migrations import MIGRATIONS
+from .write_process import WriteProcess
 from .writer import Body, Finish, Txn, Writer
+
+__all__ = ["Database", "SQLiteSettings", "check_request_id", "chunks", "now_us", "placeholders", "remember_request_id"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,21 +49,11 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-@dataclass(frozen=True, slots=True)
-class SQLiteSettings:
-    path: Path
-    readers: int = 4
-    busy_timeout_ms: int = 10_000
-    # FULL: a commit is on disk before the RPC is acknowledged, even across power loss.
-    synchronous: str = "FULL"
-    cache_mb: int = 64
-    statement_timeout_s: float = 30.0
-
-
 class Database:
     def __init__(self, settings: SQLiteSettings):
         self.settings = settings
-        self._writer = Writer(self._connect_writer, _translate)
+        self._offload = WriteProcess(settings) if settings.write_process else None
+        self._writer = Writer(partial(connect_writer, settings), translate, self._offload)
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self.page_token_secret = b""
@@ -69,28 +62,9 @@ class Database:
         self.inline_fallbacks = 0
         self._results: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
 
-    def _pragmas(self) -> list[str]:
-        s = self.settings
-        return [
-            f"busy_timeout = {int(s.busy_timeout_ms)}",
-            "foreign_keys = ON",
-            f"cache_size = {-1024 * int(s.cache_mb)}",
-            "temp_store = MEMORY",
-        ]
-
-    def _connect_writer(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
-        for pragma in [*self._pragmas(), f"synchronous = {self.settings.synchronous}", "mmap_size = 268435456"]:
-            conn.execute(f"PRAGMA {pragma}").fetchall()
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()
-        if mode[0][0] != "wal":
-            conn.close()
-            raise RuntimeError(f"could not enable WAL on {self.settings.path}")
-        return conn
-
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
-        for pragma in [*self._pragmas(), "query_only = ON", "mmap_size = 268435456"]:
+        for pragma in [*pragmas(self.settings), "query_only = ON", "mmap_size = 268435456"]:
             # execute_fetchall, not execute: a PRAGMA that returns a row (busy_timeout, mmap_size) left
             # unfetched stays an active statement, and then the interrupt() that stops a cancelled
             # query is never cleared: every later statement on the connection fails "interrupted".
@@ -224,21 +198,28 @@ class Database:
                 await conn.interrupt()
                 raise
             except sqlite3.OperationalError as exc:
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
 
     # ---- writes ------------------------------------------------------------------------------
 
     async def write(
-        self, body: Body[T], after_commit: Callable[[T], None] | None = None, *, finish: Finish | None = None
+        self,
+        body: Body[T],
+        after_commit: Callable[[T], None] | None = None,
+        *,
+        finish: Finish | None = None,
+        offload: bool = False,
     ) -> T:
         """Run `body` (on the writer thread) in a transaction; all or nothing, never cancelled halfway.
 
         `after_commit` runs on the event loop after COMMIT and before any later write is acknowledged,
-        so whatever it publishes goes out in commit order. `finish`: see writer.py.
+        so whatever it publishes goes out in commit order. `finish`: see writer.py. `offload`: run
+        `body` and `finish` in the write process (write_process.py) when there is one; both must
+        then pickle (module-level functions, partials of them over plain data).
         """
         if not self._writer.is_open:
             raise StorageUnavailable("the database is closed")
-        return await self._writer.write(body, finish, after_commit)
+        return await self._writer.write(body, finish, after_commit, offload=offload)
 
     def invalidate(self) -> None:
         """Forget every reused read result (another replica says it wrote; benchmarks of misses)."""
@@ -306,17 +287,6 @@ def _migrate(conn: sqlite3.Connection) -> bytes:
         conn.execute("ROLLBACK")
         raise
     return secret
-
-
-def _translate(exc: Exception) -> Exception:
-    return _storage_error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
-
-
-def _storage_error(exc: sqlite3.OperationalError) -> Exception:
-    text = str(exc)
-    if "locked" in text or "busy" in text or "interrupted" in text:
-        return StorageUnavailable(f"storage busy: {text}")
-    return exc
 
 
 def _split_sql(script: str) -> list[str]:

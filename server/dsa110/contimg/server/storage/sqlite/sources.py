@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from functools import partial
+from typing import Any, cast
 
 from ...domain import sky
 from ...domain.errors import AlreadyExists, NotFound
@@ -127,83 +128,82 @@ class SQLiteSources:
     async def record_photometry(
         self, image_id: int, measurements: Sequence[Photometry], idem: Idempotency | None
     ) -> PhotometryResult:
-        def body(txn: Txn) -> PhotometryResult:
-            earlier = check_request_id(txn, idem)
-            if earlier is not None:
-                return PhotometryResult(**earlier)
-            image = txn.fetchone("SELECT mid_mjd, photometry_count FROM images WHERE id = ?", (image_id,))
-            if image is None:
-                raise NotFound("IMAGE", f"images/{image_id}")
-            image_mjd, already = image
-            if already:
-                raise AlreadyExists(
-                    "IMAGE",
-                    f"images/{image_id}",
-                    reason="PHOTOMETRY_ALREADY_RECORDED",
-                    message=f"photometry of images/{image_id} was already recorded",
-                )
-            now = now_us()
-            group: _IngestGroup = txn.scratch.setdefault(_INGEST_GROUP, _IngestGroup())
-            known = group.sids
-            sids: dict[str, int] = {}
-            to_read = [m.source_id for m in measurements if m.source_id not in known]
-            for part in chunks(to_read):
-                found = txn.fetchall(f"SELECT id, sid FROM sources WHERE id IN ({placeholders(len(part))})", part)
-                sids.update((source_id, sid) for source_id, sid in found)
-            new_positions = []
-            for m in measurements:
-                if m.source_id in known or m.source_id in sids:
-                    continue
-                cursor = txn.execute(
-                    "INSERT INTO sources (id, designation, ra_deg, dec_deg, catalog, catalog_flux_mjy, create_time, "
-                    "update_time) VALUES (?, ?, ?, ?, 'NVSS', ?, ?, ?)",
-                    (
-                        m.source_id,
-                        sky.designation(m.ra_deg, m.dec_deg),
-                        m.ra_deg,
-                        m.dec_deg,
-                        m.catalog_flux_mjy,
-                        now,
-                        now,
-                    ),
-                )
-                sid = int(cursor.lastrowid or 0)
-                sids[m.source_id] = sid
-                new_positions.append((sid, *sky.point_box(m.ra_deg, m.dec_deg)))
-            if new_positions:
-                txn.executemany("INSERT INTO source_positions VALUES (?, ?, ?, ?, ?, ?, ?)", new_positions)
-            # Photometry is in column order after source_id: a row is the source's sid, the image and
-            # a slice of the measurement, with the defaulted observation and measure times.
-            sids.update(known)
-            photometry_rows = [(sids[m[0]], image_id, *m[2:15], m[15] or image_mjd, m[16] or now) for m in measurements]
-            txn.executemany(_INSERT_PHOTOMETRY, photometry_rows)
-            txn.execute(
-                "UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?",
-                (len(measurements), now, image_id),
-            )
-            created = len(new_positions)
-            result = PhotometryResult(image_id, len(measurements), created, len(measurements) - created)
-            remember_request_id(
-                txn,
-                idem,
-                {
-                    "image_id": image_id,
-                    "recorded_count": result.recorded_count,
-                    "created_source_count": created,
-                    "updated_source_count": result.updated_source_count,
-                },
-            )
-            # Last, after every statement that could fail: a failed body leaves the group's state alone.
-            known.update(sids)
-            deltas = group.deltas
-            for row in photometry_rows:
-                delta = deltas.get(row[0])
-                if delta is None:
-                    delta = deltas[row[0]] = FluxSums()
-                delta.add(row[5], row[6], row[15])
-            return result
+        # Plain tuples: they pickle ~6x faster than Photometry's named ones on the way to the write process.
+        ingest = partial(_ingest, image_id, list(map(tuple, measurements)), idem)
+        return await self.db.write(ingest, finish=_update_source_statistics, offload=True)
 
-        return await self.db.write(body, finish=_update_source_statistics)
+
+def _ingest(image_id: int, measurements: list[tuple[Any, ...]], idem: Idempotency | None, txn: Txn) -> PhotometryResult:
+    """One RecordPhotometry batch: its measurements (Photometry's fields in order, as plain tuples),
+    any new sources, and the image's count; the sources' statistics are left to the group's finish."""
+    earlier = check_request_id(txn, idem)
+    if earlier is not None:
+        return PhotometryResult(**earlier)
+    image = txn.fetchone("SELECT mid_mjd, photometry_count FROM images WHERE id = ?", (image_id,))
+    if image is None:
+        raise NotFound("IMAGE", f"images/{image_id}")
+    image_mjd, already = image
+    if already:
+        raise AlreadyExists(
+            "IMAGE",
+            f"images/{image_id}",
+            reason="PHOTOMETRY_ALREADY_RECORDED",
+            message=f"photometry of images/{image_id} was already recorded",
+        )
+    now = now_us()
+    group: _IngestGroup = txn.scratch.setdefault(_INGEST_GROUP, _IngestGroup())
+    known = group.sids
+    sids: dict[str, int] = {}
+    to_read = [m[0] for m in measurements if m[0] not in known]
+    for part in chunks(to_read):
+        found = txn.fetchall(f"SELECT id, sid FROM sources WHERE id IN ({placeholders(len(part))})", part)
+        sids.update((source_id, sid) for source_id, sid in found)
+    new_positions = []
+    for m in measurements:
+        source_id = m[0]
+        if source_id in known or source_id in sids:
+            continue
+        ra_deg, dec_deg, catalog_flux_mjy = m[2:5]
+        cursor = txn.execute(
+            "INSERT INTO sources (id, designation, ra_deg, dec_deg, catalog, catalog_flux_mjy, create_time, "
+            "update_time) VALUES (?, ?, ?, ?, 'NVSS', ?, ?, ?)",
+            (source_id, sky.designation(ra_deg, dec_deg), ra_deg, dec_deg, catalog_flux_mjy, now, now),
+        )
+        sid = int(cursor.lastrowid or 0)
+        sids[source_id] = sid
+        new_positions.append((sid, *sky.point_box(ra_deg, dec_deg)))
+    if new_positions:
+        txn.executemany("INSERT INTO source_positions VALUES (?, ?, ?, ?, ?, ?, ?)", new_positions)
+    # Photometry is in column order after source_id: a row is the source's sid, the image and
+    # a slice of the measurement, with the defaulted observation and measure times.
+    sids.update(known)
+    photometry_rows = [(sids[m[0]], image_id, *m[2:15], m[15] or image_mjd, m[16] or now) for m in measurements]
+    txn.executemany(_INSERT_PHOTOMETRY, photometry_rows)
+    txn.execute(
+        "UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?",
+        (len(measurements), now, image_id),
+    )
+    created = len(new_positions)
+    result = PhotometryResult(image_id, len(measurements), created, len(measurements) - created)
+    remember_request_id(
+        txn,
+        idem,
+        {
+            "image_id": image_id,
+            "recorded_count": result.recorded_count,
+            "created_source_count": created,
+            "updated_source_count": result.updated_source_count,
+        },
+    )
+    # Last, after every statement that could fail: a failed body leaves the group's state alone.
+    known.update(sids)
+    deltas = group.deltas
+    for row in photometry_rows:
+        delta = deltas.get(row[0])
+        if delta is None:
+            delta = deltas[row[0]] = FluxSums()
+        delta.add(row[5], row[6], row[15])
+    return result
 
 
 _INGEST_GROUP = "photometry.ingest_group"

@@ -17,6 +17,11 @@ once per group, after the bodies and before COMMIT, over state they left in `Txn
 photometry ingest writes each source's statistics once per group this way). A group never mixes
 bodies that have a `finish` step with later bodies that do not, so nothing else ever reads state
 that a pending step is still to write.
+
+A write may be offloaded: its group is then run by `run_group` in the write process (see
+write_process.py) instead of on this thread. The thread still takes groups one at a time, so the
+two connections never wait on each other for SQLite's write lock, and commit order stays the
+order of the queue. Groups never mix offloaded and local writes.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,6 +70,17 @@ class Txn:
 
 Body = Callable[[Txn], T]
 Finish = Callable[[Txn], None]
+Work = tuple[Body[Any], Finish | None]
+# (True, the body's value) or (False, the exception its caller gets)
+Outcome = tuple[bool, Any]
+
+
+class Offload(Protocol):
+    """Runs a group of writes elsewhere, as `run_group` would here (called on the writer thread)."""
+
+    def run(self, work: list[Work]) -> list[Outcome]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -73,6 +89,7 @@ class _Pending(Generic[T]):
     finish: Finish | None
     after_commit: Callable[[T], None] | None
     future: asyncio.Future[T]
+    offload: bool
 
 
 class Writer:
@@ -80,9 +97,11 @@ class Writer:
         self,
         connect: Callable[[], sqlite3.Connection],
         translate: Callable[[Exception], Exception],
+        offload: Offload | None = None,
     ):
         self._connect = connect
         self._translate = translate
+        self._offload = offload
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="contimg-sqlite-writer")
         self._conn: sqlite3.Connection | None = None
         self._queue: deque[_Pending[Any]] = deque()
@@ -109,17 +128,25 @@ class Writer:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._in_thread(conn.close)
+        if self._offload is not None:
+            await self._in_thread(self._offload.close)
         self._executor.shutdown(wait=True)
 
     async def write(
-        self, body: Body[T], finish: Finish | None = None, after_commit: Callable[[T], None] | None = None
+        self,
+        body: Body[T],
+        finish: Finish | None = None,
+        after_commit: Callable[[T], None] | None = None,
+        *,
+        offload: bool = False,
     ) -> T:
         """Run `body` in a transaction; return once it is committed. Cancelling the caller never
-        interrupts the write: it is committed (or rolled back) whole either way."""
+        interrupts the write: it is committed (or rolled back) whole either way. `offload`: run it
+        in the Offload given at construction, if any."""
         if self._conn is None:
             raise RuntimeError("the writer is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(body, finish, after_commit, future))
+        self._queue.append(_Pending(body, finish, after_commit, future, offload and self._offload is not None))
         if self._drainer is None:
             self._drainer = asyncio.ensure_future(self._drain())
         try:
@@ -155,53 +182,62 @@ class Writer:
 
     def _take_group(self) -> list[_Pending[Any]]:
         group = [self._queue.popleft()]
-        finish = group[0].finish
+        finish, offload = group[0].finish, group[0].offload
         while self._queue and len(group) < MAX_GROUP:
-            nxt = self._queue[0].finish
-            if finish is not None and nxt != finish:
+            nxt = self._queue[0]
+            if nxt.offload != offload or (finish is not None and nxt.finish != finish):
                 break
-            finish = nxt
+            finish = nxt.finish
             group.append(self._queue.popleft())
         return group
 
-    def _run_group(self, group: list[_Pending[Any]]) -> list[tuple[bool, Any]]:
-        if len(group) > 1:
-            # Optimistically without savepoints (each costs a copy of every page its body touches);
-            # if a body fails, the group is rolled back and run again with one savepoint per body.
-            outcomes = self._run_in_transaction(group, isolate=False)
-            if all(ok for ok, _ in outcomes):
-                return outcomes
-        return self._run_in_transaction(group, isolate=len(group) > 1)
-
-    def _run_in_transaction(self, group: list[_Pending[Any]], *, isolate: bool) -> list[tuple[bool, Any]]:
+    def _run_group(self, group: list[_Pending[Any]]) -> list[Outcome]:
+        work: list[Work] = [(pending.body, pending.finish) for pending in group]
+        if group[0].offload and self._offload is not None:
+            return self._offload.run(work)
         conn = self._conn
         if conn is None:
             return [(False, RuntimeError("the writer is closed"))] * len(group)
-        txn = Txn(conn)
+        return run_group(conn, work, self._translate)
+
+
+def run_group(conn: sqlite3.Connection, work: list[Work], translate: Callable[[Exception], Exception]) -> list[Outcome]:
+    """Run a group of bodies in one transaction and commit it; each body's outcome, in order."""
+    if len(work) > 1:
+        # Optimistically without savepoints (each costs a copy of every page its body touches);
+        # if a body fails, the group is rolled back and run again with one savepoint per body.
+        outcomes = _run_in_transaction(conn, work, translate, isolate=False)
+        if all(ok for ok, _ in outcomes):
+            return outcomes
+    return _run_in_transaction(conn, work, translate, isolate=len(work) > 1)
+
+
+def _run_in_transaction(
+    conn: sqlite3.Connection, work: list[Work], translate: Callable[[Exception], Exception], *, isolate: bool
+) -> list[Outcome]:
+    txn = Txn(conn)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        return [(False, translate(exc))] * len(work)
+    outcomes: list[Outcome] = []
+    try:
+        for body, _ in work:
+            outcomes.append(_in_savepoint(conn, txn, body, translate) if isolate else (True, body(txn)))
+        finishes: list[Finish] = []
+        for (_, finish), (ok, _) in zip(work, outcomes, strict=True):
+            if ok and finish is not None and finish not in finishes:
+                finishes.append(finish)
+        for finish in finishes:
+            finish(txn)
+        conn.execute("COMMIT")
+    except Exception as exc:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            return [(False, self._translate(exc))] * len(group)
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            for pending in group:
-                outcomes.append(
-                    _in_savepoint(conn, txn, pending.body, self._translate) if isolate else (True, pending.body(txn))
-                )
-            finishes: list[Finish] = []
-            for pending, (ok, _) in zip(group, outcomes, strict=True):
-                if ok and pending.finish is not None and pending.finish not in finishes:
-                    finishes.append(pending.finish)
-            for finish in finishes:
-                finish(txn)
-            conn.execute("COMMIT")
-        except Exception as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.exception("rollback failed")
-            return [(False, self._translate(exc))] * len(group)
-        return outcomes
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("rollback failed")
+        return [(False, translate(exc))] * len(work)
+    return outcomes
 
 
 def _in_savepoint(

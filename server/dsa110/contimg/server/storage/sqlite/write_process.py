@@ -1,0 +1,181 @@
+"""Offloaded writes (photometry ingest) run in a process of their own, on the same SQLite file.
+
+Why a process: Python's sqlite3 releases the GIL around each row's `sqlite3_step` and takes it back
+after, so a writer thread inside the server waits for the event loop on every row of a 1,000-row
+INSERT, and the server as a whole never uses more than one core (see bench/README.md). This process
+has its own GIL: the server's loop receives and checks the next requests while it writes the
+current group. What crosses is one pickled group of (body, finish) pairs, each a partial of a
+module-level function over plain tuples (~0.5 ms per 1,000 rows each way), and the outcomes back.
+
+Only the server's writer thread talks to it, one group at a time (writer.py), so the two write
+connections never wait on each other for SQLite's write lock and commit order is queue order.
+If the process dies, the group in flight fails UNAVAILABLE (it may or may not have committed: a
+retry with the same request_id is answered from the first) and the next group starts a new one.
+It ignores SIGINT and SIGTERM (the server drains first, then closes it) and exits when the
+server's end of the socket closes, including when the server itself dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+
+from ...domain.errors import DomainError, StorageUnavailable
+from .connect import SQLiteSettings, connect_writer, translate
+from .writer import Outcome, Work, run_group
+
+log = logging.getLogger(__name__)
+
+# Exceptions that mean a value would not pickle.
+_PICKLING = (pickle.PicklingError, TypeError, AttributeError)
+_STOP_TIMEOUT_S = 10.0
+
+
+class WriteProcess:
+    """The server's handle on the write process: started on the first offloaded group, restarted
+    after a crash, stopped by `close`. Used from the writer thread only."""
+
+    def __init__(self, settings: SQLiteSettings):
+        self._settings = settings
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._chan: Connection | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def run(self, work: list[Work]) -> list[Outcome]:
+        try:
+            chan = self._running()
+        except (OSError, EOFError, RuntimeError) as exc:
+            log.error("could not start the write process: %s", exc)
+            self._stop()
+            return [(False, StorageUnavailable("the write process could not start"))] * len(work)
+        try:
+            chan.send(work)
+        except _PICKLING as exc:  # nothing was sent: a programming error in the caller
+            return [(False, exc)] * len(work)
+        except OSError:
+            self._stop()
+            return [(False, _lost())] * len(work)
+        try:
+            reply = chan.recv()
+        except (EOFError, OSError):
+            log.error("the write process exited during a write group of %d", len(work))
+            self._stop()
+            return [(False, _lost())] * len(work)
+        if isinstance(reply, BaseException):
+            return [(False, reply)] * len(work)
+        outcomes: list[Outcome] = reply
+        return outcomes
+
+    def close(self) -> None:
+        self._stop(graceful=True)
+
+    def _running(self) -> Connection:
+        if self._proc is not None and self._chan is not None and self._proc.poll() is None:
+            return self._chan
+        if self._proc is not None:
+            log.warning("the write process exited (code %s); starting another", self._proc.returncode)
+            self._stop()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+            chan = Connection(ours.detach())
+        self._proc, self._chan = proc, chan
+        self.starts += 1
+        chan.send((list(sys.path), self._settings))
+        ok, detail = chan.recv()
+        if not ok:
+            raise RuntimeError(detail)
+        return chan
+
+    def _stop(self, graceful: bool = False) -> None:
+        chan, self._chan = self._chan, None
+        proc, self._proc = self._proc, None
+        if chan is not None:
+            chan.close()  # the process sees end of file and exits
+        if proc is None:
+            return
+        if not graceful:
+            proc.kill()
+        try:
+            proc.wait(_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.error("the write process did not exit in %.0f s; killing it", _STOP_TIMEOUT_S)
+            proc.kill()
+            proc.wait()
+
+
+def _lost() -> StorageUnavailable:
+    return StorageUnavailable(
+        "the write process stopped during the write: it may or may not be committed; "
+        "retry with the same request_id to get the first outcome"
+    )
+
+
+def _picklable(outcomes: list[Outcome]) -> list[Outcome]:
+    clean: list[Outcome] = []
+    for ok, value in outcomes:
+        try:
+            pickle.dumps(value)
+        except _PICKLING:
+            log.error("a write's %s does not pickle: %r", "result" if ok else "error", value)
+            ok, value = False, RuntimeError(f"{type(value).__name__}: {value}")
+        clean.append((ok, value))
+    return clean
+
+
+def serve(chan: Connection) -> int:
+    """The write process: open the database, then run each group received until end of file."""
+    sys_path, settings = chan.recv()
+    # Bodies pickle by reference: import them from wherever the server could.
+    sys.path[:] = [*sys_path, *(p for p in sys.path if p not in sys_path)]
+    try:
+        conn = connect_writer(settings)
+    except Exception as exc:
+        chan.send((False, f"{type(exc).__name__}: {exc}"))
+        return 1
+    chan.send((True, os.getpid()))
+    try:
+        while True:
+            try:
+                work = chan.recv()
+            except EOFError:
+                return 0
+            except Exception as exc:  # the message arrived whole but did not unpickle here
+                log.exception("could not read a write group")
+                chan.send(RuntimeError(f"the write process could not read the group: {exc}"))
+                continue
+            outcomes = run_group(conn, work, translate)
+            for ok, value in outcomes:
+                if not ok and not isinstance(value, DomainError):
+                    log.error("write failed", exc_info=value)
+            try:
+                chan.send(outcomes)
+            except _PICKLING:
+                chan.send(_picklable(outcomes))
+    finally:
+        conn.close()
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s write-process: %(message)s")
+    return serve(Connection(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The write process (storage/sqlite/write_process.py): offloaded writes run in a process of their own
+on the same SQLite file, keep the writer's guarantees (queue order, all or nothing, errors to their
+own caller), and survive the process dying: the write in flight fails UNAVAILABLE with nothing half
+written, and the next one starts a new process.
+
+Bodies here are module-level functions so that they pickle; the write process imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sqlite3
+import uuid
+from functools import partial
+from pathlib import Path
+
+import grpc
+import pytest
+from dsa110.contimg.server.domain.errors import (
+    AlreadyExists,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    RequestIdMismatch,
+    ShuttingDown,
+    StorageUnavailable,
+)
+from dsa110.contimg.server.storage.sqlite.database import Database, SQLiteSettings
+from dsa110.contimg.server.storage.sqlite.writer import Txn
+from dsa110.contimg.v1 import sources_pb2
+
+from conftest import ServerFactory, make_stubs
+from helpers_jobs import make_images, measurement, record
+
+
+def insert_pid(key: str, txn: Txn) -> int:
+    """Write (key, the pid of the process running this body); return that pid."""
+    txn.execute("INSERT INTO t VALUES (?, ?)", (key, os.getpid()))
+    return os.getpid()
+
+
+def missing_image(txn: Txn) -> None:
+    txn.execute("INSERT INTO t VALUES ('partial', 0)")
+    raise NotFound("IMAGE", "images/42")
+
+
+def die_halfway(txn: Txn) -> None:
+    txn.execute("INSERT INTO t VALUES ('doomed', 0)")
+    os._exit(3)
+
+
+def table(path: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT k, v FROM t ORDER BY rowid").fetchall()
+
+
+@pytest.fixture
+async def db(tmp_path: Path):
+    database = Database(SQLiteSettings(tmp_path / "p.sqlite3", readers=1))
+    await database.open()
+    await database.write(lambda txn: txn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+    yield database
+    await database.close()
+
+
+def process_of(db: Database):
+    assert db._offload is not None
+    return db._offload
+
+
+async def test_offloaded_writes_run_in_another_process_and_local_ones_here(db: Database):
+    elsewhere = await db.write(partial(insert_pid, "far"), offload=True)
+    here = await db.write(partial(insert_pid, "near"))
+    assert here == os.getpid()
+    assert elsewhere != os.getpid() and elsewhere == process_of(db).pid
+    assert table(db.settings.path) == [("far", elsewhere), ("near", here)]
+
+
+async def test_offloaded_and_local_writes_commit_in_queue_order(db: Database):
+    keys = [f"k{i:02d}" for i in range(40)]
+    # Runs of each kind, so groups form on both sides and alternate.
+    offload = [(i // 3) % 2 == 0 for i in range(40)]
+    results = await asyncio.gather(
+        *(db.write(partial(insert_pid, k), offload=o) for k, o in zip(keys, offload, strict=True))
+    )
+    assert [k for k, _ in table(db.settings.path)] == keys
+    for pid, o in zip(results, offload, strict=True):
+        assert (pid != os.getpid()) == o
+    assert process_of(db).starts == 1
+
+
+async def test_an_error_in_the_process_reaches_its_own_caller_only(db: Database):
+    results = await asyncio.gather(
+        db.write(partial(insert_pid, "a"), offload=True),
+        db.write(missing_image, offload=True),
+        db.write(partial(insert_pid, "b"), offload=True),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], NotFound)
+    assert results[1].metadata == {"resource": "images/42"} and results[1].reason == "IMAGE_NOT_FOUND"
+    assert [k for k, _ in table(db.settings.path)] == ["a", "b"]
+
+
+async def test_a_process_that_dies_mid_write_loses_that_write_whole_and_is_replaced(db: Database):
+    first = await db.write(partial(insert_pid, "before"), offload=True)
+    with pytest.raises(StorageUnavailable, match="may or may not be committed"):
+        await db.write(die_halfway, offload=True)
+    after = await db.write(partial(insert_pid, "after"), offload=True)
+    assert after != first and process_of(db).starts == 2
+    assert [k for k, _ in table(db.settings.path)] == ["before", "after"]
+
+
+async def test_a_process_killed_while_idle_is_replaced_before_the_next_write(db: Database):
+    first = await db.write(partial(insert_pid, "before"), offload=True)
+    os.kill(first, signal.SIGKILL)
+    while True:  # the process is gone once the kernel says so: wait on that, not on a timer
+        try:
+            os.kill(first, 0)
+        except ProcessLookupError:
+            break
+        if process_of(db)._proc is not None and process_of(db)._proc.poll() is not None:  # type: ignore[union-attr]
+            break
+        await asyncio.sleep(0.01)
+    second = await db.write(partial(insert_pid, "after"), offload=True)
+    assert second != first
+    assert [k for k, _ in table(db.settings.path)] == ["before", "after"]
+
+
+async def test_a_body_that_does_not_pickle_fails_alone(db: Database):
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        await db.write(lambda txn: None, offload=True)
+    assert await db.write(partial(insert_pid, "next"), offload=True) != os.getpid()
+
+
+async def test_the_process_ignores_sigint_and_sigterm(db: Database):
+    pid = await db.write(partial(insert_pid, "a"), offload=True)
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    # Still the same process, writing.
+    assert await db.write(partial(insert_pid, "b"), offload=True) == pid
+
+
+async def test_close_stops_the_process(tmp_path: Path):
+    database = Database(SQLiteSettings(tmp_path / "c.sqlite3", readers=1))
+    await database.open()
+    await database.write(lambda txn: txn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+    pid = await database.write(partial(insert_pid, "x"), offload=True)
+    await database.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_without_a_write_process_offloaded_writes_run_here(tmp_path: Path):
+    database = Database(SQLiteSettings(tmp_path / "n.sqlite3", readers=1, write_process=False))
+    await database.open()
+    try:
+        await database.write(lambda txn: txn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+        assert await database.write(partial(insert_pid, "x"), offload=True) == os.getpid()
+    finally:
+        await database.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotFound("IMAGE", "images/7"),
+        AlreadyExists("IMAGE", "images/7", reason="PHOTOMETRY_ALREADY_RECORDED", message="already recorded"),
+        InvalidArgument([FieldViolation("columns.snr[3]", "must be finite")]),
+        RequestIdMismatch("r-1"),
+        StorageUnavailable("storage busy: database is locked"),
+        ShuttingDown("draining"),
+    ],
+)
+def test_domain_errors_cross_processes_intact(error: DomainError):
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert (str(copy), copy.reason, copy.metadata) == (str(error), error.reason, error.metadata)
+    assert getattr(copy, "violations", None) == getattr(error, "violations", None)
+
+
+# ---- through the server ---------------------------------------------------------------------------
+
+
+async def test_photometry_is_stored_the_same_with_and_without_the_write_process(
+    server_factory: ServerFactory, tmp_path: Path
+):
+    tag = uuid.uuid4().hex[:8]
+    stored = []
+    for write_process in (True, False):
+        server = await server_factory(database=tmp_path / f"{write_process}.sqlite3", write_process=write_process)
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stubs = make_stubs(channel)
+            images = await make_images(stubs, [60400.0 + i for i in range(6)], f"wp-{tag}")
+            await asyncio.gather(
+                *(
+                    record(
+                        stubs,
+                        img.name,
+                        [measurement(f"W{tag}-{j}", 10.0 + j * 0.01, 20.0, flux=0.01 * (1 + i + j)) for j in range(30)],
+                    )
+                    for i, img in enumerate(images)
+                )
+            )
+            got = await stubs.sources.BatchGetSources(
+                sources_pb2.BatchGetSourcesRequest(names=[f"sources/W{tag}-{j}" for j in range(30)])
+            )
+            stored.append(
+                [
+                    (s.name, s.detection_count, s.first_detection_mjd, s.variability.mean_flux_jy, s.variability.eta)
+                    for s in got.sources
+                ]
+            )
+            offload = server.server.storage.db._offload
+            assert (offload is not None and offload.starts == 1) == write_process
+    # Running sums may be folded in another order (groups differ): equal to rounding.
+    assert [s[:3] for s in stored[0]] == [s[:3] for s in stored[1]]
+    assert [v for s in stored[0] for v in s[3:]] == pytest.approx([v for s in stored[1] for v in s[3:]], rel=1e-9)
+    assert all(count == 6 for _, count, *_ in stored[0])

@@ -220,3 +220,11 @@ async def test_photometry_is_stored_the_same_with_and_without_the_write_process(
     assert [s[:3] for s in stored[0]] == [s[:3] for s in stored[1]]
     assert [v for s in stored[0] for v in s[3:]] == pytest.approx([v for s in stored[1] for v in s[3:]], rel=1e-9)
     assert all(count == 6 for _, count, *_ in stored[0])
+
+
+async def test_the_process_can_be_started_before_the_first_write(db: Database):
+    await db.start_write_process()
+    started = process_of(db).pid
+    assert started is not None and process_of(db).starts == 1
+    assert await db.write(partial(insert_pid, "first"), offload=True) == started
+    assert process_of(db).starts == 1

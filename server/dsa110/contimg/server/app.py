@@ -160,6 +160,8 @@ async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = ContimgServer(config)
     await server.start()
+    # Serving already; the first RecordPhotometry should not wait for the write process to start.
+    await server.storage.db.start_write_process()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

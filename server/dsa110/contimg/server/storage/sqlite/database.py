@@ -89,6 +89,12 @@ class Database:
         ):
             self._inline.execute(f"PRAGMA {pragma}")
 
+    async def start_write_process(self) -> None:
+        """Start the write process now (on the writer thread: writes queue behind it meanwhile)."""
+        offload = self._offload
+        if offload is not None and self._writer.is_open:
+            await self._writer.call(lambda _conn: offload.start())
+
     async def close(self) -> None:
         if self._writer.is_open:
             await self._writer.call(lambda conn: conn.execute("PRAGMA optimize").fetchall())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from itertools import repeat
+from typing import cast
 
 from ...domain import sky
 from ...domain.errors import AlreadyExists, NotFound
@@ -128,14 +130,48 @@ class SQLiteSources:
     async def record_photometry(
         self, image_id: int, measurements: Sequence[Photometry], idem: Idempotency | None
     ) -> PhotometryResult:
-        # Plain tuples: they pickle ~6x faster than Photometry's named ones on the way to the write process.
-        ingest = partial(_ingest, image_id, list(map(tuple, measurements)), idem)
+        ingest = partial(_ingest, image_id, _Batch.of(measurements), idem)
         return await self.db.write(ingest, finish=_update_source_statistics, offload=True)
 
 
-def _ingest(image_id: int, measurements: list[tuple[Any, ...]], idem: Idempotency | None, txn: Txn) -> PhotometryResult:
-    """One RecordPhotometry batch: its measurements (Photometry's fields in order, as plain tuples),
-    any new sources, and the image's count; the sources' statistics are left to the group's finish."""
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One batch's measurements as columns, the form that crosses to the write process: numbers
+    pickle as packed arrays (~0.05 ms per 1,000 rows each way, against ~1 ms for tuples of floats)
+    and the rows are zipped from them only as SQLite takes them."""
+
+    source_ids: list[str]
+    numbers: list[array[float]]  # Photometry's fields from ra_deg to separation_from_center_deg
+    quality_flags: list[str] | None  # None: all empty
+    observation_mjd: array[float]  # 0: the image's
+    measure_time: array[int]  # 0: now
+
+    @classmethod
+    def of(cls, measurements: Sequence[Photometry]) -> _Batch:
+        if not measurements:
+            return cls([], [array("d") for _ in _NUMBERS], None, array("d"), array("q"))
+        columns = list(zip(*measurements, strict=True))
+        flags = columns[_FLAG]
+        return cls(
+            list(columns[0]),
+            [array("d", columns[i]) for i in _NUMBERS],
+            list(flags) if any(flags) else None,
+            array("d", columns[_MJD]),
+            array("q", columns[_TIME]),
+        )
+
+
+_NUMBERS = range(Photometry._fields.index("ra_deg"), Photometry._fields.index("quality_flag"))
+_FLAG = Photometry._fields.index("quality_flag")
+_MJD = Photometry._fields.index("observation_mjd")
+_TIME = Photometry._fields.index("measure_time")
+_PEAK = Photometry._fields.index("peak_flux_jy") - _NUMBERS.start
+_PEAK_ERR = Photometry._fields.index("peak_flux_err_jy") - _NUMBERS.start
+
+
+def _ingest(image_id: int, batch: _Batch, idem: Idempotency | None, txn: Txn) -> PhotometryResult:
+    """One RecordPhotometry batch: its measurements, any new sources, and the image's count; the
+    sources' statistics are left to the group's finish step."""
     earlier = check_request_id(txn, idem)
     if earlier is not None:
         return PhotometryResult(**earlier)
@@ -153,38 +189,52 @@ def _ingest(image_id: int, measurements: list[tuple[Any, ...]], idem: Idempotenc
     now = now_us()
     group: _IngestGroup = txn.scratch.setdefault(_INGEST_GROUP, _IngestGroup())
     known = group.sids
+    source_ids = batch.source_ids
+    count = len(source_ids)
     sids: dict[str, int] = {}
-    to_read = [m[0] for m in measurements if m[0] not in known]
+    to_read = [s for s in source_ids if s not in known]
     for part in chunks(to_read):
         found = txn.fetchall(f"SELECT id, sid FROM sources WHERE id IN ({placeholders(len(part))})", part)
         sids.update((source_id, sid) for source_id, sid in found)
     new_positions = []
-    for m in measurements:
-        source_id = m[0]
+    ra, dec, catalog_flux = batch.numbers[:3]
+    for i, source_id in enumerate(source_ids):
         if source_id in known or source_id in sids:
             continue
-        ra_deg, dec_deg, catalog_flux_mjy = m[2:5]
         cursor = txn.execute(
             "INSERT INTO sources (id, designation, ra_deg, dec_deg, catalog, catalog_flux_mjy, create_time, "
             "update_time) VALUES (?, ?, ?, ?, 'NVSS', ?, ?, ?)",
-            (source_id, sky.designation(ra_deg, dec_deg), ra_deg, dec_deg, catalog_flux_mjy, now, now),
+            (source_id, sky.designation(ra[i], dec[i]), ra[i], dec[i], catalog_flux[i], now, now),
         )
         sid = int(cursor.lastrowid or 0)
         sids[source_id] = sid
-        new_positions.append((sid, *sky.point_box(ra_deg, dec_deg)))
+        new_positions.append((sid, *sky.point_box(ra[i], dec[i])))
     if new_positions:
         txn.executemany("INSERT INTO source_positions VALUES (?, ?, ?, ?, ?, ?, ?)", new_positions)
-    # Photometry is in column order after source_id: a row is the source's sid, the image and
-    # a slice of the measurement, with the defaulted observation and measure times.
     sids.update(known)
-    photometry_rows = [(sids[m[0]], image_id, *m[2:15], m[15] or image_mjd, m[16] or now) for m in measurements]
-    txn.executemany(_INSERT_PHOTOMETRY, photometry_rows)
-    txn.execute(
-        "UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?",
-        (len(measurements), now, image_id),
+    sid_column = [sids[s] for s in source_ids]
+    mjd: Sequence[float] = batch.observation_mjd
+    if 0.0 in mjd:
+        mjd = [t or image_mjd for t in mjd]
+    times: Sequence[int] = batch.measure_time
+    if 0 in times:
+        times = [t or now for t in times]
+    # In the table's column order (rows.PHOTOMETRY_COLUMNS after the source): zipped as SQLite reads them.
+    txn.executemany(
+        _INSERT_PHOTOMETRY,
+        zip(
+            sid_column,
+            repeat(image_id, count),
+            *batch.numbers,
+            batch.quality_flags or repeat("", count),
+            mjd,
+            times,
+            strict=False,
+        ),
     )
+    txn.execute("UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?", (count, now, image_id))
     created = len(new_positions)
-    result = PhotometryResult(image_id, len(measurements), created, len(measurements) - created)
+    result = PhotometryResult(image_id, count, created, count - created)
     remember_request_id(
         txn,
         idem,
@@ -198,11 +248,11 @@ def _ingest(image_id: int, measurements: list[tuple[Any, ...]], idem: Idempotenc
     # Last, after every statement that could fail: a failed body leaves the group's state alone.
     known.update(sids)
     deltas = group.deltas
-    for row in photometry_rows:
-        delta = deltas.get(row[0])
+    for sid, flux, err, t in zip(sid_column, batch.numbers[_PEAK], batch.numbers[_PEAK_ERR], mjd, strict=True):
+        delta = deltas.get(sid)
         if delta is None:
-            delta = deltas[row[0]] = FluxSums()
-        delta.add(row[5], row[6], row[15])
+            delta = deltas[sid] = FluxSums()
+        delta.add(flux, err, t)
     return result
 
 

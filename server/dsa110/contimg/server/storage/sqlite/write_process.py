@@ -76,6 +76,15 @@ class WriteProcess:
         outcomes: list[Outcome] = reply
         return outcomes
 
+    def start(self) -> None:
+        """Start the process now rather than on the first offloaded group (which otherwise pays
+        its ~0.3 s start); a failure is logged, and the first group tries again."""
+        try:
+            self._running()
+        except (OSError, EOFError, RuntimeError) as exc:
+            log.error("could not start the write process: %s", exc)
+            self._stop()
+
     def close(self) -> None:
         self._stop(graceful=True)
 

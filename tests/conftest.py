@@ -15,6 +15,7 @@ import grpc
 import pytest
 from dsa110.contimg.server.app import ContimgServer
 from dsa110.contimg.server.config import ServerConfig
+from dsa110.contimg.server.storage.sqlite.database import Database, SQLiteSettings
 from dsa110.contimg.v1 import images_pb2_grpc, jobs_pb2_grpc, measurement_sets_pb2_grpc, sources_pb2_grpc
 
 
@@ -90,6 +91,22 @@ async def server(server_factory: ServerFactory) -> RunningServer:
 async def stubs(server: RunningServer) -> AsyncIterator[Stubs]:
     async with grpc.aio.insecure_channel(server.target) as channel:
         yield make_stubs(channel)
+
+
+async def open_scratch_database(path: Path, **settings: object) -> Database:
+    """A Database on a new file holding one table, t (k TEXT PRIMARY KEY, v INTEGER), for the
+    writer's own tests (test_write_groups.py, test_write_process.py)."""
+    database = Database(SQLiteSettings(path, readers=1, **settings))  # type: ignore[arg-type]
+    await database.open()
+    await database.write(lambda txn: txn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+    return database
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_scratch_database(tmp_path / "scratch.sqlite3")
+    yield database
+    await database.close()
 
 
 def free_port() -> int:

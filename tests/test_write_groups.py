@@ -28,15 +28,6 @@ from dsa110.contimg.v1 import images_pb2, sources_pb2
 from helpers_jobs import Epoch, assert_stats, make_images, measurement, record
 
 
-@pytest.fixture
-async def db(tmp_path: Path):
-    database = Database(SQLiteSettings(tmp_path / "w.sqlite3", readers=1))
-    await database.open()
-    await database.write(lambda txn: txn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
-    yield database
-    await database.close()
-
-
 def insert(key: str, value: int = 1):
     def body(txn: Txn) -> str:
         txn.execute("INSERT INTO t VALUES (?, ?)", (key, value))

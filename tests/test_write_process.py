@@ -29,11 +29,11 @@ from dsa110.contimg.server.domain.errors import (
     ShuttingDown,
     StorageUnavailable,
 )
-from dsa110.contimg.server.storage.sqlite.database import Database, SQLiteSettings
+from dsa110.contimg.server.storage.sqlite.database import Database
 from dsa110.contimg.server.storage.sqlite.writer import Txn
 from dsa110.contimg.v1 import sources_pb2
 
-from conftest import ServerFactory, make_stubs
+from conftest import ServerFactory, make_stubs, open_scratch_database
 from helpers_jobs import make_images, measurement, record
 
 
@@ -56,15 +56,6 @@ def die_halfway(txn: Txn) -> None:
 def table(path: Path) -> list[tuple[str, int]]:
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT k, v FROM t ORDER BY rowid").fetchall()
-
-
-@pytest.fixture
-async def db(tmp_path: Path):
-    database = Database(SQLiteSettings(tmp_path / "p.sqlite3", readers=1))
-    await database.open()
-    await database.write(lambda txn: txn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
-    yield database
-    await database.close()
 
 
 def process_of(db: Database):
@@ -145,9 +136,7 @@ async def test_the_process_ignores_sigint_and_sigterm(db: Database):
 
 
 async def test_close_stops_the_process(tmp_path: Path):
-    database = Database(SQLiteSettings(tmp_path / "c.sqlite3", readers=1))
-    await database.open()
-    await database.write(lambda txn: txn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
+    database = await open_scratch_database(tmp_path / "c.sqlite3")
     pid = await database.write(partial(insert_pid, "x"), offload=True)
     await database.close()
     with pytest.raises(ProcessLookupError):
@@ -155,10 +144,8 @@ async def test_close_stops_the_process(tmp_path: Path):
 
 
 async def test_without_a_write_process_offloaded_writes_run_here(tmp_path: Path):
-    database = Database(SQLiteSettings(tmp_path / "n.sqlite3", readers=1, write_process=False))
-    await database.open()
+    database = await open_scratch_database(tmp_path / "n.sqlite3", write_process=False)
     try:
-        await database.write(lambda txn: txn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"))
         assert await database.write(partial(insert_pid, "x"), offload=True) == os.getpid()
     finally:
         await database.close()

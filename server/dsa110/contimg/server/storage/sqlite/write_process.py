@@ -175,6 +175,8 @@ def serve(chan: Connection) -> int:
                 chan.send(outcomes)
             except _PICKLING:
                 chan.send(_picklable(outcomes))
+            except OSError:  # the server is gone (it died mid-group): nobody is waiting
+                return 0
     finally:
         conn.close()
 

@@ -215,3 +215,23 @@ async def test_the_process_can_be_started_before_the_first_write(db: Database):
     assert started is not None and process_of(db).starts == 1
     assert await db.write(partial(insert_pid, "first"), offload=True) == started
     assert process_of(db).starts == 1
+
+
+def rows_in_database_file(path: Path) -> list[str]:
+    """The keys of t as the main database file holds them, ignoring the WAL (immutable=1): what a
+    checkpoint has copied there."""
+    with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as conn:
+        if conn.execute("SELECT count(*) FROM sqlite_schema WHERE name = 't'").fetchone()[0] == 0:
+            return []  # not even the table has been copied yet
+        return [k for (k,) in conn.execute("SELECT k FROM t ORDER BY rowid")]
+
+
+async def test_the_process_checkpoints_beside_its_writes(db: Database):
+    # Far below the writer's own automatic checkpoint (thousands of pages): only the checkpoint
+    # thread copies these rows from the WAL into the database file.
+    for key in ("a", "b", "c"):
+        await db.write(partial(insert_pid, key), offload=True)
+    deadline = asyncio.get_running_loop().time() + 30
+    while rows_in_database_file(db.settings.path) != ["a", "b", "c"]:
+        assert asyncio.get_running_loop().time() < deadline, "the WAL was never checkpointed"
+        await asyncio.sleep(0.02)

@@ -5,7 +5,9 @@ after, so a writer thread inside the server waits for the event loop on every ro
 INSERT, and the server as a whole never uses more than one core (see bench/README.md). This process
 has its own GIL: the server's loop receives and checks the next requests while it writes the
 current group. What crosses is one pickled group of (body, finish) pairs, each a partial of a
-module-level function over plain tuples (~0.5 ms per 1,000 rows each way), and the outcomes back.
+module-level function over plain data (photometry as packed columns: ~0.05 ms per 1,000 rows each
+way), and the outcomes back. A thread here checkpoints the WAL after each group, outside the
+writer's COMMIT (see _Checkpoints).
 
 Only the server's writer thread talks to it, one group at a time (writer.py), so the two write
 connections never wait on each other for SQLite's write lock and commit order is queue order.
@@ -22,8 +24,10 @@ import os
 import pickle
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 
 from ...domain.errors import DomainError, StorageUnavailable
@@ -156,6 +160,9 @@ def serve(chan: Connection) -> int:
     except Exception as exc:
         chan.send((False, f"{type(exc).__name__}: {exc}"))
         return 1
+    conn.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_PAGES}").fetchall()
+    checkpoints = _Checkpoints(settings)
+    checkpoints.start()
     chan.send((True, os.getpid()))
     try:
         while True:
@@ -168,6 +175,7 @@ def serve(chan: Connection) -> int:
                 chan.send(RuntimeError(f"the write process could not read the group: {exc}"))
                 continue
             outcomes = run_group(conn, work, translate)
+            checkpoints.due()
             for ok, value in outcomes:
                 if not ok and not isinstance(value, DomainError):
                     log.error("write failed", exc_info=value)
@@ -178,7 +186,52 @@ def serve(chan: Connection) -> int:
             except OSError:  # the server is gone (it died mid-group): nobody is waiting
                 return 0
     finally:
+        checkpoints.stop()
         conn.close()
+
+
+# Past this many WAL pages the writer checkpoints at commit itself, as SQLite does by default at
+# 1,000: only if the checkpoint thread falls behind (readers holding old snapshots, say).
+_BACKSTOP_PAGES = 16_000
+
+
+class _Checkpoints(threading.Thread):
+    """Copies the WAL into the database file after each group, beside the writer instead of inside
+    its COMMIT. Measured: with SQLite's automatic checkpoint a 32-batch group's COMMIT took
+    61-273 ms of its 540-830 ms, against 25-147 ms with no checkpoint in it; through gRPC, four
+    interleaved rounds, 64 writers +9-11 % rows/s and 4 writers +44 %. A PASSIVE checkpoint never
+    blocks the writer, which goes on appending to the WAL meanwhile."""
+
+    def __init__(self, settings: SQLiteSettings):
+        super().__init__(name="contimg-checkpoints", daemon=True)
+        self._settings = settings
+        self._due = threading.Event()
+        self._stopping = False
+
+    def due(self) -> None:
+        self._due.set()
+
+    def stop(self) -> None:
+        if self.is_alive():
+            self._stopping = True
+            self._due.set()
+            self.join()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(str(self._settings.path), isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._settings.busy_timeout_ms)}").fetchall()
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the writer's backstop checkpoints meanwhile
+                    log.warning("background checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
 
 def main() -> int:

@@ -160,12 +160,12 @@ async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = ContimgServer(config)
     await server.start()
-    # Serving already; the first RecordPhotometry should not wait for the write process to start.
-    await server.storage.db.start_write_process()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    # Serving already; the first RecordPhotometry should not wait for the write process to start.
+    await server.storage.db.start_write_process()
     await stopping.wait()
     log.info("signal received: draining for up to %.1f s", config.grace_s)
     await server.stop()

@@ -13,8 +13,8 @@ Only the server's writer thread talks to it, one group at a time (writer.py), so
 connections never wait on each other for SQLite's write lock and commit order is queue order.
 If the process dies, the group in flight fails UNAVAILABLE (it may or may not have committed: a
 retry with the same request_id is answered from the first) and the next group starts a new one.
-It ignores SIGINT and SIGTERM (the server drains first, then closes it) and exits when the
-server's end of the socket closes, including when the server itself dies.
+It runs in a session of its own and ignores SIGINT and SIGTERM (the server drains first, then
+closes it), and exits when the server's end of the socket closes, including when the server dies.
 """
 
 from __future__ import annotations
@@ -66,13 +66,18 @@ class WriteProcess:
             chan.send(work)
         except _PICKLING as exc:  # nothing was sent: a programming error in the caller
             return [(False, exc)] * len(work)
-        except OSError:
+        except Exception:
+            log.exception("could not send a write group to the write process")
             self._stop()
             return [(False, _lost())] * len(work)
         try:
             reply = chan.recv()
         except (EOFError, OSError):
             log.error("the write process exited during a write group of %d", len(work))
+            self._stop()
+            return [(False, _lost())] * len(work)
+        except Exception:  # e.g. a reply that does not unpickle here: start afresh rather than guess
+            log.exception("could not read the write process's reply")
             self._stop()
             return [(False, _lost())] * len(work)
         if isinstance(reply, BaseException):
@@ -104,11 +109,16 @@ class WriteProcess:
                 [sys.executable, "-m", __name__, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                # Bodies pickle by reference: the process imports them, and this module, from
+                # wherever the server does.
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+                # Its own session: a terminal's Ctrl-C goes to the server, which drains, then closes it.
+                start_new_session=True,
             )
             chan = Connection(ours.detach())
         self._proc, self._chan = proc, chan
         self.starts += 1
-        chan.send((list(sys.path), self._settings))
+        chan.send(self._settings)
         ok, detail = chan.recv()
         if not ok:
             raise RuntimeError(detail)
@@ -152,9 +162,7 @@ def _picklable(outcomes: list[Outcome]) -> list[Outcome]:
 
 def serve(chan: Connection) -> int:
     """The write process: open the database, then run each group received until end of file."""
-    sys_path, settings = chan.recv()
-    # Bodies pickle by reference: import them from wherever the server could.
-    sys.path[:] = [*sys_path, *(p for p in sys.path if p not in sys_path)]
+    settings = chan.recv()
     try:
         conn = connect_writer(settings)
     except Exception as exc:

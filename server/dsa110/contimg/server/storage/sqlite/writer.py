@@ -162,7 +162,11 @@ class Writer:
         try:
             while self._queue:
                 group = self._take_group()
-                outcomes = await self._in_thread(partial(self._run_group, group))
+                try:
+                    outcomes = await self._in_thread(partial(self._run_group, group))
+                except Exception as exc:  # run_group answers for its bodies; this is a bug, not theirs
+                    log.exception("write group failed")
+                    outcomes = [(False, exc)] * len(group)
                 self.groups += 1
                 # In commit order, before the next group runs: what after_commit publishes is ordered.
                 for pending, (ok, value) in zip(group, outcomes, strict=True):

@@ -1,0 +1,55 @@
+"""RecordPhotometry under two server configurations, interleaved: rows/s and server CPU us/row.
+
+    python bench/ingest_ab.py --data-dir /tmp/b100k --rounds 4 --a=--write-process --b=--no-write-process
+
+Each round starts the server once per configuration (order alternating between rounds, so a drift
+in the machine's speed falls on both) and runs bench/run.py's ingest cases on it: 1,000-row batches
+from 64 writers as messages and as columns, and from 4 writers as columns. The database must
+already hold demo data (bench/run.py --data-dir seeds it); each round adds its batches to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import statistics
+from pathlib import Path
+
+import run
+
+CASES = ((False, 64, 256), (True, 64, 256), (True, 4, 40))  # (columns, writers, batches)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--a", default="--write-process", help="server flags of configuration A")
+    p.add_argument("--b", default="--no-write-process", help="server flags of configuration B")
+    args = p.parse_args()
+    configs = {"A": shlex.split(args.a), "B": shlex.split(args.b)}
+    results: dict[tuple[str, int], list[float]] = {}
+    for r in range(args.rounds):
+        for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
+            port = run.free_port()
+            proc = run.start(run.serve_cmd(args.data_dir, port, *configs[name]), port)
+            try:
+                line = []
+                for i, (columnar, writers, batches) in enumerate(CASES):
+                    res = asyncio.run(run.ingest(port, proc.pid, 1000, batches, writers, columnar))
+                    results.setdefault((name, i), []).append(res["rows_per_s"])
+                    line.append(f"{'columns' if columnar else 'messages'} x{writers}: "
+                                f"{res['rows_per_s']:,.0f} rows/s ({res['cpu_us_per_row']:.1f} us/row)")
+                print(f"round {r} {name} {' '.join(configs[name])}: " + " | ".join(line), flush=True)
+            finally:
+                proc.terminate()
+                proc.wait()
+    for i, (columnar, writers, _) in enumerate(CASES):
+        a, b = statistics.mean(results[("A", i)]), statistics.mean(results[("B", i)])
+        print(f"{'columns' if columnar else 'messages'} x{writers}: A {a:,.0f} vs B {b:,.0f} rows/s "
+              f"({(a / b - 1) * 100:+.0f} %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -158,7 +158,8 @@ async def ingest(
     port: int, pid: int, rows_per_image: int, images: int, concurrency: int, columnar: bool = False
 ) -> dict[str, float]:
     """RecordPhotometry throughput: rows durably committed per second (synchronous=FULL), and the
-    server's CPU microseconds per row (all its threads). `columnar` sends the batches as columns."""
+    server's CPU microseconds per row (all its threads and its write process). `columnar` sends the
+    batches as columns."""
     from dsa110.contimg.v1 import images_pb2_grpc, measurement_sets_pb2_grpc, sources_pb2_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -184,7 +185,7 @@ async def ingest(
                 source=[m.source for m in b.measurements], ra_deg=[m.ra_deg for m in b.measurements],
                 dec_deg=[m.dec_deg for m in b.measurements], peak_flux_jy=[m.peak_flux_jy for m in b.measurements],
                 peak_flux_err_jy=[m.peak_flux_err_jy for m in b.measurements])) for b in batches]
-        # The first batch is not timed: it starts the server's write process (see write_process.py).
+        # The first batch is not timed: a warm-up, and the write process may still be starting.
         await src_stub.RecordPhotometry(batches.pop(), timeout=120)
         queue = list(batches)
         start_t, start_cpu = time.perf_counter(), cpu_seconds(pid)

@@ -146,7 +146,7 @@ class SourceServicer:
         for i, m in enumerate(request.measurements[:MAX_MEASUREMENTS]):
             source_id = _source_id(m.source, i, row_field, c)
             if m.HasField("measure_time"):
-                c.timestamp(f"measurements[{i}].measure_time", m.measure_time.seconds, m.measure_time.nanos)
+                c.timestamp(row_field(i, "measure_time"), m.measure_time.seconds, m.measure_time.nanos)
             rows.append(photometry_from_proto(m, source_id))
             if len(c.violations) >= 100:
                 break

@@ -56,11 +56,8 @@ class WriteProcess:
         return self._proc.pid if self._proc is not None else None
 
     def run(self, work: list[Work]) -> list[Outcome]:
-        try:
-            chan = self._running()
-        except (OSError, EOFError, RuntimeError) as exc:
-            log.error("could not start the write process: %s", exc)
-            self._stop()
+        chan = self._started()
+        if chan is None:
             return [(False, StorageUnavailable("the write process could not start"))] * len(work)
         try:
             chan.send(work)
@@ -88,14 +85,19 @@ class WriteProcess:
     def start(self) -> None:
         """Start the process now rather than on the first offloaded group (which otherwise pays
         its ~0.3 s start); a failure is logged, and the first group tries again."""
-        try:
-            self._running()
-        except (OSError, EOFError, RuntimeError) as exc:
-            log.error("could not start the write process: %s", exc)
-            self._stop()
+        self._started()
 
     def close(self) -> None:
         self._stop(graceful=True)
+
+    def _started(self) -> Connection | None:
+        """The channel to a running process, started if need be; None (logged) if it cannot start."""
+        try:
+            return self._running()
+        except (OSError, EOFError, RuntimeError) as exc:
+            log.error("could not start the write process: %s", exc)
+            self._stop()
+            return None
 
     def _running(self) -> Connection:
         if self._proc is not None and self._chan is not None and self._proc.poll() is None:

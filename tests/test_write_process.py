@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import platform
 import signal
 import sqlite3
+import sys
 import uuid
 from contextlib import closing
 from functools import partial
@@ -30,6 +32,7 @@ from dsa110.contimg.server.domain.errors import (
     ShuttingDown,
     StorageUnavailable,
 )
+from dsa110.contimg.server.storage.sqlite.connect import write_process_sqlite
 from dsa110.contimg.server.storage.sqlite.database import Database
 from dsa110.contimg.server.storage.sqlite.writer import Txn
 from dsa110.contimg.v1 import sources_pb2
@@ -52,6 +55,19 @@ def missing_image(txn: Txn) -> None:
 def die_halfway(txn: Txn) -> None:
     txn.execute("INSERT INTO t VALUES ('doomed', 0)")
     os._exit(3)
+
+
+def duplicate_key(txn: Txn) -> None:
+    txn.execute("INSERT INTO t VALUES ('twice', 0)")
+    txn.execute("INSERT INTO t VALUES ('twice', 1)")
+
+
+def sqlite_version(txn: Txn) -> str:
+    return str(txn.fetchall("SELECT sqlite_version()")[0][0])
+
+
+def foreign_keys(txn: Txn) -> int:
+    return int(txn.fetchall("PRAGMA foreign_keys")[0][0])
 
 
 def table(path: Path) -> list[tuple[str, int]]:
@@ -95,6 +111,29 @@ async def test_an_error_in_the_process_reaches_its_own_caller_only(db: Database)
     assert isinstance(results[1], NotFound)
     assert results[1].metadata == {"resource": "images/42"} and results[1].reason == "IMAGE_NOT_FOUND"
     assert [k for k, _ in table(db.settings.path)] == ["a", "b"]
+
+
+async def test_the_process_links_its_own_sqlite_where_it_is_installed(db: Database):
+    assert await db.write(sqlite_version, offload=True) == write_process_sqlite().sqlite_version
+    assert await db.write(sqlite_version) == sqlite3.sqlite_version
+    if sys.platform == "linux" and platform.machine() == "x86_64":  # a dependency there (pyproject.toml)
+        assert write_process_sqlite() is not sqlite3
+
+
+async def test_sqlite_errors_from_the_process_are_the_standard_librarys(db: Database):
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE") as far:
+        await db.write(duplicate_key, offload=True)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE") as near:
+        await db.write(duplicate_key)
+    assert type(far.value) is type(near.value) is sqlite3.IntegrityError
+    assert str(far.value) == str(near.value) == "UNIQUE constraint failed: t.k"
+    assert table(db.settings.path) == []
+
+
+async def test_the_process_writes_without_foreign_key_checks_and_the_server_with_them(db: Database):
+    # Deliberate (write_process.py's docstring); the photometry test below checks nothing dangles.
+    assert await db.write(foreign_keys, offload=True) == 0
+    assert await db.write(foreign_keys) == 1
 
 
 async def test_a_process_that_dies_mid_write_loses_that_write_whole_and_is_replaced(db: Database):
@@ -205,6 +244,9 @@ async def test_photometry_is_stored_the_same_with_and_without_the_write_process(
             )
             offload = server.server.storage.db._offload
             assert (offload is not None and offload.starts == 1) == write_process
+        with closing(sqlite3.connect(tmp_path / f"{write_process}.sqlite3")) as conn:
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+            assert conn.execute("SELECT count(*) FROM photometry").fetchone()[0] == 6 * 30
     # Running sums may be folded in another order (groups differ): equal to rounding.
     assert [s[:3] for s in stored[0]] == [s[:3] for s in stored[1]]
     assert [v for s in stored[0] for v in s[3:]] == pytest.approx([v for s in stored[1] for v in s[3:]], rel=1e-9)

@@ -222,7 +222,7 @@ def _run_in_transaction(
     txn = Txn(conn)
     try:
         conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
+    except conn.Error as exc:  # the connection's own classes: the write process may link another SQLite
         return [(False, translate(exc))] * len(work)
     outcomes: list[Outcome] = []
     try:
@@ -238,7 +238,7 @@ def _run_in_transaction(
     except Exception as exc:
         try:
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
+        except conn.Error:
             log.exception("rollback failed")
         return [(False, translate(exc))] * len(work)
     return outcomes

@@ -159,30 +159,43 @@ class Writer:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                group = self._take_group()
-                try:
-                    outcomes = await self._in_thread(partial(self._run_group, group))
-                except Exception as exc:  # run_group answers for its bodies; this is a bug, not theirs
-                    log.exception("write group failed")
-                    outcomes = [(False, exc)] * len(group)
-                self.groups += 1
-                # In commit order, before the next group runs: what after_commit publishes is ordered.
-                for pending, (ok, value) in zip(group, outcomes, strict=True):
-                    if ok and pending.after_commit is not None:
-                        try:
-                            pending.after_commit(value)
-                        except Exception:
-                            log.exception("after-commit step failed")
-                    if pending.future.done():
-                        continue
-                    if ok:
-                        pending.future.set_result(value)
-                    else:
-                        pending.future.set_exception(value)
+                await self._in_thread(partial(self._run_queued, loop))
         finally:
             self._drainer = None
+
+    def _run_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the writer thread: run groups until the queue is empty, handing each group's outcomes
+        to the loop as it commits. The thread takes the next group itself: when the loop did it,
+        the next group waited for the loop to finish decoding whatever requests were ahead of it
+        (tens of ms at 64 photometry writers: the write process sat idle ~20 % of the time)."""
+        while self._queue:
+            group = self._take_group()
+            try:
+                outcomes = self._run_group(group)
+            except Exception as exc:  # run_group answers for its bodies; this is a bug, not theirs
+                log.exception("write group failed")
+                outcomes = [(False, exc)] * len(group)
+            loop.call_soon_threadsafe(self._settle, group, outcomes)
+
+    def _settle(self, group: list[_Pending[Any]], outcomes: list[Outcome]) -> None:
+        """On the loop, in commit order (callbacks run in the order they were handed over), so what
+        after_commit publishes is ordered."""
+        self.groups += 1
+        for pending, (ok, value) in zip(group, outcomes, strict=True):
+            if ok and pending.after_commit is not None:
+                try:
+                    pending.after_commit(value)
+                except Exception:
+                    log.exception("after-commit step failed")
+            if pending.future.done():
+                continue
+            if ok:
+                pending.future.set_result(value)
+            else:
+                pending.future.set_exception(value)
 
     def _take_group(self) -> list[_Pending[Any]]:
         group = [self._queue.popleft()]

@@ -7,13 +7,16 @@ source once. Flux is the peak flux (Jy/beam), weights are 1/err^2.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .records import Variability
 
 VARIABLE_ETA = 2.0
 VARIABLE_V = 0.1
 MIN_EPOCHS = 3
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(slots=True)
@@ -28,6 +31,12 @@ class FluxSums:
     max_f: float = -math.inf
     first_mjd: float = math.inf
     last_mjd: float = -math.inf
+
+    @classmethod
+    def of(cls, values: list[float]) -> FluxSums:
+        """From the list form that add_rows keeps."""
+        n, *rest = values
+        return cls(int(n), *rest)
 
     def merge(self, other: FluxSums) -> None:
         """Fold in the sums of other measurements (as `add` of each of them would)."""
@@ -54,6 +63,40 @@ class FluxSums:
         self.max_f = max(self.max_f, flux)
         self.first_mjd = min(self.first_mjd, mjd)
         self.last_mjd = max(self.last_mjd, mjd)
+
+
+def add_rows(
+    sums: dict[K, list[float]],
+    keys: Iterable[K],
+    fluxes: Iterable[float],
+    errors: Iterable[float],
+    mjds: Iterable[float],
+) -> None:
+    """Fold measurements into per-key sums kept as lists (`FluxSums.of` reads one),
+    exactly as `FluxSums.add` of each would. A list and no call per row: ~0.4 us a row against
+    ~1 us, which was a sixth of the write process's time per photometry row."""
+    get = sums.get
+    for key, f, e, t in zip(keys, fluxes, errors, mjds, strict=True):
+        w = 1.0 / (e * e)
+        wf = w * f
+        v = get(key)
+        if v is None:
+            sums[key] = [1, f, f * f, w, wf, wf * f, f, f, t, t]
+            continue
+        v[0] += 1
+        v[1] += f
+        v[2] += f * f
+        v[3] += w
+        v[4] += wf
+        v[5] += wf * f
+        if f < v[6]:
+            v[6] = f
+        if f > v[7]:
+            v[7] = f
+        if t < v[8]:
+            v[8] = t
+        if t > v[9]:
+            v[9] = t
 
 
 def derive(s: FluxSums) -> Variability:

@@ -1,6 +1,7 @@
 """RecordPhotometry under two server configurations, interleaved: rows/s and server CPU us/row.
 
     python bench/ingest_ab.py --data-dir /tmp/b100k --rounds 4 --a=--write-process --b=--no-write-process
+    git worktree add /tmp/old HEAD~3 && python bench/ingest_ab.py --data-dir /tmp/b100k --b=  --b-checkout /tmp/old
 
 Each round starts the server once per configuration (order alternating between rounds, so a drift
 in the machine's speed falls on both) and runs bench/run.py's ingest cases on it: 1,000-row batches
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import statistics
 from pathlib import Path
@@ -27,13 +29,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--a", default="--write-process", help="server flags of configuration A")
     p.add_argument("--b", default="--no-write-process", help="server flags of configuration B")
+    p.add_argument("--b-checkout", type=Path,
+                   help="run B's server from this checkout of the repository (its source roots first on PYTHONPATH)")
     args = p.parse_args()
     configs = {"A": shlex.split(args.a), "B": shlex.split(args.b)}
+    envs: dict[str, dict[str, str] | None] = {"A": None, "B": None}
+    if args.b_checkout is not None:
+        roots = [str(args.b_checkout.resolve() / d) for d in ("server", "generated", "clients")]
+        path = [*roots, os.environ.get("PYTHONPATH", "")]
+        envs["B"] = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     results: dict[tuple[str, int], list[float]] = {}
     for r in range(args.rounds):
         for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
             port = run.free_port()
-            proc = run.start(run.serve_cmd(args.data_dir, port, *configs[name]), port)
+            proc = run.start(run.serve_cmd(args.data_dir, port, *configs[name]), port, env=envs[name])
             try:
                 line = []
                 for i, (columnar, writers, batches) in enumerate(CASES):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import orjson
+
 from ...domain.records import Variability
 from ...domain.variability import FluxSums, derive
 from .database import chunks, now_us, placeholders
@@ -63,11 +65,17 @@ def delete_images(txn: Txn, image_ids: Sequence[int]) -> None:
     """Delete images with their photometry and footprints, keeping source statistics true."""
     for part in chunks(image_ids):
         marks = placeholders(len(part))
-        sids = [
-            r[0] for r in txn.fetchall(f"SELECT DISTINCT source_sid FROM photometry WHERE image_id IN ({marks})", part)
+        # By primary-key prefix, source by source: photometry has no index by image (migration 2).
+        measured = [
+            (sid, image_id)
+            for image_id, sids in txn.fetchall(
+                f"SELECT image_id, source_sids FROM image_photometry WHERE image_id IN ({marks})", part
+            )
+            for sid in orjson.loads(sids)
         ]
-        txn.execute(f"DELETE FROM photometry WHERE image_id IN ({marks})", part)
-        recompute_sources(txn, sids)
+        txn.executemany("DELETE FROM photometry WHERE source_sid = ? AND image_id = ?", measured)
+        txn.execute(f"DELETE FROM image_photometry WHERE image_id IN ({marks})", part)
+        recompute_sources(txn, (sid for sid, _ in measured))
         txn.execute(f"DELETE FROM image_footprints WHERE id IN ({marks})", part)
         ms_counts = list(
             txn.fetchall(f"SELECT ms_path, count(*) FROM images WHERE id IN ({marks}) GROUP BY ms_path", part)

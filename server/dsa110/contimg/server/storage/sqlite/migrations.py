@@ -200,4 +200,46 @@ CREATE TABLE request_ids (
 ) WITHOUT ROWID;
 """,
     ),
+    (
+        2,
+        "photometry by image without an index entry per row",
+        """
+-- Which sources each image measured, one row per image, instead of the photometry_by_image index:
+-- that index cost ~15 % of every ingested row (bench/README.md), and only deleting an image reads it.
+-- Its photometry then goes by primary-key prefix, source by source (storage/sqlite/maintenance.py).
+CREATE TABLE image_photometry (
+    image_id INTEGER PRIMARY KEY REFERENCES images (id),
+    source_sids TEXT NOT NULL  -- JSON array of the sources measured (photometry.source_sid)
+);
+INSERT INTO image_photometry (image_id, source_sids)
+    SELECT image_id, json_group_array(source_sid) FROM photometry GROUP BY image_id;
+
+-- The table again without its foreign key to images: with it, deleting an image would scan all
+-- photometry for rows naming it (SQLite checks a deleted parent against the child table, which no
+-- longer has an index by image). image_photometry holds that reference now.
+CREATE TABLE photometry_new (
+    source_sid INTEGER NOT NULL REFERENCES sources (sid),
+    observation_mjd REAL NOT NULL,
+    image_id INTEGER NOT NULL,
+    ra_deg REAL NOT NULL,
+    dec_deg REAL NOT NULL,
+    catalog_flux_mjy REAL NOT NULL,
+    peak_flux_jy REAL NOT NULL,
+    peak_flux_err_jy REAL NOT NULL,
+    integrated_flux_jy REAL NOT NULL,
+    integrated_flux_err_jy REAL NOT NULL,
+    normalized_flux REAL NOT NULL,
+    normalized_flux_err REAL NOT NULL,
+    snr REAL NOT NULL,
+    local_rms_jy REAL NOT NULL,
+    separation_from_center_deg REAL NOT NULL,
+    quality_flag TEXT NOT NULL,
+    measure_time INTEGER NOT NULL,
+    PRIMARY KEY (source_sid, observation_mjd, image_id)
+) WITHOUT ROWID;
+INSERT INTO photometry_new SELECT * FROM photometry ORDER BY source_sid, observation_mjd, image_id;
+DROP TABLE photometry;
+ALTER TABLE photometry_new RENAME TO photometry;
+""",
+    ),
 ]

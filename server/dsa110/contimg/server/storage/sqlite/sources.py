@@ -11,6 +11,8 @@ from functools import partial
 from itertools import repeat
 from typing import cast
 
+import orjson
+
 from ...domain import sky
 from ...domain.errors import AlreadyExists, NotFound
 from ...domain.records import Match, Page, Photometry, PhotometryResult, Source
@@ -238,6 +240,8 @@ def _ingest(image_id: int, pickled: bytes, idem: Idempotency | None, txn: Txn) -
             strict=False,
         ),
     )
+    if count:
+        txn.execute("INSERT INTO image_photometry VALUES (?, ?)", (image_id, orjson.dumps(sid_column).decode()))
     txn.execute("UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?", (count, now, image_id))
     created = len(new_positions)
     result = PhotometryResult(image_id, count, created, count - created)

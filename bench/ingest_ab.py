@@ -1,7 +1,8 @@
 """RecordPhotometry under two server configurations, interleaved: rows/s and server CPU us/row.
 
     python bench/ingest_ab.py --data-dir /tmp/b100k --rounds 4 --a=--write-process --b=--no-write-process
-    git worktree add /tmp/old HEAD~3 && python bench/ingest_ab.py --data-dir /tmp/b100k --b=  --b-checkout /tmp/old
+    git worktree add /tmp/old HEAD~3 && python bench/ingest_ab.py --data-dir /tmp/new --b= --b-checkout /tmp/old \
+        --b-data-dir /tmp/old-data   # two copies of one database if the checkouts' schemas differ
 
 Each round starts the server once per configuration (order alternating between rounds, so a drift
 in the machine's speed falls on both) and runs bench/run.py's ingest cases on it: 1,000-row batches
@@ -31,7 +32,9 @@ def main() -> None:
     p.add_argument("--b", default="--no-write-process", help="server flags of configuration B")
     p.add_argument("--b-checkout", type=Path,
                    help="run B's server from this checkout of the repository (its source roots first on PYTHONPATH)")
+    p.add_argument("--b-data-dir", type=Path, help="B's database, if not --data-dir's")
     args = p.parse_args()
+    data_dirs = {"A": args.data_dir, "B": args.b_data_dir or args.data_dir}
     configs = {"A": shlex.split(args.a), "B": shlex.split(args.b)}
     envs: dict[str, dict[str, str] | None] = {"A": None, "B": None}
     if args.b_checkout is not None:
@@ -42,7 +45,7 @@ def main() -> None:
     for r in range(args.rounds):
         for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
             port = run.free_port()
-            proc = run.start(run.serve_cmd(args.data_dir, port, *configs[name]), port, env=envs[name])
+            proc = run.start(run.serve_cmd(data_dirs[name], port, *configs[name]), port, env=envs[name])
             try:
                 line = []
                 for i, (columnar, writers, batches) in enumerate(CASES):

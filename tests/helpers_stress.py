@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -208,13 +209,20 @@ def photometry_invariants(database: Path, batch_size: int | None = None) -> list
     problems: list[str] = []
     try:
         conn.execute("BEGIN")
-        for image_id, stored, rows in conn.execute(
-            "SELECT i.id, i.photometry_count, (SELECT count(*) FROM photometry p WHERE p.image_id = i.id) FROM images i"
-        ):
+        counts = dict(conn.execute("SELECT image_id, count(*) FROM photometry GROUP BY image_id").fetchall())
+        listed = {i: json.loads(s) for i, s in conn.execute("SELECT image_id, source_sids FROM image_photometry")}
+        image_ids = set()
+        for image_id, stored in conn.execute("SELECT id, photometry_count FROM images"):
+            image_ids.add(image_id)
+            rows = counts.get(image_id, 0)
             if stored != rows:
                 problems.append(f"images/{image_id}: photometry_count {stored} but {rows} photometry rows")
             if batch_size is not None and rows not in (0, batch_size):
                 problems.append(f"images/{image_id}: half-written batch of {rows} rows (batch size {batch_size})")
+            if len(listed.get(image_id, [])) != rows:
+                problems.append(f"images/{image_id}: image_photometry lists {len(listed.get(image_id, []))} sources")
+        if set(listed) - image_ids:
+            problems.append(f"image_photometry rows of missing images: {sorted(set(listed) - image_ids)}")
         for source_id, stored, rows in conn.execute(
             "SELECT s.id, s.detection_count, (SELECT count(*) FROM photometry p WHERE p.source_sid = s.sid) "
             "FROM sources s"

@@ -108,6 +108,12 @@ async def test_bad_columns_are_reported_at_their_index_and_nothing_is_written(st
     c.peak_flux_err_jy[0] = 0.0
     cases.append((c, "columns.peak_flux_err_jy[0]"))
     c = good()
+    c.peak_flux_err_jy[1] = 1e-170  # 1/err^2 would divide by zero
+    cases.append((c, "columns.peak_flux_err_jy[1]"))
+    c = good()
+    c.peak_flux_jy[0] = -1e200  # its square would overflow the sums
+    cases.append((c, "columns.peak_flux_jy[0]"))
+    c = good()
     c.source[0] = "B1"
     cases.append((c, "columns.source[0]"))
     c = good()

@@ -198,7 +198,10 @@ async def test_record_photometry_is_atomic(stubs):
         measurement("X1", 2.0, 20.0),
         measurement("x y", 3.0, 20.0),
         measurement("X3\nsources/X4", 4.0, 20.0),  # two well-formed names, if split at the newline
+        measurement("X5", 5.0, 20.0, flux=1e200),  # finite, but its square would overflow the sums
+        measurement("X6", 6.0, 20.0),
     ]
+    bad[6].peak_flux_err_jy = 1e-170  # > 0, but 1/err^2 would divide by zero
     err = await expect_error(record(stubs, img_b.name, bad), INVALID, "INVALID_ARGUMENT")
     assert {
         "measurements[0].ra_deg",
@@ -206,6 +209,8 @@ async def test_record_photometry_is_atomic(stubs):
         "measurements[2].source",
         "measurements[3].source",
         "measurements[4].source",
+        "measurements[5].peak_flux_jy",
+        "measurements[6].peak_flux_err_jy",
     } <= set(err.fields)
     await expect_error(record(stubs, img_b.name, []), INVALID, "INVALID_ARGUMENT", "measurements")
 

@@ -3,7 +3,7 @@ exactly what FluxSums.add of each measurement gives."""
 
 from __future__ import annotations
 
-from dsa110.contimg.server.domain.variability import FluxSums, add_rows, derive
+from dsa110.contimg.server.domain.variability import FluxSums, add_rows, derive, weights
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,6 +23,6 @@ def test_add_rows_equals_adding_each_measurement(first: list, second: list):
             expected.setdefault(key, FluxSums()).add(flux, err, mjd)
         if batch:
             keys, fluxes, errors, mjds = zip(*batch, strict=True)
-            add_rows(got, keys, fluxes, errors, mjds)
+            add_rows(got, keys, fluxes, weights(errors), mjds)
     assert {k: FluxSums.of(v) for k, v in got.items()} == expected
     assert {k: derive(FluxSums.of(v)) for k, v in got.items()} == {k: derive(v) for k, v in expected.items()}

@@ -16,13 +16,17 @@ import asyncio
 import random
 import sqlite3
 import uuid
+from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
 from dsa110.contimg.server.domain.errors import NotFound
+from dsa110.contimg.server.domain.records import Photometry
+from dsa110.contimg.server.storage.sqlite.connect import connect_writer, translate
 from dsa110.contimg.server.storage.sqlite.database import Database, SQLiteSettings
-from dsa110.contimg.server.storage.sqlite.writer import Txn
+from dsa110.contimg.server.storage.sqlite.sources import _Batch, _ingest, _update_source_statistics
+from dsa110.contimg.server.storage.sqlite.writer import Txn, run_group
 from dsa110.contimg.v1 import images_pb2, sources_pb2
 
 from helpers_jobs import Epoch, assert_stats, make_images, measurement, record
@@ -221,3 +225,53 @@ async def test_photometry_and_image_deletes_interleaved_keep_statistics_exact(st
     )
     for src in got.sources:
         assert_stats(src, list(history[src.name.removeprefix("sources/")].values()))
+
+
+async def test_a_failed_batch_leaves_its_group_nothing_to_misuse(tmp_path: Path):
+    """A batch that fails after creating a source is rolled back alone; the next batch of the same
+    group, naming that source, must create it again rather than reuse the rolled-back sid (the
+    write process writes without foreign-key checks), and the failed rows add nothing to its sums.
+    The failure here (an error whose 1/err^2 divides by zero) is one validation now refuses, so the
+    group is run directly."""
+    settings = SQLiteSettings(tmp_path / "g.sqlite3", write_process=False)
+    database = Database(settings)
+    await database.open()
+
+    def images(txn: Txn) -> None:
+        txn.execute("INSERT INTO measurement_sets (path, create_time, update_time) VALUES ('/ms/g.ms', 1, 1)")
+        for i in (1, 2):
+            txn.execute(
+                "INSERT INTO images (id, path, ms_path, create_time, update_time, mid_mjd) "
+                "VALUES (?, ?, '/ms/g.ms', 1, 1, ?)",
+                (i, f"/img/{i}.fits", 60000.0 + i),
+            )
+
+    await database.write(images)
+    await database.close()
+
+    def batch(err: float, *sources: str) -> _Batch:
+        return _Batch.of(
+            [Photometry(s, ra_deg=1.0, dec_deg=2.0, peak_flux_jy=0.5, peak_flux_err_jy=err) for s in sources]
+        )
+
+    conn = connect_writer(settings)
+    conn.execute("PRAGMA foreign_keys = OFF")  # as in the write process
+    try:
+        outcomes = run_group(
+            conn,
+            [
+                (partial(_ingest, 1, batch(1e-170, "X"), None), _update_source_statistics),
+                (partial(_ingest, 2, batch(0.01, "Y", "X"), None), _update_source_statistics),
+            ],
+            translate,
+        )
+        assert not outcomes[0][0] and outcomes[1][0]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        stored = dict(
+            conn.execute(
+                "SELECT s.id, s.detection_count FROM sources s JOIN photometry p ON p.source_sid = s.sid"
+            ).fetchall()
+        )
+        assert stored == {"X": 1, "Y": 1}
+    finally:
+        conn.close()

@@ -9,6 +9,7 @@ Bodies here are module-level functions so that they pickle; the write process im
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import pickle
 import platform
@@ -32,7 +33,6 @@ from dsa110.contimg.server.domain.errors import (
     ShuttingDown,
     StorageUnavailable,
 )
-from dsa110.contimg.server.storage.sqlite.connect import write_process_sqlite
 from dsa110.contimg.server.storage.sqlite.database import Database
 from dsa110.contimg.server.storage.sqlite.writer import Txn
 from dsa110.contimg.v1 import sources_pb2
@@ -62,8 +62,8 @@ def duplicate_key(txn: Txn) -> None:
     txn.execute("INSERT INTO t VALUES ('twice', 1)")
 
 
-def sqlite_version(txn: Txn) -> str:
-    return str(txn.fetchall("SELECT sqlite_version()")[0][0])
+def sqlite_module(txn: Txn) -> str:
+    return type(txn.conn).__module__
 
 
 def foreign_keys(txn: Txn) -> int:
@@ -114,10 +114,12 @@ async def test_an_error_in_the_process_reaches_its_own_caller_only(db: Database)
 
 
 async def test_the_process_links_its_own_sqlite_where_it_is_installed(db: Database):
-    assert await db.write(sqlite_version, offload=True) == write_process_sqlite().sqlite_version
-    assert await db.write(sqlite_version) == sqlite3.sqlite_version
+    # Asked of the process: importing pysqlite3 here would put two SQLite libraries in this process.
+    installed = importlib.util.find_spec("pysqlite3") is not None
+    assert await db.write(sqlite_module, offload=True) == ("pysqlite3.dbapi2" if installed else "sqlite3")
+    assert await db.write(sqlite_module) == "sqlite3"
     if sys.platform == "linux" and platform.machine() == "x86_64":  # a dependency there (pyproject.toml)
-        assert write_process_sqlite() is not sqlite3
+        assert installed
 
 
 async def test_sqlite_errors_from_the_process_are_the_standard_librarys(db: Database):

@@ -190,9 +190,9 @@ class PhotometryMeasurement(_message.Message):
     catalog_flux_mjy: _builtins.float
     """Reference catalog (NVSS) flux density, mJy."""
     peak_flux_jy: _builtins.float
-    """Peak flux density, Jy/beam. Required and finite."""
+    """Peak flux density, Jy/beam. Required; finite, at most 1e9 in magnitude."""
     peak_flux_err_jy: _builtins.float
-    """Error of the peak flux density, Jy/beam; must be > 0."""
+    """Error of the peak flux density, Jy/beam; must be >= 1e-12 (its weight 1/err^2 stays finite)."""
     integrated_flux_jy: _builtins.float
     """Integrated flux density, Jy."""
     integrated_flux_err_jy: _builtins.float
@@ -642,11 +642,11 @@ class PhotometryColumns(_message.Message):
 
     @_builtins.property
     def peak_flux_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Required. Peak flux density, Jy/beam; finite."""
+        """Required. Peak flux density, Jy/beam; finite, at most 1e9 in magnitude."""
 
     @_builtins.property
     def peak_flux_err_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Required. Error of the peak flux density, Jy/beam; > 0."""
+        """Required. Error of the peak flux density, Jy/beam; >= 1e-12."""
 
     @_builtins.property
     def integrated_flux_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:

@@ -399,11 +399,11 @@ class _Generator:
         conn.executemany(_insert("photometry", _PHOTOMETRY_COLUMNS), self._photometry_rows())
         measured = sum(self.photometry_count)
         step.done("photometry rows", measured)
-        conn.execute(
+        by_image = conn.execute(
             "INSERT INTO image_photometry (image_id, source_sids) "
             "SELECT image_id, json_group_array(source_sid) FROM photometry GROUP BY image_id"
         )
-        step.done("photometry by image", self.images)
+        step.done("images' photometry lists", by_image.rowcount)
         conn.executemany(
             f"UPDATE sources SET {STATS_SET}, update_time = ? WHERE sid = ?",
             ((*stats_values(s.sums), s.update_time, s.sid) for s in self.sources),

@@ -27,6 +27,11 @@ MAX_ARTIFACTS = 1000
 MAX_PARAMETERS_BYTES = 64 * 1024
 MAX_METRICS = 64
 MAX_CAL_TABLES = 64
+# Peak flux feeds each source's running sums of f, f^2, w = 1/err^2, w*f, w*f^2 (variability.py):
+# within these bounds none of them can overflow or divide by zero, so one absurd value (a unit
+# error) cannot fail the statistics of a write group that other callers' batches share.
+PEAK_FLUX_MAX_JY = 1e9  # |peak_flux_jy|; the brightest radio sky is ~1e6 Jy
+PEAK_FLUX_ERR_MIN_JY = 1e-12
 _REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -135,8 +140,8 @@ def _all_plainly_valid(rows: Sequence[Photometry]) -> bool:
         if not (
             0.0 <= m.ra_deg < 360.0
             and -90.0 <= m.dec_deg <= 90.0
-            and isfinite(m.peak_flux_jy)
-            and 0.0 < m.peak_flux_err_jy < inf
+            and -PEAK_FLUX_MAX_JY <= m.peak_flux_jy <= PEAK_FLUX_MAX_JY
+            and PEAK_FLUX_ERR_MIN_JY <= m.peak_flux_err_jy < inf
             and isfinite(m.catalog_flux_mjy)
             and isfinite(m.integrated_flux_jy)
             and isfinite(m.normalized_flux)
@@ -156,8 +161,8 @@ def _all_plainly_valid(rows: Sequence[Photometry]) -> bool:
 _COLUMN_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "ra_deg": (0.0, False, 360.0, True),
     "dec_deg": (-90.0, False, 90.0, False),
-    "peak_flux_jy": (-math.inf, True, math.inf, True),
-    "peak_flux_err_jy": (0.0, True, math.inf, True),
+    "peak_flux_jy": (-PEAK_FLUX_MAX_JY, False, PEAK_FLUX_MAX_JY, False),
+    "peak_flux_err_jy": (PEAK_FLUX_ERR_MIN_JY, False, math.inf, True),
     **dict.fromkeys(
         ("catalog_flux_mjy", "integrated_flux_jy", "normalized_flux", "snr"), (-math.inf, True, math.inf, True)
     ),
@@ -224,8 +229,8 @@ def check_measurements(
         seen.add(m.source_id)
         c.ra(field(i, "ra_deg"), m.ra_deg)
         c.dec(field(i, "dec_deg"), m.dec_deg)
-        c.finite(field(i, "peak_flux_jy"), m.peak_flux_jy)
-        c.finite(field(i, "peak_flux_err_jy"), m.peak_flux_err_jy, lo=0.0, lo_open=True)
+        c.finite(field(i, "peak_flux_jy"), m.peak_flux_jy, lo=-PEAK_FLUX_MAX_JY, hi=PEAK_FLUX_MAX_JY)
+        c.finite(field(i, "peak_flux_err_jy"), m.peak_flux_err_jy, lo=PEAK_FLUX_ERR_MIN_JY)
         for f in ("catalog_flux_mjy", "integrated_flux_jy", "normalized_flux", "snr"):
             c.finite(field(i, f), getattr(m, f))
         for f in (

@@ -16,7 +16,7 @@ import orjson
 from ...domain import sky
 from ...domain.errors import AlreadyExists, NotFound
 from ...domain.records import Match, Page, Photometry, PhotometryResult, Source
-from ...domain.variability import FluxSums, add_rows
+from ...domain.variability import FluxSums, add_rows, weights
 from ...repositories.protocols import Idempotency, ListQuery, query_key
 from . import rows
 from .database import Database, check_request_id, chunks, now_us, placeholders, remember_request_id
@@ -133,11 +133,12 @@ class SQLiteSources:
     async def record_photometry(
         self, image_id: int, measurements: Sequence[Photometry], idem: Idempotency | None
     ) -> PhotometryResult:
-        # Pickled here, on the event loop: pickling 32 batches on the writer thread, which takes the
-        # GIL back from the loop at every switch, cost 25-44 ms of wall time per group with the
-        # write process idle meanwhile; bytes pickle there as one copy.
-        batch = pickle.dumps(_Batch.of(measurements), protocol=pickle.HIGHEST_PROTOCOL)
-        ingest = partial(_ingest, image_id, batch, idem)
+        batch = _Batch.of(measurements)
+        # Bound for the write process: pickled here, on the event loop. Pickling 32 batches on the
+        # writer thread, which takes the GIL back from the loop at every switch, cost 25-44 ms of
+        # wall time per group with the write process idle meanwhile; bytes pickle there as one copy.
+        given = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL) if self.db.offloads else batch
+        ingest = partial(_ingest, image_id, given, idem)
         return await self.db.write(ingest, finish=_update_source_statistics, offload=True)
 
 
@@ -176,9 +177,10 @@ _PEAK = Photometry._fields.index("peak_flux_jy") - _NUMBERS.start
 _PEAK_ERR = Photometry._fields.index("peak_flux_err_jy") - _NUMBERS.start
 
 
-def _ingest(image_id: int, pickled: bytes, idem: Idempotency | None, txn: Txn) -> PhotometryResult:
-    """One RecordPhotometry batch (a pickled _Batch): its measurements, any new sources, and the
-    image's count; the sources' statistics are left to the group's finish step."""
+def _ingest(image_id: int, given: _Batch | bytes, idem: Idempotency | None, txn: Txn) -> PhotometryResult:
+    """One RecordPhotometry batch (a _Batch, pickled if it crossed to the write process): its
+    measurements, any new sources, and the image's count; the sources' statistics are left to the
+    group's finish step."""
     earlier = check_request_id(txn, idem)
     if earlier is not None:
         return PhotometryResult(**earlier)
@@ -194,7 +196,7 @@ def _ingest(image_id: int, pickled: bytes, idem: Idempotency | None, txn: Txn) -
             message=f"photometry of images/{image_id} was already recorded",
         )
     now = now_us()
-    batch: _Batch = pickle.loads(pickled)
+    batch: _Batch = pickle.loads(given) if isinstance(given, bytes) else given
     group: _IngestGroup = txn.scratch.setdefault(_INGEST_GROUP, _IngestGroup())
     known = group.sids
     source_ids = batch.source_ids
@@ -255,9 +257,11 @@ def _ingest(image_id: int, pickled: bytes, idem: Idempotency | None, txn: Txn) -
             "updated_source_count": result.updated_source_count,
         },
     )
-    # Last, after every statement that could fail: a failed body leaves the group's state alone.
+    ws = weights(batch.numbers[_PEAK_ERR])
+    # Last, after everything that could fail: a failed body leaves the group's state alone (a later
+    # body of the group must not take a rolled-back source's sid as known, nor its rows' sums).
     known.update(sids)
-    add_rows(group.deltas, sid_column, batch.numbers[_PEAK], batch.numbers[_PEAK_ERR], mjd)
+    add_rows(group.deltas, sid_column, batch.numbers[_PEAK], ws, mjd)
     return result
 
 

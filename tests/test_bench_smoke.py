@@ -31,4 +31,5 @@ def test_bench_smoke(tmp_path: Path) -> None:
             continue
         assert float(cells[1]) > 0 and float(cells[2]) > 0, line  # both servers answered successfully
     assert "every watcher got every transition: True" in out.stdout
+    assert "the reference's p99" in out.stdout  # the reference server answered WatchJob too
     assert "rows/s" in out.stdout

@@ -5,9 +5,9 @@ after, so a writer thread inside the server waits for the event loop on every ro
 INSERT, and the server as a whole never uses more than one core (see bench/README.md). This process
 has its own GIL: the server's loop receives and checks the next requests while it writes the
 current group. What crosses is one pickled group of (body, finish) pairs, each a partial of a
-module-level function over plain data (photometry as packed columns: ~0.05 ms per 1,000 rows each
-way), and the outcomes back. A thread here checkpoints the WAL after each group, outside the
-writer's COMMIT (see _Checkpoints).
+module-level function over plain data (a photometry batch as packed columns, pickled already on
+the server's loop: ~0.05 ms per 1,000 rows each way), and the outcomes back. A thread here
+checkpoints the WAL after each group, outside the writer's COMMIT (see _Checkpoints).
 
 Only the server's writer thread talks to it, one group at a time (writer.py), so the two write
 connections never wait on each other for SQLite's write lock and commit order is queue order.

@@ -208,11 +208,6 @@ class Database:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    @property
-    def offloads(self) -> bool:
-        """Whether `write(..., offload=True)` runs in the write process (its bodies cross pickled)."""
-        return self._offload is not None
-
     async def write(
         self,
         body: Body[T],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -133,12 +132,7 @@ class SQLiteSources:
     async def record_photometry(
         self, image_id: int, measurements: Sequence[Photometry], idem: Idempotency | None
     ) -> PhotometryResult:
-        batch = _Batch.of(measurements)
-        # Bound for the write process: pickled here, on the event loop. Pickling 32 batches on the
-        # writer thread, which takes the GIL back from the loop at every switch, cost 25-44 ms of
-        # wall time per group with the write process idle meanwhile; bytes pickle there as one copy.
-        given = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL) if self.db.offloads else batch
-        ingest = partial(_ingest, image_id, given, idem)
+        ingest = partial(_ingest, image_id, _Batch.of(measurements), idem)
         return await self.db.write(ingest, finish=_update_source_statistics, offload=True)
 
 
@@ -177,10 +171,9 @@ _PEAK = Photometry._fields.index("peak_flux_jy") - _NUMBERS.start
 _PEAK_ERR = Photometry._fields.index("peak_flux_err_jy") - _NUMBERS.start
 
 
-def _ingest(image_id: int, given: _Batch | bytes, idem: Idempotency | None, txn: Txn) -> PhotometryResult:
-    """One RecordPhotometry batch (a _Batch, pickled if it crossed to the write process): its
-    measurements, any new sources, and the image's count; the sources' statistics are left to the
-    group's finish step."""
+def _ingest(image_id: int, batch: _Batch, idem: Idempotency | None, txn: Txn) -> PhotometryResult:
+    """One RecordPhotometry batch: its measurements, any new sources, and the image's count; the
+    sources' statistics are left to the group's finish step."""
     earlier = check_request_id(txn, idem)
     if earlier is not None:
         return PhotometryResult(**earlier)
@@ -196,7 +189,6 @@ def _ingest(image_id: int, given: _Batch | bytes, idem: Idempotency | None, txn:
             message=f"photometry of images/{image_id} was already recorded",
         )
     now = now_us()
-    batch: _Batch = pickle.loads(given) if isinstance(given, bytes) else given
     group: _IngestGroup = txn.scratch.setdefault(_INGEST_GROUP, _IngestGroup())
     known = group.sids
     source_ids = batch.source_ids

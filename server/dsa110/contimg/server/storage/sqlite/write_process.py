@@ -4,9 +4,9 @@ Why a process: Python's sqlite3 releases the GIL around each row's `sqlite3_step
 after, so a writer thread inside the server waits for the event loop on every row of a 1,000-row
 INSERT, and the server as a whole never uses more than one core (see bench/README.md). This process
 has its own GIL: the server's loop receives and checks the next requests while it writes the
-current group. What crosses is one pickled group of (body, finish) pairs, each a partial of a
-module-level function over plain data (a photometry batch as packed columns, pickled already on
-the server's loop: ~0.05 ms per 1,000 rows each way), and the outcomes back. A thread here
+current group. What crosses is a group of (body, finish) pairs, each already pickled on the server's
+loop (writer.Writer.write): a partial of a module-level function over plain data (a photometry
+batch as packed columns, ~0.05 ms per 1,000 rows each way); and the outcomes back. A thread here
 checkpoints the WAL after each group, outside the writer's COMMIT (see _Checkpoints).
 
 Only the server's writer thread talks to it, one group at a time (writer.py), so the two write
@@ -62,14 +62,12 @@ class WriteProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def run(self, work: list[Work]) -> list[Outcome]:
+    def run(self, work: list[bytes]) -> list[Outcome]:
         chan = self._started()
         if chan is None:
             return [(False, StorageUnavailable("the write process could not start"))] * len(work)
         try:
             chan.send(work)
-        except _PICKLING as exc:  # nothing was sent: a programming error in the caller
-            return [(False, exc)] * len(work)
         except Exception:
             log.exception("could not send a write group to the write process")
             self._stop()
@@ -186,7 +184,7 @@ def serve(chan: Connection) -> int:
     try:
         while True:
             try:
-                work = chan.recv()
+                work: list[Work] = [pickle.loads(item) for item in chan.recv()]
             except EOFError:
                 return 0
             except Exception as exc:  # the message arrived whole but did not unpickle here

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,9 +77,12 @@ Outcome = tuple[bool, Any]
 
 
 class Offload(Protocol):
-    """Runs a group of writes elsewhere, as `run_group` would here (called on the writer thread)."""
+    """Runs a group of writes elsewhere, as `run_group` would here (called on the writer thread).
+    Each write arrives as its pickled `Work`: pickled on the event loop by `Writer.write`, because
+    pickling a group here, on a thread that must win the GIL back from the loop at every switch,
+    took 25-44 ms for 32 photometry batches while the write process waited (bench/README.md)."""
 
-    def run(self, work: list[Work]) -> list[Outcome]: ...
+    def run(self, work: list[bytes]) -> list[Outcome]: ...
 
     def close(self) -> None: ...
 
@@ -89,7 +93,7 @@ class _Pending(Generic[T]):
     finish: Finish | None
     after_commit: Callable[[T], None] | None
     future: asyncio.Future[T]
-    offload: bool
+    offloaded: bytes | None  # the pickled (body, finish) when the Offload runs it
 
 
 class Writer:
@@ -142,11 +146,15 @@ class Writer:
     ) -> T:
         """Run `body` in a transaction; return once it is committed. Cancelling the caller never
         interrupts the write: it is committed (or rolled back) whole either way. `offload`: run it
-        in the Offload given at construction, if any."""
+        in the Offload given at construction, if any (a body or finish that does not pickle fails
+        here, alone)."""
         if self._conn is None:
             raise RuntimeError("the writer is closed")
+        offloaded = None
+        if offload and self._offload is not None:
+            offloaded = pickle.dumps((body, finish), protocol=pickle.HIGHEST_PROTOCOL)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(body, finish, after_commit, future, offload and self._offload is not None))
+        self._queue.append(_Pending(body, finish, after_commit, future, offloaded))
         if self._drainer is None:
             self._drainer = asyncio.ensure_future(self._drain())
         try:
@@ -200,23 +208,22 @@ class Writer:
 
     def _take_group(self) -> list[_Pending[Any]]:
         group = [self._queue.popleft()]
-        finish, offload = group[0].finish, group[0].offload
+        finish, offload = group[0].finish, group[0].offloaded is not None
         while self._queue and len(group) < MAX_GROUP:
             nxt = self._queue[0]
-            if nxt.offload != offload or (finish is not None and nxt.finish != finish):
+            if (nxt.offloaded is not None) != offload or (finish is not None and nxt.finish != finish):
                 break
             finish = nxt.finish
             group.append(self._queue.popleft())
         return group
 
     def _run_group(self, group: list[_Pending[Any]]) -> list[Outcome]:
-        work: list[Work] = [(pending.body, pending.finish) for pending in group]
-        if group[0].offload and self._offload is not None:
-            return self._offload.run(work)
+        if self._offload is not None and group[0].offloaded is not None:
+            return self._offload.run([cast(bytes, pending.offloaded) for pending in group])
         conn = self._conn
         if conn is None:
             return [(False, RuntimeError("the writer is closed"))] * len(group)
-        return run_group(conn, work, self._translate)
+        return run_group(conn, [(pending.body, pending.finish) for pending in group], self._translate)
 
 
 def run_group(conn: sqlite3.Connection, work: list[Work], translate: Callable[[Exception], Exception]) -> list[Outcome]:

@@ -58,3 +58,75 @@ async def test_cached_reads_follow_commits_from_another_process(server_factory: 
             "sources/CACHE1": 1,
             "sources/CACHE2": 0,
         }
+
+
+async def test_repeated_pages_reuse_their_reply_until_a_commit(server_factory: ServerFactory) -> None:
+    """A List or Search asked again, with nothing committed in between, is the reply kept from the
+    first time (servicers/memo.py), byte for byte; the first commit after makes it rebuild."""
+    running = await server_factory()
+    images_memo = running.server.servicers["ImageService"].replies  # type: ignore[attr-defined]
+    sources_memo = running.server.servicers["SourceService"].replies  # type: ignore[attr-defined]
+    async with grpc.aio.insecure_channel(running.target) as ch:
+        s = make_stubs(ch)
+        ms = await make_ms(s, "/data/ms/memo.ms", mid_mjd=60100.0)
+        img = await make_image(s, ms.name, "/data/images/memo-0.fits", 60100.0)
+        await record(s, img.name, [measurement("MEMO1", 150.0, 40.0), measurement("MEMO2", 150.1, 40.0)])
+        calls = {
+            "ListImages": (
+                ch.unary_unary("/dsa110.contimg.v1.ImageService/ListImages"),
+                images_pb2.ListImagesRequest(page_size=1),
+            ),
+            "SearchImages": (
+                ch.unary_unary("/dsa110.contimg.v1.ImageService/SearchImages"),
+                images_pb2.SearchImagesRequest(ra_deg=128.7, dec_deg=55.57),
+            ),
+            "ListSources": (
+                ch.unary_unary("/dsa110.contimg.v1.SourceService/ListSources"),
+                sources_pb2.ListSourcesRequest(page_size=1),
+            ),
+            "SearchSources": (
+                ch.unary_unary("/dsa110.contimg.v1.SourceService/SearchSources"),
+                sources_pb2.SearchSourcesRequest(ra_deg=150.0, dec_deg=40.0, radius_deg=1.0),
+            ),
+        }
+
+        async def ask_all() -> dict[str, bytes]:
+            return {name: await call(req.SerializeToString()) for name, (call, req) in calls.items()}
+
+        first = await ask_all()
+        hits = images_memo.hits + sources_memo.hits
+        again = await ask_all()
+        assert again == first
+        assert images_memo.hits + sources_memo.hits == hits + 4
+
+        # One commit: every reply is rebuilt and shows it.
+        later = await make_image(s, ms.name, "/data/images/memo-1.fits", 60100.1)
+        await record(s, later.name, [measurement("MEMO1", 150.0, 40.0)])
+        hits = images_memo.hits + sources_memo.hits
+        after = await ask_all()
+        assert images_memo.hits + sources_memo.hits == hits
+        assert images_pb2.ListImagesResponse.FromString(after["ListImages"]).total_size == 2
+        assert len(images_pb2.SearchImagesResponse.FromString(after["SearchImages"]).matches) == 2
+        found = sources_pb2.SearchSourcesResponse.FromString(after["SearchSources"])
+        assert {m.source.name: m.source.detection_count for m in found.matches}["sources/MEMO1"] == 2
+
+        # The next page (the page token is part of the request) is its own reply.
+        token = images_pb2.ListImagesResponse.FromString(after["ListImages"]).next_page_token
+        assert token
+        second_page = images_pb2.ListImagesRequest(page_size=1, page_token=token)
+        assert (
+            images_pb2.ListImagesResponse.FromString(await calls["ListImages"][0](second_page.SerializeToString()))
+            .images[0]
+            .name
+            != images_pb2.ListImagesResponse.FromString(after["ListImages"]).images[0].name
+        )
+
+        # A request that fails keeps failing (nothing is kept for it).
+        bad = sources_pb2.SearchSourcesRequest(ra_deg=150.0, dec_deg=40.0, radius_deg=-1.0)
+        for _ in range(2):
+            try:
+                await s.sources.SearchSources(bad)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+            else:
+                raise AssertionError("a negative radius was accepted")

@@ -79,6 +79,7 @@ class ContimgServer:
         )
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self.servicers: dict[str, object] = {}  # service name -> servicer, once started
 
     async def start(self) -> int:
         await self.storage.open()
@@ -104,6 +105,7 @@ class ContimgServer:
             (JOB_SERVICE, JobServicer(repos.jobs, paging, JobWatcher(repos.jobs, self.bus))),
             (MS_SERVICE, MSServicer(repos.measurement_sets, paging)),
         ]
+        self.servicers = {service.name: servicer for service, servicer in servicers}
         for service, servicer in servicers:
             servicer.admission = admission
             # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).

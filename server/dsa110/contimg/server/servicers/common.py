@@ -15,6 +15,9 @@ from ..domain.records import Page
 from ..domain.validation import MAX_BATCH_GET, check_request_id
 from ..repositories.protocols import Idempotency, ListQuery
 
+# A List/Search request parsed: its query and the fingerprint its page tokens are bound to.
+Planned = tuple[ListQuery, str]
+
 
 class Paging:
     """Builds ListQuery objects from List/Search requests and signs their next page tokens."""
@@ -31,7 +34,7 @@ class Paging:
         *,
         bound_to: Sequence[object] = (),
         sortable: bool = True,
-    ) -> tuple[ListQuery, str]:
+    ) -> Planned:
         size = page_size(request.page_size)
         conditions = parse_filter(request.filter, specs)
         order = parse_order_by(request.order_by, specs, default_order) if sortable else []

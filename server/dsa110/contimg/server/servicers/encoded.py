@@ -44,6 +44,10 @@ class Encoded(Generic[M]):
         return f"Encoded({self.cls.__name__}, {len(self.data)} bytes)"
 
 
+def reply_size(reply: Encoded[Any]) -> int:
+    return len(reply.data)
+
+
 def serializer(cls: type[Message]) -> Callable[[Any], bytes]:
     """The response serializer of a method returning `cls`: `Encoded` replies pass through unchanged."""
     serialize: Callable[[Any], bytes] = cls.SerializeToString

@@ -9,15 +9,16 @@ from ..domain import names
 from ..domain.checks import Checker
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import IMAGE_DEFAULT_ORDER, IMAGE_FIELDS
-from ..domain.records import IMAGE_UPDATABLE_FIELDS, Image
+from ..domain.records import IMAGE_UPDATABLE_FIELDS, Image, Match, Page
 from ..domain.validation import check_image
 from ..repositories.protocols import ImageRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, batch_names, idempotency, require
+from .common import Paging, Planned, batch_names, idempotency, require
 from .convert import image_from_proto, image_to_proto
-from .encoded import Encoded, EncodedCache, double_field, field_bytes, page, unframe
+from .encoded import Encoded, EncodedCache, double_field, field_bytes, page, reply_size, unframe
 from .errors import unary
+from .memo import ReplyMemo
 
 
 def _version(img: Image) -> tuple[int, int]:
@@ -32,10 +33,13 @@ class ImageServicer:
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
 
-    def __init__(self, repo: ImageRepository, paging: Paging, cache: EncodedCache | None = None):
+    def __init__(
+        self, repo: ImageRepository, paging: Paging, cache: EncodedCache | None = None, replies: ReplyMemo | None = None
+    ):
         self.repo = repo
         self.paging = paging
         self.cache = cache or EncodedCache()
+        self.replies = replies or ReplyMemo()
 
     def _encoded(self, img: Image) -> bytes:
         """The image as field 1 (of BatchGet/List responses and of ImageMatch)."""
@@ -64,28 +68,39 @@ class ImageServicer:
 
     @unary
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> Encoded[pb.ListImagesResponse]:
-        query, fp = self.paging.query("ListImages", request, IMAGE_FIELDS, IMAGE_DEFAULT_ORDER)
-        refs = await self.repo.list_refs(query)
-        items = await self.cache.from_refs("image", 1, refs.items, self.repo.get_many, _version, image_to_proto)
-        return page(pb.ListImagesResponse, items, self.paging.next_token(refs, fp), refs.total_size)
+        def plan() -> Planned:
+            return self.paging.query("ListImages", request, IMAGE_FIELDS, IMAGE_DEFAULT_ORDER)
+
+        async def build(planned: Planned, refs: Page[tuple[int, int]]) -> Encoded[pb.ListImagesResponse]:
+            items = await self.cache.from_refs("image", 1, refs.items, self.repo.get_many, _version, image_to_proto)
+            return page(pb.ListImagesResponse, items, self.paging.next_token(refs, planned[1]), refs.total_size)
+
+        key = ("ListImages", request.SerializeToString())
+        return await self.replies.reply(key, plan, lambda p: self.repo.list_refs(p[0]), build, reply_size)
 
     @unary
     async def SearchImages(self, request: pb.SearchImagesRequest, context: Ctx) -> Encoded[pb.SearchImagesResponse]:
-        c = Checker()
-        c.ra("ra_deg", request.ra_deg)
-        c.dec("dec_deg", request.dec_deg)
-        c.raise_if_any()
-        query, fp = self.paging.query(
-            "SearchImages",
-            request,
-            IMAGE_FIELDS,
-            (),
-            sortable=False,
-            bound_to=(request.ra_deg, request.dec_deg),
-        )
-        found = await self.repo.search(request.ra_deg, request.dec_deg, query)
-        matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
-        return page(pb.SearchImagesResponse, matches, self.paging.next_token(found, fp), found.total_size)
+        def plan() -> Planned:
+            c = Checker()
+            c.ra("ra_deg", request.ra_deg)
+            c.dec("dec_deg", request.dec_deg)
+            c.raise_if_any()
+            return self.paging.query(
+                "SearchImages",
+                request,
+                IMAGE_FIELDS,
+                (),
+                sortable=False,
+                bound_to=(request.ra_deg, request.dec_deg),
+            )
+
+        async def build(planned: Planned, found: Page[Match[Image]]) -> Encoded[pb.SearchImagesResponse]:
+            matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
+            return page(pb.SearchImagesResponse, matches, self.paging.next_token(found, planned[1]), found.total_size)
+
+        key = ("SearchImages", request.SerializeToString())
+        fetch = lambda p: self.repo.search(request.ra_deg, request.dec_deg, p[0])  # noqa: E731
+        return await self.replies.reply(key, plan, fetch, build, reply_size)
 
     @unary
     async def CreateImage(self, request: pb.CreateImageRequest, context: Ctx) -> pb.Image:

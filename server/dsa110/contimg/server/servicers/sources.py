@@ -11,15 +11,16 @@ from ..domain import names
 from ..domain.checks import TIMESTAMP_MAX_US, TIMESTAMP_MIN_US, Checker
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
-from ..domain.records import Photometry, Source
+from ..domain.records import Match, Page, Photometry, Source
 from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field, columns_plainly_valid, row_field
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, batch_names, idempotency
+from .common import Paging, Planned, batch_names, idempotency
 from .convert import photometry_from_columns, photometry_from_proto, photometry_to_proto, source_to_proto
-from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page
+from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page, reply_size
 from .errors import streaming, unary
+from .memo import ReplyMemo
 
 MAX_RADIUS_DEG = 10.0
 
@@ -39,11 +40,13 @@ class SourceServicer:
         paging: Paging,
         cache: EncodedCache | None = None,
         lightcurves: ReplyCache | None = None,
+        replies: ReplyMemo | None = None,
     ):
         self.repo = repo
         self.paging = paging
         self.cache = cache or EncodedCache()
         self.lightcurves = lightcurves or ReplyCache()
+        self.replies = replies or ReplyMemo()
 
     def _encoded(self, src: Source) -> bytes:
         """The source as field 1 (of BatchGet/List responses, SourceMatch and GetLightcurveResponse)."""
@@ -71,29 +74,40 @@ class SourceServicer:
 
     @unary
     async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> Encoded[pb.ListSourcesResponse]:
-        query, fp = self.paging.query("ListSources", request, SOURCE_FIELDS, SOURCE_DEFAULT_ORDER)
-        refs = await self.repo.list_refs(query)
-        items = await self.cache.from_refs("source", 1, refs.items, self.repo.get_many, _version, source_to_proto)
-        return page(pb.ListSourcesResponse, items, self.paging.next_token(refs, fp), refs.total_size)
+        def plan() -> Planned:
+            return self.paging.query("ListSources", request, SOURCE_FIELDS, SOURCE_DEFAULT_ORDER)
+
+        async def build(planned: Planned, refs: Page[tuple[str, int]]) -> Encoded[pb.ListSourcesResponse]:
+            items = await self.cache.from_refs("source", 1, refs.items, self.repo.get_many, _version, source_to_proto)
+            return page(pb.ListSourcesResponse, items, self.paging.next_token(refs, planned[1]), refs.total_size)
+
+        key = ("ListSources", request.SerializeToString())
+        return await self.replies.reply(key, plan, lambda p: self.repo.list_refs(p[0]), build, reply_size)
 
     @unary
     async def SearchSources(self, request: pb.SearchSourcesRequest, context: Ctx) -> Encoded[pb.SearchSourcesResponse]:
-        c = Checker()
-        c.ra("ra_deg", request.ra_deg)
-        c.dec("dec_deg", request.dec_deg)
-        c.finite("radius_deg", request.radius_deg, lo=0.0, lo_open=True, hi=MAX_RADIUS_DEG)
-        c.raise_if_any()
-        query, fp = self.paging.query(
-            "SearchSources",
-            request,
-            SOURCE_FIELDS,
-            (),
-            sortable=False,
-            bound_to=(request.ra_deg, request.dec_deg, request.radius_deg),
-        )
-        found = await self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, query)
-        matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
-        return page(pb.SearchSourcesResponse, matches, self.paging.next_token(found, fp), found.total_size)
+        def plan() -> Planned:
+            c = Checker()
+            c.ra("ra_deg", request.ra_deg)
+            c.dec("dec_deg", request.dec_deg)
+            c.finite("radius_deg", request.radius_deg, lo=0.0, lo_open=True, hi=MAX_RADIUS_DEG)
+            c.raise_if_any()
+            return self.paging.query(
+                "SearchSources",
+                request,
+                SOURCE_FIELDS,
+                (),
+                sortable=False,
+                bound_to=(request.ra_deg, request.dec_deg, request.radius_deg),
+            )
+
+        async def build(planned: Planned, found: Page[Match[Source]]) -> Encoded[pb.SearchSourcesResponse]:
+            matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
+            return page(pb.SearchSourcesResponse, matches, self.paging.next_token(found, planned[1]), found.total_size)
+
+        key = ("SearchSources", request.SerializeToString())
+        fetch = lambda p: self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, p[0])  # noqa: E731
+        return await self.replies.reply(key, plan, fetch, build, reply_size)
 
     @streaming
     async def GetLightcurve(

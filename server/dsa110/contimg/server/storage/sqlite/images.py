@@ -55,26 +55,26 @@ class SQLiteImages:
     # Whole rows of a page: not used by the servicers (they read refs), kept for bench/redis_cache.py,
     # which measures what a page costs SQLite against a Redis copy.
     async def list_page(self, query: ListQuery) -> Page[Image]:
-        found, after, total = await page_query(
+        return await page_query(
             self.db,
             select=rows.IMAGE_SELECT,
             table="images",
             columns=_COLUMNS,
             tiebreak="images.id",
             query=query,
+            row=rows.image_from_row,
         )
-        return Page([rows.image_from_row(r) for r in found], after, total)
 
     async def list_refs(self, query: ListQuery) -> Page[tuple[int, int]]:
-        found, after, total = await page_query(
+        return await page_query(
             self.db,
             select="images.id, images.update_time",
             table="images",
             columns=_COLUMNS,
             tiebreak="images.id",
             query=query,
+            row=rows.image_ref,
         )
-        return Page([(int(r[0]), int(r[1])) for r in found], after, total)
 
     async def search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
         key = ("covering", ra_deg, dec_deg, query_key(query))

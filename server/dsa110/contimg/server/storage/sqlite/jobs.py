@@ -70,15 +70,15 @@ class SQLiteJobs:
         return job
 
     async def list_page(self, query: ListQuery) -> Page[Job]:
-        found, after, total = await page_query(
+        return await page_query(
             self.db,
             select=rows.JOB_SELECT,
             table="jobs",
             columns=_COLUMNS,
             tiebreak="id",
             query=query,
+            row=rows.job_from_row,
         )
-        return Page([rows.job_from_row(r) for r in found], after, total)
 
     async def create(self, job: Job, idem: Idempotency | None) -> Job:
         def body(txn: Txn) -> tuple[Job, JobEvent | None]:

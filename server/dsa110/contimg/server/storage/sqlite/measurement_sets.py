@@ -37,15 +37,15 @@ class SQLiteMeasurementSets:
         return [by_path.get(p) for p in paths]
 
     async def list_page(self, query: ListQuery) -> Page[MeasurementSet]:
-        found, after, total = await page_query(
+        return await page_query(
             self.db,
             select=rows.MS_SELECT,
             table="measurement_sets",
             columns=_COLUMNS,
             tiebreak="path",
             query=query,
+            row=rows.ms_from_row,
         )
-        return Page([rows.ms_from_row(r) for r in found], after, total)
 
     async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet:
         def body(txn: Txn) -> MeasurementSet:

@@ -101,6 +101,11 @@ def image_from_row(r: Sequence[Any]) -> Image:
     return img
 
 
+def image_ref(r: Sequence[Any]) -> tuple[int, int]:
+    """(id, update_time) of a list page's row (ImageRepository.list_refs)."""
+    return int(r[0]), int(r[1])
+
+
 def image_value(img: Image, column: str) -> Any:
     value = getattr(img, column)
     if column == "qa_metrics":
@@ -127,6 +132,11 @@ SOURCE_COLUMNS = (
 )
 SOURCE_SELECT = ", ".join(f"sources.{c}" for c in SOURCE_COLUMNS)
 _NV = len(_VAR_COLUMNS)
+
+
+def source_ref(r: Sequence[Any]) -> tuple[str, int]:
+    """(id, update_time) of a list page's row (SourceRepository.list_refs)."""
+    return str(r[0]), int(r[1])
 
 
 def source_from_row(r: Sequence[Any]) -> Source:

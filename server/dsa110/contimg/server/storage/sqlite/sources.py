@@ -45,26 +45,26 @@ class SQLiteSources:
     # Whole rows of a page: not used by the servicers (they read refs), kept for bench/redis_cache.py,
     # which measures what a page costs SQLite against a Redis copy.
     async def list_page(self, query: ListQuery) -> Page[Source]:
-        found, after, total = await page_query(
+        return await page_query(
             self.db,
             select=rows.SOURCE_SELECT,
             table="sources",
             columns=_COLUMNS,
             tiebreak="sources.id",
             query=query,
+            row=rows.source_from_row,
         )
-        return Page([rows.source_from_row(r) for r in found], after, total)
 
     async def list_refs(self, query: ListQuery) -> Page[tuple[str, int]]:
-        found, after, total = await page_query(
+        return await page_query(
             self.db,
             select="sources.id, sources.update_time",
             table="sources",
             columns=_COLUMNS,
             tiebreak="sources.id",
             query=query,
+            row=rows.source_ref,
         )
-        return Page([(str(r[0]), int(r[1])) for r in found], after, total)
 
     async def search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
         key = ("cone", ra_deg, dec_deg, radius_deg, query_key(query))

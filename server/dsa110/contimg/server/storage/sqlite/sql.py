@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ...domain.errors import InvalidArgument
 from ...domain.query import Condition, OrderKey
+from ...domain.records import Page
 from ...repositories.protocols import ListQuery, query_key
+
+T = TypeVar("T")
 
 _OPS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -70,12 +73,20 @@ async def page_query(
     columns: Mapping[str, str],
     tiebreak: str,
     query: ListQuery,
-) -> tuple[list[Sequence[Any]], list[object] | None, int]:
-    """One keyset page: (rows without key columns, keyset of the last row if more follow, total).
+    row: Callable[[Sequence[Any]], T],
+) -> Page[T]:
+    """One keyset page of `row(r)` for each row (key columns left out).
 
-    Reused until the next commit (Database.cached)."""
-    key = ("page", select, table, tiebreak, query_key(query))
-    return await db.cached(key, lambda: _page(db, select, table, columns, tiebreak, query))  # type: ignore[no-any-return]
+    Reused until the next commit (Database.cached): until then, the same Page object comes back,
+    which lets a servicer reuse the reply it assembled from it (servicers/memo.py). `row` must be
+    a module-level function: it is part of the key."""
+    key = ("page", select, table, tiebreak, row, query_key(query))
+
+    async def load() -> Page[T]:
+        found, after, total = await _page(db, select, table, columns, tiebreak, query)
+        return Page([row(r) for r in found], after, total)
+
+    return await db.cached(key, load)  # type: ignore[no-any-return]
 
 
 async def _page(

@@ -9,7 +9,7 @@ image searches.
 from __future__ import annotations
 
 import grpc
-from dsa110.contimg.v1 import images_pb2, sources_pb2
+from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 
 from conftest import ServerFactory, make_stubs
 from helpers_jobs import make_image, make_ms, measurement, record
@@ -66,6 +66,12 @@ async def test_repeated_pages_reuse_their_reply_until_a_commit(server_factory: S
     running = await server_factory()
     images_memo = running.server.servicers["ImageService"].replies  # type: ignore[attr-defined]
     sources_memo = running.server.servicers["SourceService"].replies  # type: ignore[attr-defined]
+    ms_memo = running.server.servicers["MSService"].replies  # type: ignore[attr-defined]
+    jobs_memo = running.server.servicers["JobService"].replies  # type: ignore[attr-defined]
+
+    def memo_hits() -> int:
+        return images_memo.hits + sources_memo.hits + ms_memo.hits + jobs_memo.hits  # type: ignore[no-any-return]
+
     async with grpc.aio.insecure_channel(running.target) as ch:
         s = make_stubs(ch)
         ms = await make_ms(s, "/data/ms/memo.ms", mid_mjd=60100.0)
@@ -88,25 +94,36 @@ async def test_repeated_pages_reuse_their_reply_until_a_commit(server_factory: S
                 ch.unary_unary("/dsa110.contimg.v1.SourceService/SearchSources"),
                 sources_pb2.SearchSourcesRequest(ra_deg=150.0, dec_deg=40.0, radius_deg=1.0),
             ),
+            "ListMeasurementSets": (
+                ch.unary_unary("/dsa110.contimg.v1.MSService/ListMeasurementSets"),
+                measurement_sets_pb2.ListMeasurementSetsRequest(),
+            ),
+            "ListJobs": (ch.unary_unary("/dsa110.contimg.v1.JobService/ListJobs"), jobs_pb2.ListJobsRequest()),
         }
 
         async def ask_all() -> dict[str, bytes]:
             return {name: await call(req.SerializeToString()) for name, (call, req) in calls.items()}
 
         first = await ask_all()
-        hits = images_memo.hits + sources_memo.hits
+        hits = memo_hits()
         again = await ask_all()
         assert again == first
-        assert images_memo.hits + sources_memo.hits == hits + 4
+        assert memo_hits() == hits + len(calls)
 
         # One commit: every reply is rebuilt and shows it.
         later = await make_image(s, ms.name, "/data/images/memo-1.fits", 60100.1)
         await record(s, later.name, [measurement("MEMO1", 150.0, 40.0)])
-        hits = images_memo.hits + sources_memo.hits
+        hits = memo_hits()
         after = await ask_all()
-        assert images_memo.hits + sources_memo.hits == hits
+        assert memo_hits() == hits
         assert images_pb2.ListImagesResponse.FromString(after["ListImages"]).total_size == 2
         assert len(images_pb2.SearchImagesResponse.FromString(after["SearchImages"]).matches) == 2
+        assert (
+            measurement_sets_pb2.ListMeasurementSetsResponse.FromString(after["ListMeasurementSets"])
+            .measurement_sets[0]
+            .image_count
+            == 2
+        )
         found = sources_pb2.SearchSourcesResponse.FromString(after["SearchSources"])
         assert {m.source.name: m.source.detection_count for m in found.matches}["sources/MEMO1"] == 2
 

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 from dsa110.contimg.v1 import jobs_pb2 as pb
-from dsa110.contimg.v1 import jobs_pb2_grpc as pb_grpc
 
 from ..domain import jobs as rules
 from ..domain import names
@@ -16,24 +15,29 @@ from ..domain.checks import Checker, page_size
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
 from ..domain.query import fingerprint, parse_filter
-from ..domain.records import Heartbeat, Job, JobEvent, JobStage
+from ..domain.records import Heartbeat, Job, JobEvent, JobStage, Page
 from ..domain.validation import MAX_ARTIFACTS, check_job, check_lines
 from ..events.watch import JobWatcher
 from ..repositories.protocols import JobRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, idempotency, require
+from .common import Paging, Planned, idempotency, require
 from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json
+from .encoded import Encoded, reply_size
 from .errors import streaming, unary
+from .memo import ReplyMemo
 
 
-class JobServicer(pb_grpc.JobServiceServicer):
+class JobServicer:
+    """dsa110.contimg.v1.JobService (registered by servicers/handlers.py: list pages leave as Encoded bytes)."""
+
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
 
     def __init__(self, repo: JobRepository, paging: Paging, watcher: JobWatcher):
         self.repo = repo
         self.paging = paging
         self.watcher = watcher
+        self.replies = ReplyMemo()
         # A live event is one object handed to every watcher: convert it once, not once per stream
         # (1,000 watchers of a job each built the same message). Keyed by identity, holding the
         # event so its id cannot be reused while cached.
@@ -59,14 +63,20 @@ class JobServicer(pb_grpc.JobServiceServicer):
         return job_to_proto(job)
 
     @unary
-    async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
-        query, fp = self.paging.query("ListJobs", request, JOB_FIELDS, JOB_DEFAULT_ORDER)
-        page = await self.repo.list_page(query)
-        return pb.ListJobsResponse(
-            jobs=[job_to_proto(j) for j in page.items],
-            next_page_token=self.paging.next_token(page, fp),
-            total_size=page.total_size,
-        )
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> Encoded[pb.ListJobsResponse]:
+        def plan() -> Planned:
+            return self.paging.query("ListJobs", request, JOB_FIELDS, JOB_DEFAULT_ORDER)
+
+        async def build(planned: Planned, page: Page[Job]) -> Encoded[pb.ListJobsResponse]:
+            reply = pb.ListJobsResponse(
+                jobs=[job_to_proto(j) for j in page.items],
+                next_page_token=self.paging.next_token(page, planned[1]),
+                total_size=page.total_size,
+            )
+            return Encoded(pb.ListJobsResponse, reply.SerializeToString())
+
+        key = ("ListJobs", request.SerializeToString())
+        return await self.replies.reply(key, plan, lambda p: self.repo.list_page(p[0]), build, reply_size)
 
     @unary
     async def CreateJob(self, request: pb.CreateJobRequest, context: Ctx) -> pb.Job:

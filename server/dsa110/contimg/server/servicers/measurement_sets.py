@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from dsa110.contimg.v1 import measurement_sets_pb2 as pb
-from dsa110.contimg.v1 import measurement_sets_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
 
 from ..domain import names
 from ..domain.checks import Checker
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import MS_DEFAULT_ORDER, MS_FIELDS
-from ..domain.records import MS_WRITABLE_FIELDS, MSStage, MSStatus
+from ..domain.records import MS_WRITABLE_FIELDS, MeasurementSet, MSStage, MSStatus, Page
 from ..domain.validation import check_measurement_set
 from ..repositories.protocols import MeasurementSetRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, batch_names, idempotency, require
+from .common import Paging, Planned, batch_names, idempotency, require
 from .convert import ms_from_proto, ms_to_proto, set_fields
+from .encoded import Encoded, reply_size
 from .errors import unary
+from .memo import ReplyMemo
 
 
 def _target_path(msg: pb.MeasurementSet) -> str:
@@ -34,12 +35,15 @@ def _check_process_time(msg: pb.MeasurementSet, c: Checker) -> None:
         c.timestamp("measurement_set.process_time", msg.process_time.seconds, msg.process_time.nanos)
 
 
-class MSServicer(pb_grpc.MSServiceServicer):
+class MSServicer:
+    """dsa110.contimg.v1.MSService (registered by servicers/handlers.py: list pages leave as Encoded bytes)."""
+
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
 
     def __init__(self, repo: MeasurementSetRepository, paging: Paging):
         self.repo = repo
         self.paging = paging
+        self.replies = ReplyMemo()
 
     @unary
     async def GetMeasurementSet(self, request: pb.GetMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
@@ -64,14 +68,20 @@ class MSServicer(pb_grpc.MSServiceServicer):
     @unary
     async def ListMeasurementSets(
         self, request: pb.ListMeasurementSetsRequest, context: Ctx
-    ) -> pb.ListMeasurementSetsResponse:
-        query, fp = self.paging.query("ListMeasurementSets", request, MS_FIELDS, MS_DEFAULT_ORDER)
-        page = await self.repo.list_page(query)
-        return pb.ListMeasurementSetsResponse(
-            measurement_sets=[ms_to_proto(m) for m in page.items],
-            next_page_token=self.paging.next_token(page, fp),
-            total_size=page.total_size,
-        )
+    ) -> Encoded[pb.ListMeasurementSetsResponse]:
+        def plan() -> Planned:
+            return self.paging.query("ListMeasurementSets", request, MS_FIELDS, MS_DEFAULT_ORDER)
+
+        async def build(planned: Planned, page: Page[MeasurementSet]) -> Encoded[pb.ListMeasurementSetsResponse]:
+            reply = pb.ListMeasurementSetsResponse(
+                measurement_sets=[ms_to_proto(m) for m in page.items],
+                next_page_token=self.paging.next_token(page, planned[1]),
+                total_size=page.total_size,
+            )
+            return Encoded(pb.ListMeasurementSetsResponse, reply.SerializeToString())
+
+        key = ("ListMeasurementSets", request.SerializeToString())
+        return await self.replies.reply(key, plan, lambda p: self.repo.list_page(p[0]), build, reply_size)
 
     @unary
     async def CreateMeasurementSet(self, request: pb.CreateMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -14,6 +14,11 @@ from ..domain.query import FieldSpec, OrderKey, PageTokens, fingerprint, parse_f
 from ..domain.records import Page
 from ..domain.validation import MAX_BATCH_GET, check_request_id
 from ..repositories.protocols import Idempotency, ListQuery
+from .encoded import Encoded, reply_size
+from .memo import ReplyMemo
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 # A List/Search request parsed: its query and the fingerprint its page tokens are bound to.
 Planned = tuple[ListQuery, str]
@@ -44,6 +49,34 @@ class Paging:
 
     def next_token(self, page: Page[Any], fp: str) -> str:
         return self.tokens.encode(page.next_after, fp) if page.next_after is not None else ""
+
+
+async def message_page(
+    replies: ReplyMemo,
+    paging: Paging,
+    method: str,
+    request: Any,
+    specs: Mapping[str, FieldSpec],
+    default_order: Sequence[OrderKey],
+    list_page: Callable[[ListQuery], Awaitable[Page[T]]],
+    response: type[M],
+    to_proto: Callable[[T], Message],
+) -> Encoded[M]:
+    """A List reply whose items are built as messages (field 1 of `response`), reused while the
+    repository returns the same page (servicers/memo.py)."""
+
+    def plan() -> Planned:
+        return paging.query(method, request, specs, default_order)
+
+    async def build(planned: Planned, page: Page[T]) -> Encoded[M]:
+        reply = response()
+        getattr(reply, response.DESCRIPTOR.fields_by_number[1].name).extend([to_proto(i) for i in page.items])
+        reply.next_page_token = paging.next_token(page, planned[1])  # type: ignore[attr-defined]
+        reply.total_size = page.total_size  # type: ignore[attr-defined]
+        return Encoded(response, reply.SerializeToString())
+
+    key = (method, request.SerializeToString())
+    return await replies.reply(key, plan, lambda p: list_page(p[0]), build, reply_size)
 
 
 def idempotency(method: str, request: Message) -> Idempotency | None:

@@ -15,15 +15,15 @@ from ..domain.checks import Checker, page_size
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
 from ..domain.query import fingerprint, parse_filter
-from ..domain.records import Heartbeat, Job, JobEvent, JobStage, Page
+from ..domain.records import Heartbeat, Job, JobEvent, JobStage
 from ..domain.validation import MAX_ARTIFACTS, check_job, check_lines
 from ..events.watch import JobWatcher
 from ..repositories.protocols import JobRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, Planned, idempotency, require
+from .common import Paging, idempotency, message_page, require
 from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json
-from .encoded import Encoded, reply_size
+from .encoded import Encoded
 from .errors import streaming, unary
 from .memo import ReplyMemo
 
@@ -64,19 +64,17 @@ class JobServicer:
 
     @unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> Encoded[pb.ListJobsResponse]:
-        def plan() -> Planned:
-            return self.paging.query("ListJobs", request, JOB_FIELDS, JOB_DEFAULT_ORDER)
-
-        async def build(planned: Planned, page: Page[Job]) -> Encoded[pb.ListJobsResponse]:
-            reply = pb.ListJobsResponse(
-                jobs=[job_to_proto(j) for j in page.items],
-                next_page_token=self.paging.next_token(page, planned[1]),
-                total_size=page.total_size,
-            )
-            return Encoded(pb.ListJobsResponse, reply.SerializeToString())
-
-        key = ("ListJobs", request.SerializeToString())
-        return await self.replies.reply(key, plan, lambda p: self.repo.list_page(p[0]), build, reply_size)
+        return await message_page(
+            self.replies,
+            self.paging,
+            "ListJobs",
+            request,
+            JOB_FIELDS,
+            JOB_DEFAULT_ORDER,
+            self.repo.list_page,
+            pb.ListJobsResponse,
+            job_to_proto,
+        )
 
     @unary
     async def CreateJob(self, request: pb.CreateJobRequest, context: Ctx) -> pb.Job:

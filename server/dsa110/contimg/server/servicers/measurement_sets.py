@@ -9,14 +9,14 @@ from ..domain import names
 from ..domain.checks import Checker
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import MS_DEFAULT_ORDER, MS_FIELDS
-from ..domain.records import MS_WRITABLE_FIELDS, MeasurementSet, MSStage, MSStatus, Page
+from ..domain.records import MS_WRITABLE_FIELDS, MSStage, MSStatus
 from ..domain.validation import check_measurement_set
 from ..repositories.protocols import MeasurementSetRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, Planned, batch_names, idempotency, require
+from .common import Paging, batch_names, idempotency, message_page, require
 from .convert import ms_from_proto, ms_to_proto, set_fields
-from .encoded import Encoded, reply_size
+from .encoded import Encoded
 from .errors import unary
 from .memo import ReplyMemo
 
@@ -69,19 +69,17 @@ class MSServicer:
     async def ListMeasurementSets(
         self, request: pb.ListMeasurementSetsRequest, context: Ctx
     ) -> Encoded[pb.ListMeasurementSetsResponse]:
-        def plan() -> Planned:
-            return self.paging.query("ListMeasurementSets", request, MS_FIELDS, MS_DEFAULT_ORDER)
-
-        async def build(planned: Planned, page: Page[MeasurementSet]) -> Encoded[pb.ListMeasurementSetsResponse]:
-            reply = pb.ListMeasurementSetsResponse(
-                measurement_sets=[ms_to_proto(m) for m in page.items],
-                next_page_token=self.paging.next_token(page, planned[1]),
-                total_size=page.total_size,
-            )
-            return Encoded(pb.ListMeasurementSetsResponse, reply.SerializeToString())
-
-        key = ("ListMeasurementSets", request.SerializeToString())
-        return await self.replies.reply(key, plan, lambda p: self.repo.list_page(p[0]), build, reply_size)
+        return await message_page(
+            self.replies,
+            self.paging,
+            "ListMeasurementSets",
+            request,
+            MS_FIELDS,
+            MS_DEFAULT_ORDER,
+            self.repo.list_page,
+            pb.ListMeasurementSetsResponse,
+            ms_to_proto,
+        )
 
     @unary
     async def CreateMeasurementSet(self, request: pb.CreateMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:

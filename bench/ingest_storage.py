@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dsa110.contimg.server.domain.records import JobEvent, Photometry
+from dsa110.contimg.server.domain.records import JobEvent, Photometry, PhotometryBatch
 from dsa110.contimg.server.storage.sqlite.database import SQLiteSettings
 from dsa110.contimg.server.storage.sqlite.storage import SQLiteStorage
 from dsa110.contimg.server.storage.sqlite.writer import Txn
@@ -56,8 +56,9 @@ async def run(database: Path, writers: int, images: int, rows: int, write_proces
         rng = random.Random(1)
         sources = [f"BENCH{tag}-{j}" for j in range(rows)]
         queue = [
-            (image_id, [Photometry(s, 0, 100.0 + j * 1e-3, 54.57, 0.0, 0.05 + rng.random() * 0.01, 0.001)
-                        for j, s in enumerate(sources)])
+            (image_id, PhotometryBatch.of_rows(
+                [Photometry(s, 0, 100.0 + j * 1e-3, 54.57, 0.0, 0.05 + rng.random() * 0.01, 0.001)
+                 for j, s in enumerate(sources)]))
             for image_id in ids
         ]
         image_id, batch = queue.pop()  # not timed: starts the write process

@@ -22,10 +22,10 @@ from pathlib import Path
 import grpc
 import pytest
 from dsa110.contimg.server.domain.errors import NotFound
-from dsa110.contimg.server.domain.records import Photometry
+from dsa110.contimg.server.domain.records import Photometry, PhotometryBatch
 from dsa110.contimg.server.storage.sqlite.connect import connect_writer, translate
 from dsa110.contimg.server.storage.sqlite.database import Database, SQLiteSettings
-from dsa110.contimg.server.storage.sqlite.sources import _Batch, _ingest, _update_source_statistics
+from dsa110.contimg.server.storage.sqlite.sources import _ingest, _update_source_statistics
 from dsa110.contimg.server.storage.sqlite.writer import Txn, run_group
 from dsa110.contimg.v1 import images_pb2, sources_pb2
 
@@ -249,8 +249,8 @@ async def test_a_failed_batch_leaves_its_group_nothing_to_misuse(tmp_path: Path)
     await database.write(images)
     await database.close()
 
-    def batch(err: float, *sources: str) -> _Batch:
-        return _Batch.of(
+    def batch(err: float, *sources: str) -> PhotometryBatch:
+        return PhotometryBatch.of_rows(
             [Photometry(s, ra_deg=1.0, dec_deg=2.0, peak_flux_jy=0.5, peak_flux_err_jy=err) for s in sources]
         )
 

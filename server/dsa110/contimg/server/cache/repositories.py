@@ -21,6 +21,7 @@ from ..domain.records import (
     MeasurementSet,
     Page,
     Photometry,
+    PhotometryBatch,
     PhotometryResult,
     Source,
 )
@@ -166,10 +167,10 @@ class CachedSources:
             self.cache.finish(ticket, parts, points + 1)
 
     async def record_photometry(
-        self, image_id: int, rows: Sequence[Photometry], idem: Idempotency | None
+        self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None
     ) -> PhotometryResult:
         # Source statistics and lightcurves change, and so does the image's photometry_count.
-        return await self.cache.write((SOURCES, IMAGES), lambda: self.inner.record_photometry(image_id, rows, idem))
+        return await self.cache.write((SOURCES, IMAGES), lambda: self.inner.record_photometry(image_id, batch, idem))
 
 
 class CachedJobs:

@@ -7,8 +7,10 @@ int copy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import repeat
 from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -263,6 +265,43 @@ class Photometry(NamedTuple):
     quality_flag: str = ""
     observation_mjd: float = 0.0
     measure_time: int = 0
+
+
+_NUMBERS = slice(Photometry._fields.index("ra_deg"), Photometry._fields.index("quality_flag"))
+
+
+@dataclass(frozen=True, slots=True)
+class PhotometryBatch:
+    """One RecordPhotometry call's measurements as columns, one value per source in each: what the
+    repository stores. Columns, not rows, because a batch sent as columns (PhotometryColumns) then
+    reaches storage without being turned into 1,000 rows and back."""
+
+    source_ids: list[str]
+    numbers: list[Sequence[float]]  # Photometry's fields from ra_deg to separation_from_center_deg
+    quality_flags: list[str] | None  # None: all empty
+    observation_mjd: Sequence[float]  # 0: the image's
+    measure_time: Sequence[int]  # unix microseconds; 0: now
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[Photometry]) -> PhotometryBatch:
+        if not rows:
+            return cls([], [[] for _ in range(_NUMBERS.start, _NUMBERS.stop)], None, [], [])
+        columns = list(zip(*rows, strict=True))
+        flags = columns[_NUMBERS.stop]
+        return cls(
+            list(columns[0]),
+            list(columns[_NUMBERS]),
+            list(flags) if any(flags) else None,
+            columns[-2],
+            columns[-1],
+        )
+
+    def rows(self) -> list[Photometry]:
+        """The measurements one by one (image_id 0), as the per-measurement checks take them."""
+        n = len(self.source_ids)
+        flags = self.quality_flags or repeat("", n)
+        columns = (self.source_ids, repeat(0, n), *self.numbers, flags, self.observation_mjd, self.measure_time)
+        return [tuple.__new__(Photometry, row) for row in zip(*columns, strict=False)]
 
 
 @dataclass(slots=True)

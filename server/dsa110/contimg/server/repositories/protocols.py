@@ -23,6 +23,7 @@ from ..domain.records import (
     MeasurementSet,
     Page,
     Photometry,
+    PhotometryBatch,
     PhotometryResult,
     Source,
 )
@@ -85,7 +86,7 @@ class SourceRepository(Protocol):
         self, source_id: str, start_mjd: float, end_mjd: float, chunk: int
     ) -> AsyncIterator[list[Photometry]]: ...
     async def record_photometry(
-        self, image_id: int, rows: Sequence[Photometry], idem: Idempotency | None
+        self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None
     ) -> PhotometryResult: ...
 
 

@@ -11,7 +11,7 @@ from ..domain import names
 from ..domain.checks import TIMESTAMP_MAX_US, TIMESTAMP_MIN_US, Checker
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
-from ..domain.records import Match, Page, Photometry, Source
+from ..domain.records import Match, Page, PhotometryBatch, Source
 from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field, columns_plainly_valid, row_field
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
@@ -153,9 +153,9 @@ class SourceServicer:
         if request.HasField("columns"):
             if request.measurements:
                 c.add("columns", "set measurements or columns, not both")
-            rows = _rows_from_columns(request.columns, c)
+            batch = _batch_from_columns(request.columns, c)
             c.raise_if_any()
-            return await self._record(image_id, rows, request)
+            return await self._record(image_id, batch, request)
         rows = []
         for i, m in enumerate(request.measurements[:MAX_MEASUREMENTS]):
             source_id = _source_id(m.source, i, row_field, c)
@@ -168,12 +168,12 @@ class SourceServicer:
             c.add("measurements", f"at most {MAX_MEASUREMENTS} measurements per call")
         check_measurements(rows, c)
         c.raise_if_any()
-        return await self._record(image_id, rows, request)
+        return await self._record(image_id, PhotometryBatch.of_rows(rows), request)
 
     async def _record(
-        self, image_id: int, rows: list[Photometry], request: pb.RecordPhotometryRequest
+        self, image_id: int, batch: PhotometryBatch, request: pb.RecordPhotometryRequest
     ) -> pb.RecordPhotometryResponse:
-        result = await self.repo.record_photometry(image_id, rows, idempotency("RecordPhotometry", request))
+        result = await self.repo.record_photometry(image_id, batch, idempotency("RecordPhotometry", request))
         return pb.RecordPhotometryResponse(
             image=f"images/{result.image_id}",
             recorded_count=result.recorded_count,
@@ -182,14 +182,14 @@ class SourceServicer:
         )
 
 
-def _rows_from_columns(columns: pb.PhotometryColumns, c: Checker) -> list[Photometry]:
-    """RecordPhotometryRequest.columns as measurements, each problem reported at `columns.{field}[i]`."""
+def _batch_from_columns(columns: pb.PhotometryColumns, c: Checker) -> PhotometryBatch:
+    """RecordPhotometryRequest.columns as a batch, each problem reported at `columns.{field}[i]`."""
     sources = columns.source
     if len(sources) > MAX_MEASUREMENTS:
         c.add("columns.source", f"at most {MAX_MEASUREMENTS} measurements per call")
-        return []
+        return PhotometryBatch.of_rows([])
     source_ids = [_source_id(name, i, column_field, c) for i, name in enumerate(sources)]
-    rows, wrong = photometry_from_columns(columns, source_ids)
+    batch, wrong = photometry_from_columns(columns, source_ids)
     for name in wrong:
         c.add(
             f"columns.{name}",
@@ -201,8 +201,8 @@ def _rows_from_columns(columns: pb.PhotometryColumns, c: Checker) -> list[Photom
             if len(c.violations) < 100:
                 c.unix_micros(column_field(i, "measure_time_unix_micros"), t)
     if c.violations or not columns_plainly_valid(source_ids, partial(getattr, columns), columns.quality_flag):
-        check_measurements(rows, c, column_field, "columns.source")
-    return rows
+        check_measurements(batch.rows(), c, column_field, "columns.source")
+    return batch
 
 
 def _source_id(name: str, i: int, field: Callable[[int, str], str], c: Checker) -> str:

@@ -14,7 +14,7 @@ import orjson
 
 from ...domain import sky
 from ...domain.errors import AlreadyExists, NotFound
-from ...domain.records import Match, Page, Photometry, PhotometryResult, Source
+from ...domain.records import Match, Page, Photometry, PhotometryBatch, PhotometryResult, Source
 from ...domain.variability import FluxSums, add_rows, weights
 from ...repositories.protocols import Idempotency, ListQuery, query_key
 from . import rows
@@ -130,48 +130,35 @@ class SQLiteSources:
             after = (points[-1].observation_mjd, points[-1].image_id)
 
     async def record_photometry(
-        self, image_id: int, measurements: Sequence[Photometry], idem: Idempotency | None
+        self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None
     ) -> PhotometryResult:
-        ingest = partial(_ingest, image_id, _Batch.of(measurements), idem)
+        ingest = partial(_ingest, image_id, _packed(batch), idem)
         return await self.db.write(ingest, finish=_update_source_statistics, offload=True)
 
 
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """One batch's measurements as columns, the form that crosses to the write process: numbers
-    pickle as packed arrays (~0.05 ms per 1,000 rows each way, against ~1 ms for tuples of floats)
-    and the rows are zipped from them only as SQLite takes them."""
+def _packed(batch: PhotometryBatch) -> PhotometryBatch:
+    """The batch with its numbers in packed arrays, the form that crosses to the write process: they
+    pickle in ~0.05 ms per 1,000 rows each way, against ~1 ms for tuples of floats."""
 
-    source_ids: list[str]
-    numbers: list[array[float]]  # Photometry's fields from ra_deg to separation_from_center_deg
-    quality_flags: list[str] | None  # None: all empty
-    observation_mjd: array[float]  # 0: the image's
-    measure_time: array[int]  # 0: now
+    def doubles(values: Sequence[float]) -> array[float]:
+        return values if isinstance(values, array) else array("d", values)
 
-    @classmethod
-    def of(cls, measurements: Sequence[Photometry]) -> _Batch:
-        if not measurements:
-            return cls([], [array("d") for _ in _NUMBERS], None, array("d"), array("q"))
-        columns = list(zip(*measurements, strict=True))
-        flags = columns[_FLAG]
-        return cls(
-            list(columns[0]),
-            [array("d", columns[i]) for i in _NUMBERS],
-            list(flags) if any(flags) else None,
-            array("d", columns[_MJD]),
-            array("q", columns[_TIME]),
-        )
+    times = batch.measure_time
+    return PhotometryBatch(
+        list(batch.source_ids),
+        [doubles(c) for c in batch.numbers],
+        batch.quality_flags,
+        doubles(batch.observation_mjd),
+        times if isinstance(times, array) else array("q", times),
+    )
 
 
 _NUMBERS = range(Photometry._fields.index("ra_deg"), Photometry._fields.index("quality_flag"))
-_FLAG = Photometry._fields.index("quality_flag")
-_MJD = Photometry._fields.index("observation_mjd")
-_TIME = Photometry._fields.index("measure_time")
 _PEAK = Photometry._fields.index("peak_flux_jy") - _NUMBERS.start
 _PEAK_ERR = Photometry._fields.index("peak_flux_err_jy") - _NUMBERS.start
 
 
-def _ingest(image_id: int, batch: _Batch, idem: Idempotency | None, txn: Txn) -> PhotometryResult:
+def _ingest(image_id: int, batch: PhotometryBatch, idem: Idempotency | None, txn: Txn) -> PhotometryResult:
     """One RecordPhotometry batch: its measurements, any new sources, and the image's count; the
     sources' statistics are left to the group's finish step."""
     earlier = check_request_id(txn, idem)

@@ -275,3 +275,25 @@ async def test_a_failed_batch_leaves_its_group_nothing_to_misuse(tmp_path: Path)
         assert stored == {"X": 1, "Y": 1}
     finally:
         conn.close()
+
+
+def test_a_batch_with_uneven_columns_is_refused_before_it_is_written() -> None:
+    """Storage zips the columns as SQLite takes them: a short column would silently drop rows while
+    the counts still say every source was recorded, so such a batch never reaches a transaction."""
+    from dsa110.contimg.server.storage.sqlite.sources import _packed
+
+    even = PhotometryBatch(["A", "B"], [[1.0, 2.0] for _ in range(12)], None, [0.0, 0.0], [0, 0])
+    packed = _packed(even)
+    assert [c.typecode for c in packed.numbers] == ["d"] * 12 and packed.measure_time.typecode == "q"
+    for uneven in (
+        PhotometryBatch(["A", "B"], [[1.0, 2.0] for _ in range(11)] + [[1.0]], None, [0.0, 0.0], [0, 0]),
+        PhotometryBatch(["A", "B"], [[1.0, 2.0] for _ in range(12)], None, [0.0], [0, 0]),
+        PhotometryBatch(["A", "B"], [[1.0, 2.0] for _ in range(12)], ["ok"], [0.0, 0.0], [0, 0]),
+        PhotometryBatch(["A", "B"], [[1.0, 2.0] for _ in range(11)], None, [0.0, 0.0], [0, 0]),
+    ):
+        try:
+            _packed(uneven)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"{uneven} was accepted")

@@ -366,7 +366,7 @@ class JobLogEntry:
     text: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # weakref: servicers/memo.py recognises a page without keeping it
 class Page(Generic[T]):
     items: list[T]
     next_after: list[object] | None  # keyset of the last item when more may follow

@@ -141,15 +141,19 @@ def _packed(batch: PhotometryBatch) -> PhotometryBatch:
     pickle in ~0.05 ms per 1,000 rows each way, against ~1 ms for tuples of floats."""
 
     def doubles(values: Sequence[float]) -> array[float]:
-        return values if isinstance(values, array) else array("d", values)
+        return values if isinstance(values, array) and values.typecode == "d" else array("d", values)
 
+    n = len(batch.source_ids)
+    columns = (*batch.numbers, batch.observation_mjd, batch.measure_time, batch.quality_flags or ())
+    if len(batch.numbers) != len(_NUMBERS) or any(len(c) != n for c in columns[:-1]) or len(columns[-1]) not in (0, n):
+        raise ValueError("a photometry batch needs one value per source in every column")
     times = batch.measure_time
     return PhotometryBatch(
         list(batch.source_ids),
         [doubles(c) for c in batch.numbers],
         batch.quality_flags,
         doubles(batch.observation_mjd),
-        times if isinstance(times, array) else array("q", times),
+        times if isinstance(times, array) and times.typecode == "q" else array("q", times),
     )
 
 

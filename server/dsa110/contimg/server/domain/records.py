@@ -268,6 +268,8 @@ class Photometry(NamedTuple):
 
 
 _NUMBERS = slice(Photometry._fields.index("ra_deg"), Photometry._fields.index("quality_flag"))
+# The names of PhotometryBatch.numbers, in order (also PhotometryColumns' names for them).
+PHOTOMETRY_NUMBERS: tuple[str, ...] = Photometry._fields[_NUMBERS.start : _NUMBERS.stop]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +279,7 @@ class PhotometryBatch:
     reaches storage without being turned into 1,000 rows and back."""
 
     source_ids: list[str]
-    numbers: list[Sequence[float]]  # Photometry's fields from ra_deg to separation_from_center_deg
+    numbers: list[Sequence[float]]  # PHOTOMETRY_NUMBERS
     quality_flags: list[str] | None  # None: all empty
     observation_mjd: Sequence[float]  # 0: the image's
     measure_time: Sequence[int]  # unix microseconds; 0: now
@@ -285,7 +287,7 @@ class PhotometryBatch:
     @classmethod
     def of_rows(cls, rows: Sequence[Photometry]) -> PhotometryBatch:
         if not rows:
-            return cls([], [[] for _ in range(_NUMBERS.start, _NUMBERS.stop)], None, [], [])
+            return cls([], [[] for _ in PHOTOMETRY_NUMBERS], None, [], [])
         columns = list(zip(*rows, strict=True))
         flags = columns[_NUMBERS.stop]
         return cls(

@@ -13,6 +13,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from ..domain import names
 from ..domain.records import (
+    PHOTOMETRY_NUMBERS,
     CalibrationTable,
     Heartbeat,
     Image,
@@ -281,15 +282,11 @@ def photometry_from_columns(
         return empty()
 
     zeros = partial(array, "d", bytes(8 * n))
-    numbers = [column(name, zeros) for name in _NUMBER_COLUMNS]
+    numbers = [column(name, zeros) for name in PHOTOMETRY_NUMBERS]
     flags = column("quality_flag", list)
     mjd = column("observation_mjd", zeros)
     times = column("measure_time_unix_micros", partial(array, "q", bytes(8 * n)))
     return PhotometryBatch(source_ids, numbers, list(flags) if any(flags) else None, mjd, times), wrong
-
-
-# Photometry's number fields (after source_id and image_id), as PhotometryColumns names them.
-_NUMBER_COLUMNS = Photometry._fields[2:14]
 
 
 # ---- jobs -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import orjson
 
 from ...domain import sky
 from ...domain.errors import AlreadyExists, NotFound
-from ...domain.records import Match, Page, Photometry, PhotometryBatch, PhotometryResult, Source
+from ...domain.records import PHOTOMETRY_NUMBERS, Match, Page, Photometry, PhotometryBatch, PhotometryResult, Source
 from ...domain.variability import FluxSums, add_rows, weights
 from ...repositories.protocols import Idempotency, ListQuery, query_key
 from . import rows
@@ -144,12 +144,13 @@ def _packed(batch: PhotometryBatch) -> PhotometryBatch:
         return values if isinstance(values, array) and values.typecode == "d" else array("d", values)
 
     n = len(batch.source_ids)
-    columns = (*batch.numbers, batch.observation_mjd, batch.measure_time, batch.quality_flags or ())
-    if len(batch.numbers) != len(_NUMBERS) or any(len(c) != n for c in columns[:-1]) or len(columns[-1]) not in (0, n):
+    columns = (*batch.numbers, batch.observation_mjd, batch.measure_time)
+    even = len(batch.numbers) == len(PHOTOMETRY_NUMBERS) and all(len(c) == n for c in columns)
+    if not even or len(batch.quality_flags or ()) not in (0, n):
         raise ValueError("a photometry batch needs one value per source in every column")
     times = batch.measure_time
     return PhotometryBatch(
-        list(batch.source_ids),
+        batch.source_ids,
         [doubles(c) for c in batch.numbers],
         batch.quality_flags,
         doubles(batch.observation_mjd),
@@ -157,9 +158,8 @@ def _packed(batch: PhotometryBatch) -> PhotometryBatch:
     )
 
 
-_NUMBERS = range(Photometry._fields.index("ra_deg"), Photometry._fields.index("quality_flag"))
-_PEAK = Photometry._fields.index("peak_flux_jy") - _NUMBERS.start
-_PEAK_ERR = Photometry._fields.index("peak_flux_err_jy") - _NUMBERS.start
+_PEAK = PHOTOMETRY_NUMBERS.index("peak_flux_jy")
+_PEAK_ERR = PHOTOMETRY_NUMBERS.index("peak_flux_err_jy")
 
 
 def _ingest(image_id: int, batch: PhotometryBatch, idem: Idempotency | None, txn: Txn) -> PhotometryResult:

@@ -378,6 +378,8 @@ async def test_list_negative_page_size_is_invalid(stubs: Any) -> None:
         'create_time > "2025-01-01T00:00:00"',
         'measurement_set = "relative.ms"',
         'measurement_set > "/a.ms"',
+        'field_name = "\\ud800"',  # a lone surrogate: decodes from JSON, but is not text
+        'measurement_set = "/a\\udc00.ms"',
         "= 3",
         "noise_jy ~ 3",
         "x" * 2049,

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from dsa110.contimg.v1 import jobs_pb2, jobs_pb2_grpc
+from dsa110.contimg.v1 import jobs_pb2, jobs_pb2_grpc, measurement_sets_pb2
 from google.protobuf import struct_pb2
 
 from helpers_jobs import expect_error, make_ms
@@ -334,12 +334,13 @@ async def test_transition_argument_errors(stubs):
     await expect_error(
         stubs.jobs.FailJob(jobs_pb2.FailJobRequest(name=job.name)), INVALID, "INVALID_ARGUMENT", "error_message"
     )
-    await expect_error(
-        stubs.jobs.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name, artifacts=[""])),
-        INVALID,
-        "INVALID_ARGUMENT",
-        "artifacts[0]",
-    )
+    for i, bad in enumerate(["", "not a name or path", "images/abc", "relative/out.fits", "/x\n.fits", "jobs/A"]):
+        await expect_error(
+            stubs.jobs.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name, artifacts=["images/1"] * i + [bad])),
+            INVALID,
+            "INVALID_ARGUMENT",
+            f"artifacts[{i}]",
+        )
     assert await get(stubs, job.name) == job
     for action in ACTIONS.values():
         await expect_error(action(stubs, "jobs/nope", ""), grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
@@ -858,3 +859,16 @@ async def test_watch_jobs_replay_overlapping_live_events(server, stubs):
     expected = sorted(t.sequence for job in recorded for t in job.transitions if t.sequence > resume_from)
     assert sequences == [*expected, marker.transitions[-1].sequence]
     assert len(expected) == 1130
+
+
+async def test_deleting_its_measurement_set_changes_the_job(stubs):
+    """The job outlives its MS and loses the reference; that is a change, so update_time moves."""
+    ms = await make_ms(stubs, "/data/ms/job-ms-delete.ms")
+    job = await create(stubs, measurement_set=ms.name)
+    unrelated = await create(stubs)
+    await stubs.ms.DeleteMeasurementSet(measurement_sets_pb2.DeleteMeasurementSetRequest(name=ms.name))
+    after = await get(stubs, job.name)
+    assert not after.measurement_set and after.ms_path == ms.path  # the file path stays
+    assert micros(after.update_time) > micros(job.update_time)
+    assert after.state == job.state and list(after.transitions) == list(job.transitions)
+    assert await get(stubs, unrelated.name) == unrelated

@@ -719,3 +719,45 @@ async def test_force_delete_without_images(stubs: Any) -> None:
     ms = await make_ms(stubs)
     await _delete(stubs, ms.path, force=True)
     assert await list_all_ms(stubs) == []
+
+
+async def test_replaying_a_request_after_the_delete_is_not_found(stubs: Any) -> None:
+    """A request_id replayed after its MS was deleted answers NOT_FOUND and recreates nothing."""
+    create = pb.CreateMeasurementSetRequest(measurement_set=ms_message(), request_id=new_request_id())
+    created = await stubs.ms.CreateMeasurementSet(create)
+    upsert_rid, advance_rid = new_request_id(), new_request_id()
+    await _update(stubs, ms_message(created.path, field_name="x"), ["field_name"], request_id=upsert_rid)
+    await _advance(stubs, created.name, MS.STAGE_FLAGGED, request_id=advance_rid)
+    await _delete(stubs, created.name)
+    replays = [
+        lambda: stubs.ms.CreateMeasurementSet(create),
+        lambda: _update(stubs, ms_message(created.path, field_name="x"), ["field_name"], request_id=upsert_rid),
+        lambda: _advance(stubs, created.name, MS.STAGE_FLAGGED, request_id=advance_rid),
+    ]
+    for replay in replays:
+        await expect_error(replay(), Code.NOT_FOUND, "MEASUREMENT_SET_NOT_FOUND", resource=created.name)
+    assert created.path not in {m.path for m in await list_all_ms(stubs)}
+
+
+async def test_images_without_mid_mjd_take_their_ms_one_when_it_comes(stubs: Any) -> None:
+    """An image registered before its MS knows its mid-time carries the MS's once it is set, and so
+    does its photometry; with no time anywhere, photometry is refused rather than dated MJD 0."""
+    ms = await make_ms(stubs, mid_mjd=0.0, start_mjd=0.0, end_mjd=0.0)
+    image = await make_image(stubs, ms.name, mid_mjd=0.0)
+    other = await make_image(stubs, ms.name, mid_mjd=60111.5)
+    assert image.mid_mjd == 0.0
+    await expect_error(
+        record_photometry(stubs, image.name, [("LATEMJD", 0.05)]),
+        Code.FAILED_PRECONDITION,
+        "OBSERVATION_TIME_UNKNOWN",
+        resource=image.name,
+    )
+    assert (await stubs.images.GetImage(images_pb2.GetImageRequest(name=image.name))).photometry_count == 0
+
+    await _update(stubs, ms_message(ms.path, mid_mjd=60100.5), ["mid_mjd"])
+    updated = await stubs.images.GetImage(images_pb2.GetImageRequest(name=image.name))
+    assert updated.mid_mjd == 60100.5 and updated.update_time.ToMicroseconds() > image.update_time.ToMicroseconds()
+    assert (await stubs.images.GetImage(images_pb2.GetImageRequest(name=other.name))).mid_mjd == 60111.5
+    await record_photometry(stubs, image.name, [("LATEMJD", 0.05)])
+    source = await get_source(stubs, "LATEMJD")
+    assert source.first_detection_mjd == source.last_detection_mjd == 60100.5

@@ -28,16 +28,37 @@ async def test_cached_reads_follow_commits_from_another_process(server_factory: 
         list_req = images_pb2.ListImagesRequest(page_size=10)
         cone = sources_pb2.SearchSourcesRequest(ra_deg=150.0, dec_deg=40.0, radius_deg=1.0)
         covering = images_pb2.SearchImagesRequest(ra_deg=150.0, dec_deg=40.0)
+        get_image = images_pb2.GetImageRequest(name=first.name)
+        get_source = sources_pb2.GetSourceRequest(name="sources/CACHE1")
+        lightcurve = sources_pb2.GetLightcurveRequest(name="sources/CACHE1")
+
+        async def points() -> list[float]:
+            return [p.observation_mjd async for r in sa.sources.GetLightcurve(lightcurve) for p in r.points]
+
         for _ in range(2):
             listed = await sa.images.ListImages(list_req)
             found = await sa.sources.SearchSources(cone)
             await sa.images.SearchImages(covering)
+            image = await sa.images.GetImage(get_image)
+            source = await sa.sources.GetSource(get_source)
+            curve = await points()
         assert [i.name for i in listed.images] == [first.name] and listed.total_size == 1
         assert [m.source.name for m in found.matches] == ["sources/CACHE1"]
+        assert image.noise_jy == first.noise_jy != 0.5
+        assert source.detection_count == 1 and curve == [60100.0]
 
         # Writes through the other process.
         second = await make_image(sb, ms.name, "/data/images/cache-1.fits", 60100.1)
         await record(sb, second.name, [measurement("CACHE2", 150.2, 40.1), measurement("CACHE1", 150.0, 40.0)])
+        await sb.images.UpdateImage(
+            images_pb2.UpdateImageRequest(
+                image=images_pb2.Image(name=first.name, noise_jy=0.5), update_mask={"paths": ["noise_jy"]}
+            )
+        )
+
+        assert (await sa.images.GetImage(get_image)).noise_jy == 0.5
+        assert (await sa.sources.GetSource(get_source)).detection_count == 2
+        assert await points() == [60100.0, 60100.1]
 
         listed = await sa.images.ListImages(list_req)
         assert {i.name for i in listed.images} == {first.name, second.name} and listed.total_size == 2

@@ -68,7 +68,9 @@ class CachedMeasurementSets:
     async def upsert(
         self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool, idem: Idempotency | None
     ) -> MeasurementSet:
-        return await self.cache.write((MEASUREMENT_SETS,), lambda: self.inner.upsert(ms, fields, allow_missing, idem))
+        # Images without a mid_mjd of their own take a new one from their MS.
+        tags = (MEASUREMENT_SETS, IMAGES) if "mid_mjd" in fields else (MEASUREMENT_SETS,)
+        return await self.cache.write(tags, lambda: self.inner.upsert(ms, fields, allow_missing, idem))
 
     async def delete(self, path: str, force: bool) -> None:
         # Cascades: the images (and their photometry, hence source statistics); jobs lose the reference.

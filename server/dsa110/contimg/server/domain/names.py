@@ -102,3 +102,22 @@ def parse_job_name(name: str, field: str = "name") -> str:
     if not name.startswith(prefix):
         raise InvalidArgument.single(field, "must be 'jobs/{job_id}'")
     return check_job_id(name[len(prefix) :], field)
+
+
+def check_artifact(value: str, field: str) -> str:
+    """A job's output: an absolute path, or the name of a resource of this API (`images/42`)."""
+    if value.startswith("/"):
+        return check_path(value, field)
+    for prefix, parse in _ARTIFACT_NAMES:
+        if value.startswith(prefix):
+            parse(value, field)
+            return value
+    raise InvalidArgument.single(field, "must be a resource name (e.g. 'images/42') or an absolute path")
+
+
+_ARTIFACT_NAMES = (
+    ("images/", parse_image_name),
+    ("measurementSets/", parse_ms_name),
+    ("sources/", parse_source_name),
+    ("jobs/", parse_job_name),
+)

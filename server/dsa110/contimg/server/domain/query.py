@@ -79,7 +79,8 @@ def _convert(spec: FieldSpec, name: str, op: str, kind: str, raw: str) -> object
     if kind == "str":
         try:
             text = json.loads(raw)
-        except ValueError:
+            text.encode("utf-8")  # a lone surrogate escape ("\ud800") decodes, but is no text
+        except ValueError:  # UnicodeEncodeError too
             raise _bad_filter(f"field {name!r}: malformed string literal") from None
     else:
         text = raw

@@ -3,6 +3,8 @@
 Every method is atomic. Writes that take an `idempotency` key return the first result when the
 same key comes again with the same fingerprint, and raise RequestIdMismatch for a different one.
 Keyset pagination: `after` is the keyset returned as `Page.next_after` of the previous page.
+Records and pages that reads return may be shared with other callers (implementations reuse them
+until the next commit): read them, never modify them.
 """
 
 from __future__ import annotations

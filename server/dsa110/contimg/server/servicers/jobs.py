@@ -127,7 +127,10 @@ class JobServicer:
         if len(request.artifacts) > MAX_ARTIFACTS:
             c.add("artifacts", f"at most {MAX_ARTIFACTS} artifacts")
         for i, a in enumerate(request.artifacts[:MAX_ARTIFACTS]):
-            c.text(f"artifacts[{i}]", a, max_len=1024, required=True)
+            try:
+                names.check_artifact(a, f"artifacts[{i}]")
+            except InvalidArgument as bad:
+                c.add(bad.violations[0].field, bad.violations[0].description)
         c.text("message", request.message, max_len=4096)
         c.raise_if_any()
         return await self._transition(

@@ -26,6 +26,7 @@ from ...domain.errors import RequestIdMismatch, StorageUnavailable
 from ...repositories.protocols import Idempotency
 from .connect import SQLiteSettings, connect_writer, pragmas, storage_error, translate
 from .migrations import MIGRATIONS
+from .wal_index import WalIndexHeader
 from .write_process import WriteProcess
 from .writer import Body, Finish, Txn, Writer
 
@@ -41,8 +42,10 @@ INLINE_BUSY_MS = 5
 # Work a read may do on the event loop: TICKS x OPS SQLite VM instructions (~1 ms), then it moves.
 INLINE_TICK_OPS = 1000
 INLINE_BUDGET_TICKS = 100
-# Read results kept until the database changes (see Database.cached).
+# Read results kept until the database changes (see Database.cached): pages, counts and searches,
+# and apart from them (so that many single reads do not push pages out) records read by key.
 RESULT_CACHE_ENTRIES = 2048
+RECORD_CACHE_ENTRIES = 4096
 
 
 def now_us() -> int:
@@ -60,7 +63,9 @@ class Database:
         self._inline: sqlite3.Connection | None = None
         self._inline_ticks = 0
         self.inline_fallbacks = 0
-        self._results: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
+        self._wal: WalIndexHeader | None = None
+        self._results: OrderedDict[Hashable, tuple[Hashable, Any]] = OrderedDict()
+        self._records: OrderedDict[Hashable, tuple[Hashable, Any]] = OrderedDict()
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
@@ -88,6 +93,11 @@ class Database:
             f"cache_size = {-1024 * int(self.settings.cache_mb)}",
         ):
             self._inline.execute(f"PRAGMA {pragma}")
+        # A read opens the WAL index (the -shm file) for this process's connections first.
+        self._inline.execute("PRAGMA data_version").fetchall()
+        self._wal = WalIndexHeader.open(self.settings.path)
+        if self._wal is None:
+            log.warning("WAL index of %s not readable: reused results are checked with a pragma", self.settings.path)
 
     async def start_write_process(self) -> None:
         """Start the write process now (on the writer thread: writes queue behind it meanwhile)."""
@@ -99,6 +109,9 @@ class Database:
         if self._writer.is_open:
             await self._writer.call(lambda conn: conn.execute("PRAGMA optimize").fetchall())
             await self._writer.close()
+        if self._wal is not None:  # before the connections that keep its file valid
+            self._wal.close()
+            self._wal = None
         if self._inline is not None:
             self._inline.close()
             self._inline = None
@@ -150,8 +163,15 @@ class Database:
         except sqlite3.OperationalError:
             return None
 
-    def data_version(self) -> int | None:
-        """SQLite's count of commits by other connections (the writer, other processes) as seen here."""
+    def version(self) -> Hashable | None:
+        """A value that changes with every commit to the database, by any connection of any process;
+        None when it cannot be told. The WAL index's header (wal_index.py), else SQLite's count of
+        commits by other connections (the writer, other processes) as seen by the on-loop one."""
+        wal = self._wal
+        if wal is not None:
+            header = wal.read()
+            if header is not None:
+                return header
         conn = self._inline
         if conn is None:
             return None
@@ -161,29 +181,31 @@ class Database:
         except sqlite3.OperationalError:
             return None
 
-    async def cached(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
+    async def cached(self, key: Hashable, compute: Callable[[], Awaitable[T]], *, record: bool = False) -> T:
         """`compute()`'s result, reused until anything commits to the database, from any process.
 
-        Exact, not a TTL: `PRAGMA data_version` on the on-loop connection changes with every commit
-        by another connection, and every write goes through the writer's connection. So a page or
-        a cone asked for again (dashboards polling, clients paging in step) costs one pragma until
-        the next write; under a steady stream of writes this saves nothing and costs ~2 us.
+        Exact, not a TTL: `version()` changes with every commit. So a page, a cone or a record asked
+        for again (dashboards polling, clients paging in step) costs a look at the WAL index until
+        the next write; under a steady stream of writes this saves nothing and costs ~1 us.
+        `record`: a record read by key, kept apart from pages and searches. What is returned is
+        shared by every caller until then: never modified.
         """
-        version = self.data_version()
+        version = self.version()
         try:
             hash(key)
         except TypeError:  # e.g. a forged page token with a list inside: let the query reject it
             version = None
         if version is None:
             return await compute()
-        hit = self._results.get(key)
+        kept, limit = (self._records, RECORD_CACHE_ENTRIES) if record else (self._results, RESULT_CACHE_ENTRIES)
+        hit = kept.get(key)
         if hit is not None and hit[0] == version:
-            self._results.move_to_end(key)
+            kept.move_to_end(key)
             return cast(T, hit[1])
         value = await compute()
-        self._results[key] = (version, value)
-        if len(self._results) > RESULT_CACHE_ENTRIES:
-            self._results.popitem(last=False)
+        kept[key] = (version, value)
+        if len(kept) > limit:
+            kept.popitem(last=False)
         return value
 
     def _inline_budget(self) -> int:
@@ -230,6 +252,7 @@ class Database:
     def invalidate(self) -> None:
         """Forget every reused read result (another replica says it wrote; benchmarks of misses)."""
         self._results.clear()
+        self._records.clear()
 
     async def count(self, sql: str, params: Sequence[Any]) -> int:
         """A COUNT query, reused until the next commit by anyone (see `cached`)."""

@@ -23,6 +23,15 @@ def _load(txn: Txn, path: str) -> MeasurementSet | None:
     return rows.ms_from_row(found[0]) if found else None
 
 
+def _stored(txn: Txn, path: str) -> MeasurementSet:
+    """The record a write just made or found, or NOT_FOUND when a replayed request's record has
+    since been deleted (the replay must not recreate it)."""
+    stored = _load(txn, path)
+    if stored is None:
+        raise NotFound("MEASUREMENT_SET", ms_name(path))
+    return stored
+
+
 class SQLiteMeasurementSets:
     def __init__(self, db: Database):
         self.db = db
@@ -67,9 +76,7 @@ class SQLiteMeasurementSets:
                     rows.ms_values(new),
                 )
                 remember_request_id(txn, idem, ms.path)
-            stored = _load(txn, ms.path)
-            assert stored is not None
-            return stored
+            return _stored(txn, ms.path)
 
         return await self.db.write(body)
 
@@ -119,10 +126,14 @@ class SQLiteMeasurementSets:
                 values = rows.ms_values(updated)
                 sets = ", ".join(f"{c} = ?" for c in rows.MS_COLUMNS[1:])
                 txn.execute(f"UPDATE measurement_sets SET {sets} WHERE path = ?", [*values[1:], ms.path])
+                if updated.mid_mjd != current.mid_mjd:
+                    # An image registered without its own mid_mjd carries its MS's, whenever that comes.
+                    txn.execute(
+                        "UPDATE images SET mid_mjd = ?, update_time = ? WHERE ms_path = ? AND mid_mjd = 0",
+                        (updated.mid_mjd, now, ms.path),
+                    )
                 remember_request_id(txn, idem, ms.path)
-            stored = _load(txn, ms.path)
-            assert stored is not None
-            return stored
+            return _stored(txn, ms.path)
 
         return await self.db.write(body)
 
@@ -139,6 +150,8 @@ class SQLiteMeasurementSets:
                     metadata={"resource": ms_name(path), "image_count": str(len(image_ids))},
                 )
             delete_images(txn, image_ids)
+            # Its jobs keep existing and lose the reference (ON DELETE SET NULL): a change to them too.
+            txn.execute("UPDATE jobs SET update_time = ? WHERE ms_path = ?", (now_us(), path))
             txn.execute("DELETE FROM measurement_sets WHERE path = ?", (path,))
 
         await self.db.write(body)

@@ -13,7 +13,7 @@ from typing import cast
 import orjson
 
 from ...domain import sky
-from ...domain.errors import AlreadyExists, NotFound
+from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from ...domain.records import PHOTOMETRY_NUMBERS, Match, Page, Photometry, PhotometryBatch, PhotometryResult, Source
 from ...domain.variability import FluxSums, add_rows, weights
 from ...repositories.protocols import Idempotency, ListQuery, query_key
@@ -35,12 +35,18 @@ class SQLiteSources:
         self.db = db
 
     async def get_many(self, ids: Sequence[str]) -> list[Source | None]:
+        if len(ids) == 1:  # GetSource, GetLightcurve: the record is reused until the next commit
+            return [await self.db.cached(("source", ids[0]), partial(self._get, ids[0]), record=True)]
         unique = list(dict.fromkeys(ids))
         found = await self.db.lookup(
             f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id IN ({placeholders(len(unique))})", unique
         )
         by_id = {r[0]: rows.source_from_row(r) for r in found}
         return [by_id.get(i) for i in ids]
+
+    async def _get(self, source_id: str) -> Source | None:
+        found = await self.db.lookup(f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id = ?", (source_id,))
+        return rows.source_from_row(found[0]) if found else None
 
     # Whole rows of a page: not used by the servicers (they read refs), kept for bench/redis_cache.py,
     # which measures what a page costs SQLite against a Redis copy.
@@ -168,10 +174,15 @@ def _ingest(image_id: int, batch: PhotometryBatch, idem: Idempotency | None, txn
     earlier = check_request_id(txn, idem)
     if earlier is not None:
         return PhotometryResult(**earlier)
-    image = txn.fetchone("SELECT mid_mjd, photometry_count FROM images WHERE id = ?", (image_id,))
+    image = txn.fetchone(
+        "SELECT images.mid_mjd, images.photometry_count, measurement_sets.mid_mjd FROM images "
+        "JOIN measurement_sets ON measurement_sets.path = images.ms_path WHERE images.id = ?",
+        (image_id,),
+    )
     if image is None:
         raise NotFound("IMAGE", f"images/{image_id}")
-    image_mjd, already = image
+    image_mjd, already, ms_mjd = image
+    image_mjd = image_mjd or ms_mjd  # the image's is its MS's when 0 (set on the MS after the image)
     if already:
         raise AlreadyExists(
             "IMAGE",
@@ -208,6 +219,13 @@ def _ingest(image_id: int, batch: PhotometryBatch, idem: Idempotency | None, txn
     sid_column = [sids[s] for s in source_ids]
     mjd: Sequence[float] = batch.observation_mjd
     if 0.0 in mjd:
+        if not image_mjd:
+            raise FailedPrecondition(
+                f"images/{image_id} has no observation time: set mid_mjd on it or its measurement set, "
+                "or send each measurement's observation_mjd",
+                reason="OBSERVATION_TIME_UNKNOWN",
+                metadata={"resource": f"images/{image_id}"},
+            )
         mjd = [t or image_mjd for t in mjd]
     times: Sequence[int] = batch.measure_time
     if 0 in times:

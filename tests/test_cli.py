@@ -220,6 +220,9 @@ async def test_invalid_argument_exit_code(seeded: Seeded) -> None:
         ["images", "list", "--page-size", "-3"],
         ["--deadline", "soon", "images", "list"],
         ["--tls-cert", "/nonexistent.pem", "images", "list"],
+        ["--tls-ca", "/nonexistent.pem", "images", "list"],
+        ["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent-key.pem", "images", "list"],
+        ["--deadline", "nan", "images", "list"],
     ],
 )
 async def test_bad_usage_exit_code(args: list[str]) -> None:

@@ -51,6 +51,7 @@ from dsa110.contimg.client import (
     source_name,
 )
 from dsa110.contimg.client._methods import with_request_id
+from dsa110.contimg.client.config import RetryPolicy, parse_deadline
 from dsa110.contimg.client.errors import from_status
 from dsa110.contimg.v1 import images_pb2, images_pb2_grpc, jobs_pb2, jobs_pb2_grpc, measurement_sets_pb2, sources_pb2
 from google.protobuf import any_pb2
@@ -877,3 +878,76 @@ async def test_mutual_tls(server_factory: Any, tmp_path: Any) -> None:
     async with AsyncClient(config.replace(tls_cert=None, tls_key=None)) as anonymous:
         with pytest.raises(UnavailableError):
             await anonymous.list_jobs()
+
+
+def test_retry_policies_that_grpc_would_refuse_are_refused_here() -> None:
+    """A policy gRPC cannot parse would fail every call of the channel; refuse it when made, and
+    take max_attempts=1 as no policy (gRPC's own minimum is 2)."""
+    for bad in (
+        {"max_attempts": 0},
+        {"initial_backoff_s": 0.0},
+        {"initial_backoff_s": 1e-5},  # gRPC counts whole milliseconds
+        {"max_backoff_s": float("nan")},
+        {"backoff_multiplier": -1.0},
+        {"initial_backoff_s": 3.0, "max_backoff_s": 2.0},
+    ):
+        with pytest.raises(ValueError):
+            RetryPolicy(**bad)
+    single = ClientConfig(
+        read_retry=RetryPolicy(max_attempts=1), write_retry=RetryPolicy(initial_backoff_s=0.001, max_backoff_s=1e16)
+    )
+    [writes] = json.loads(str(dict(single.channel_options())["grpc.service_config"]))["methodConfig"]
+    assert writes["retryPolicy"]["initialBackoff"] == "0.001s"
+    assert writes["retryPolicy"]["maxBackoff"] == "10000000000000000s"  # not 1e+16s
+    assert {e["method"] for e in writes["name"]} >= {"CreateImage"}
+
+
+def test_deadlines_that_every_call_would_miss_are_refused() -> None:
+    for text in ("nan", "NaN", "1e309", "-inf", "-1"):
+        with pytest.raises(ValueError):
+            parse_deadline(text)
+    assert parse_deadline("Infinity") is None and parse_deadline("none") is None and parse_deadline("2.5") == 2.5
+    with pytest.raises(ValueError):
+        ClientConfig(deadline_s=float("nan"))
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_odd_retry_policies_still_make_a_working_channel(live: Any, flavour: str) -> None:
+    changes = {"read_retry": RetryPolicy(max_attempts=1), "write_retry": RetryPolicy(initial_backoff_s=0.001)}
+    async with driver(flavour, live.target, **changes) as call:
+        job = await call("create_job", Job(type=Job.TYPE_IMAGE))
+        assert (await call("get_job", job.name)).name == job.name
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_one_string_is_not_taken_as_a_list_of_characters(live: Any, flavour: str) -> None:
+    async with driver(flavour, live.target) as call:
+        job = await call("create_job", Job(type=Job.TYPE_IMAGE))
+        for method, args in (
+            ("append_job_log", (job.name, "hello")),
+            ("succeed_job", (job.name, "images/1")),
+            ("batch_get_images", ("images/1",)),
+            ("batch_get_sources", ("sources/X",)),
+            ("batch_get_measurement_sets", ("/data/x.ms",)),
+            ("update_image", (images_pb2.Image(name="images/1"), "noise_jy")),
+        ):
+            with pytest.raises(TypeError, match="not one string"):
+                await call(method, *args)
+        assert (await call("get_job", job.name)).log_line_count == 0
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_resuming_a_watch_after_the_final_event_ends_at_once(live: Any, flavour: str) -> None:
+    """The server ends such a stream with no event; the watcher must not take that for a server
+    going away and reconnect until it gives up."""
+    async with driver(flavour, live.target, watch_give_up_s=5.0) as call:
+        job = await call("create_job", Job(type=Job.TYPE_IMAGE))
+        await call("start_job", job.name)
+        await call("succeed_job", job.name, ["images/1"])
+        events = await call.events("watch_job", job.name)
+        assert events[-1].job.state == Job.STATE_SUCCEEDED
+        assert await call.events("watch_job", job.name, after_sequence=events[-1].sequence) == []
+        # Resumed before the final event: only what came after.
+        created = (await call("get_job", job.name)).transitions[0].sequence
+        rest = await call.events("watch_job", job.name, after_sequence=created)
+        assert [e.job.state for e in rest] == [Job.STATE_RUNNING, Job.STATE_SUCCEEDED]

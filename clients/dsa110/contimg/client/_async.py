@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator, Callable, Coroutine
+from functools import partial
 from typing import Any, Concatenate, Self, TypeVar, cast
 
 import grpc
@@ -117,7 +118,11 @@ def _watch(
         def open_stream(after: int) -> Any:
             return stub(m.resumed(request, after), timeout=None, metadata=metadata)
 
-        return watch_async(open_stream, request.after_sequence, single_job, self.config)
+        reader = None
+        if single_job:  # WatchJob: the job itself tells a watch that is over from a server going away
+            get_job = m.get_job.build(getattr(request, "name"))  # noqa: B009
+            reader = partial(self._stub(m.get_job), get_job, timeout=self.config.deadline_s, metadata=metadata)
+        return watch_async(open_stream, request.after_sequence, single_job, self.config, reader)
 
     return m.expose(method, rpc, AsyncIterator[jobs_pb2.JobEvent])
 

@@ -135,10 +135,17 @@ def with_request_id(request: M) -> M:
     return stamped
 
 
+def _strings(values: Iterable[str], argument: str) -> list[str]:
+    """A list of strings; one bare string would otherwise be taken as its characters."""
+    if isinstance(values, str | bytes):
+        raise TypeError(f"{argument} takes a list of strings, not one string: [{values!r}]")
+    return list(values)
+
+
 def _mask(paths: Iterable[str] | field_mask_pb2.FieldMask | None) -> field_mask_pb2.FieldMask | None:
     if paths is None or isinstance(paths, field_mask_pb2.FieldMask):
         return paths
-    return field_mask_pb2.FieldMask(paths=list(paths))
+    return field_mask_pb2.FieldMask(paths=_strings(paths, "update_mask"))
 
 
 Mask = Iterable[str] | field_mask_pb2.FieldMask | None
@@ -158,7 +165,7 @@ def batch_get_images(
     names: Iterable[str] = (), *, request: images_pb2.BatchGetImagesRequest | None = None
 ) -> images_pb2.BatchGetImagesRequest:
     """Returns several images in the order asked for; NOT_FOUND if any is missing."""
-    return request or images_pb2.BatchGetImagesRequest(names=names)
+    return request or images_pb2.BatchGetImagesRequest(names=_strings(names, "names"))
 
 
 @paged(IMAGE_SERVICE, "ListImages", images_pb2.ListImagesResponse, lambda r: r.images)
@@ -236,7 +243,7 @@ def batch_get_measurement_sets(
     names: Iterable[str] = (), *, request: measurement_sets_pb2.BatchGetMeasurementSetsRequest | None = None
 ) -> measurement_sets_pb2.BatchGetMeasurementSetsRequest:
     """Returns several measurement sets in the order asked for; NOT_FOUND if any is missing."""
-    return request or measurement_sets_pb2.BatchGetMeasurementSetsRequest(names=names)
+    return request or measurement_sets_pb2.BatchGetMeasurementSetsRequest(names=_strings(names, "names"))
 
 
 @paged(
@@ -330,7 +337,7 @@ def batch_get_sources(
     names: Iterable[str] = (), *, request: sources_pb2.BatchGetSourcesRequest | None = None
 ) -> sources_pb2.BatchGetSourcesRequest:
     """Returns several sources in the order asked for; NOT_FOUND if any is missing."""
-    return request or sources_pb2.BatchGetSourcesRequest(names=names)
+    return request or sources_pb2.BatchGetSourcesRequest(names=_strings(names, "names"))
 
 
 @paged(SOURCE_SERVICE, "ListSources", sources_pb2.ListSourcesResponse, lambda r: r.sources)
@@ -462,7 +469,9 @@ def succeed_job(
     request: jobs_pb2.SucceedJobRequest | None = None,
 ) -> jobs_pb2.SucceedJobRequest:
     """RUNNING -> SUCCEEDED, recording the artifacts produced."""
-    return request or jobs_pb2.SucceedJobRequest(name=name, artifacts=artifacts, message=message, request_id=request_id)
+    return request or jobs_pb2.SucceedJobRequest(
+        name=name, artifacts=_strings(artifacts, "artifacts"), message=message, request_id=request_id
+    )
 
 
 @rpc(JOB_SERVICE, "FailJob", jobs_pb2.Job)
@@ -506,7 +515,7 @@ def append_job_log(
     request: jobs_pb2.AppendJobLogRequest | None = None,
 ) -> jobs_pb2.AppendJobLogRequest:
     """Appends log lines to a job."""
-    return request or jobs_pb2.AppendJobLogRequest(name=name, lines=lines, request_id=request_id)
+    return request or jobs_pb2.AppendJobLogRequest(name=name, lines=_strings(lines, "lines"), request_id=request_id)
 
 
 @paged(JOB_SERVICE, "ListJobLogEntries", jobs_pb2.ListJobLogEntriesResponse, lambda r: r.entries)

@@ -11,6 +11,7 @@ import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from google.protobuf import json_format
@@ -365,10 +366,10 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         "target": getattr(args, "target", None),
         "token": getattr(args, "token", None),
         "tls": getattr(args, "tls", None),
-        "tls_ca": getattr(args, "tls_ca", None),
-        "tls_cert": getattr(args, "tls_cert", None),
-        "tls_key": getattr(args, "tls_key", None),
     }
+    for name in ("tls_ca", "tls_cert", "tls_key"):  # paths, as from the environment
+        value = getattr(args, name, None)
+        overrides[name] = Path(value).expanduser() if value else None
     config = ClientConfig.from_env(**overrides)
     if hasattr(args, "deadline"):
         config = config.replace(deadline_s=parse_deadline(args.deadline))

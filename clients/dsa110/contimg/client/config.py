@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,19 +37,40 @@ UNSET = Unset.UNSET
 class RetryPolicy:
     """A gRPC retry policy: retried on UNAVAILABLE only, with exponential backoff."""
 
-    max_attempts: int = 4
+    max_attempts: int = 4  # 1: no retries
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 2.0
     backoff_multiplier: float = 2.0
 
-    def to_json(self) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        # gRPC rejects a service config it cannot parse only when the channel is made, and then
+        # fails every call: refuse such values here instead.
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        for name, least in (("initial_backoff_s", 0.001), ("max_backoff_s", 0.001), ("backoff_multiplier", 0.0)):
+            value = getattr(self, name)
+            # gRPC counts backoffs in whole milliseconds and refuses 0.
+            if not (math.isfinite(value) and value > 0 and value >= least):
+                raise ValueError(f"{name} must be a finite number of at least {least or 'above 0'}, got {value}")
+        if self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError("max_backoff_s must not be less than initial_backoff_s")
+
+    def to_json(self) -> dict[str, Any] | None:
+        """The policy as gRPC's service config reads it; None for a single attempt (no policy)."""
+        if self.max_attempts == 1:
+            return None
         return {
             "maxAttempts": self.max_attempts,
-            "initialBackoff": f"{self.initial_backoff_s}s",
-            "maxBackoff": f"{self.max_backoff_s}s",
+            "initialBackoff": _duration(self.initial_backoff_s),
+            "maxBackoff": _duration(self.max_backoff_s),
             "backoffMultiplier": self.backoff_multiplier,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
+
+
+def _duration(seconds: float) -> str:
+    """A google.protobuf.Duration in JSON: decimal seconds (never `1e-05s`), at most 9 fractional digits."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +110,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
-        if self.deadline_s is not None and self.deadline_s <= 0:
-            raise ValueError(f"deadline_s must be positive, got {self.deadline_s}")
+        if self.deadline_s is not None and not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
+            raise ValueError(f"deadline_s must be a positive finite number (None: no deadline), got {self.deadline_s}")
         if not self.target:
             raise ValueError("target must not be empty")
 
@@ -139,9 +161,11 @@ class ClientConfig:
 
     def service_config(self) -> dict[str, Any]:
         reads, writes = _methods_by_kind()
-        configs: list[dict[str, Any]] = [{"name": reads, "retryPolicy": self.read_retry.to_json()}]
-        if self.write_retry is not None:
-            configs.append({"name": writes, "retryPolicy": self.write_retry.to_json()})
+        configs: list[dict[str, Any]] = []
+        for methods, policy in ((reads, self.read_retry), (writes, self.write_retry)):
+            retry = policy.to_json() if policy is not None else None
+            if retry is not None:
+                configs.append({"name": methods, "retryPolicy": retry})
         return {"methodConfig": configs}
 
     def channel_options(self) -> list[tuple[str, str | int]]:
@@ -165,12 +189,14 @@ class ClientConfig:
 
 
 def parse_deadline(text: str) -> float | None:
-    if text.lower() in ("0", "none", "inf"):
+    if text.strip().lower() in ("0", "none", "inf", "infinity"):
         return None
     try:
         value = float(text)
     except ValueError:
         raise ValueError(f"invalid deadline {text!r}: expected seconds") from None
+    if not math.isfinite(value):  # nan, or 1e309 (a deadline that every call would miss)
+        raise ValueError(f"invalid deadline {text!r}: expected a finite number of seconds, or 'none'")
     if value < 0:
         raise ValueError(f"invalid deadline {text!r}: must not be negative")
     return value or None

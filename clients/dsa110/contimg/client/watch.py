@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -84,17 +84,33 @@ class _Cursor:
         return self.single_job and self.last_job is not None and is_final(self.last_job)
 
     def done_after_clean_end(self) -> bool:
-        # WatchJob ends by itself after a final event. Trust that end even for a FAILED job whose
-        # attempts the client cannot judge; any other clean end (a server closing streams while
-        # shutting down) is resumed like an error.
+        # Any other clean end (a server closing streams while shutting down) is resumed like an error.
         job = self.last_job
-        return self.single_job and job is not None and (is_final(job) or job.state == Job.STATE_FAILED)
+        return self.single_job and job is not None and _ends_watch(job)
+
+    def over(self, job: jobs_pb2.Job) -> bool:
+        """After a clean end with no final event in hand (a watch resumed after the job's final
+        event gets none): `job` as GetJob returns it now ends the watch if it is final and has had
+        no event after the last one seen."""
+        newest = job.transitions[-1].sequence if job.transitions else 0
+        return _ends_watch(job) and newest <= self.last
+
+
+def _ends_watch(job: jobs_pb2.Job) -> bool:
+    # WatchJob ends by itself after a final event. Trust that end even for a FAILED job whose
+    # attempts the client cannot judge.
+    return is_final(job) or job.state == Job.STATE_FAILED
 
 
 def watch_sync(
-    open_stream: Callable[[int], Any], after_sequence: int, single_job: bool, config: ClientConfig
+    open_stream: Callable[[int], Any],
+    after_sequence: int,
+    single_job: bool,
+    config: ClientConfig,
+    current_job: Callable[[], jobs_pb2.Job] | None = None,
 ) -> Iterator[jobs_pb2.JobEvent]:
-    """`open_stream(after_sequence)` starts the server-streaming call (a grpc iterator)."""
+    """`open_stream(after_sequence)` starts the server-streaming call (a grpc iterator);
+    `current_job()` (WatchJob) reads the job, to tell a watch that is over from a server going away."""
     cursor = _Cursor(after_sequence, single_job)
     backoff = Backoff(config)
     while True:
@@ -107,7 +123,7 @@ def watch_sync(
                     yield event
                     if cursor.done_after_event():
                         return
-            if cursor.done_after_clean_end():
+            if cursor.done_after_clean_end() or (current_job is not None and cursor.over(current_job())):
                 return
             cause: Exception = UnavailableError("the server closed the watch stream")
         except grpc.RpcError as error:
@@ -122,9 +138,13 @@ def watch_sync(
 
 
 async def watch_async(
-    open_stream: Callable[[int], Any], after_sequence: int, single_job: bool, config: ClientConfig
+    open_stream: Callable[[int], Any],
+    after_sequence: int,
+    single_job: bool,
+    config: ClientConfig,
+    current_job: Callable[[], Awaitable[jobs_pb2.Job]] | None = None,
 ) -> AsyncIterator[jobs_pb2.JobEvent]:
-    """`open_stream(after_sequence)` starts the server-streaming call (a grpc.aio call)."""
+    """As `watch_sync`, over grpc.aio."""
     cursor = _Cursor(after_sequence, single_job)
     backoff = Backoff(config)
     while True:
@@ -137,7 +157,7 @@ async def watch_async(
                     yield event
                     if cursor.done_after_event():
                         return
-            if cursor.done_after_clean_end():
+            if cursor.done_after_clean_end() or (current_job is not None and cursor.over(await current_job())):
                 return
             cause: Exception = UnavailableError("the server closed the watch stream")
         except grpc.aio.AioRpcError as error:

@@ -951,3 +951,21 @@ async def test_resuming_a_watch_after_the_final_event_ends_at_once(live: Any, fl
         created = (await call("get_job", job.name)).transitions[0].sequence
         rest = await call.events("watch_job", job.name, after_sequence=created)
         assert [e.job.state for e in rest] == [Job.STATE_RUNNING, Job.STATE_SUCCEEDED]
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_closing_a_clone_leaves_the_shared_channel_open(live: Any, flavour: str) -> None:
+    if flavour == "async":
+        async with AsyncClient(client_config(live.target)) as client:
+            async with client.with_options(deadline_s=5) as clone:
+                assert (await clone.list_jobs()).total_size == 0
+            assert (await client.list_jobs()).total_size == 0
+        return
+
+    def sync() -> int:
+        with Client(client_config(live.target)) as sync_client:
+            with sync_client.with_options(token=READER) as reader:
+                reader.list_jobs()
+            return sync_client.list_jobs().total_size
+
+    assert await asyncio.to_thread(sync) == 0

@@ -41,11 +41,14 @@ class _AsyncChannelOwner:
             else:
                 channel = grpc.aio.insecure_channel(config.target, options=options)
         self._channel = channel
+        self._owns_channel = True  # a clone from with_options shares it and leaves it open
         self._stubs = {service: stub(channel) for service, stub in m.STUBS.items()}
 
     def with_options(self, *, deadline_s: float | Unset | None = UNSET, token: str | Unset | None = UNSET) -> Self:
-        """A client sharing this one's channel with another per-call deadline or token."""
+        """A client sharing this one's channel with another per-call deadline or token; closing
+        it leaves the channel open (the original's close closes it)."""
         clone = copy.copy(self)
+        clone._owns_channel = False
         changes = {k: v for k, v in (("deadline_s", deadline_s), ("token", token)) if v is not UNSET}
         clone.config = self.config.replace(**changes)
         return clone
@@ -73,7 +76,8 @@ class _AsyncChannelOwner:
         return merged
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._owns_channel:
+            await self._channel.close()
 
     async def __aenter__(self) -> Self:
         return self

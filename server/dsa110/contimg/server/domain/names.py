@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from urllib.parse import quote, unquote
 
@@ -37,8 +38,13 @@ def check_path(path: str, field: str) -> str:
         raise InvalidArgument.single(field, f"longer than {MAX_PATH_LEN} characters")
     if not path.startswith("/"):
         raise InvalidArgument.single(field, "must be an absolute path starting with '/'")
-    if "\x00" in path or any(ord(c) < 32 for c in path):
+    if any(ord(c) < 32 or c == "\x7f" for c in path):
         raise InvalidArgument.single(field, "must not contain control characters")
+    if path == "/" or posixpath.normpath(path) != path or path.startswith("//"):
+        # One file, one spelling: '/a//b.ms', '/a/./b.ms' and '/a/b.ms/' would be other resources.
+        raise InvalidArgument.single(
+            field, "must be a normalized path naming a file (no '//', '.', '..' or trailing '/')"
+        )
     return path
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,6 +54,7 @@ from dsa110.contimg.client import (
 from dsa110.contimg.client._methods import with_request_id
 from dsa110.contimg.client.config import RetryPolicy, parse_deadline
 from dsa110.contimg.client.errors import from_status
+from dsa110.contimg.client.watch import Backoff
 from dsa110.contimg.v1 import images_pb2, images_pb2_grpc, jobs_pb2, jobs_pb2_grpc, measurement_sets_pb2, sources_pb2
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -969,3 +971,49 @@ async def test_closing_a_clone_leaves_the_shared_channel_open(live: Any, flavour
             return sync_client.list_jobs().total_size
 
     assert await asyncio.to_thread(sync) == 0
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+async def test_watch_gives_up_on_a_server_that_accepts_but_never_answers(flavour: str) -> None:
+    """Each attempt takes longer than a healthy stream's second to fail (the kernel accepts the TCP
+    connection, nothing ever answers HTTP/2): that must not pass for a server that answered."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # never accept()ed: connections wait in the backlog, unanswered
+        config = ClientConfig(
+            target=f"127.0.0.1:{listener.getsockname()[1]}",
+            watch_give_up_s=2.0,
+            watch_backoff_initial_s=0.05,
+            watch_backoff_max_s=0.2,
+        )
+        # gRPC gives a connection attempt at least this long (20 s by default).
+        options = [*config.channel_options(), ("grpc.min_reconnect_backoff_ms", 1500)]
+        started = asyncio.get_running_loop().time()
+        if flavour == "async":
+            async with AsyncClient(config, channel=grpc.aio.insecure_channel(config.target, options=options)) as client:
+                with pytest.raises(UnavailableError, match="stopped watching"):
+                    await asyncio.wait_for(client.watch_job("jobs/hung").__anext__(), 30)
+        else:
+
+            def sync() -> None:
+                with Client(config, channel=grpc.insecure_channel(config.target, options=options)) as client:
+                    next(iter(client.watch_job("jobs/hung")))
+
+            with pytest.raises(UnavailableError, match="stopped watching"):
+                await asyncio.wait_for(asyncio.to_thread(sync), 30)
+        assert asyncio.get_running_loop().time() - started < 25
+
+
+def test_the_give_up_clock_runs_from_the_first_unanswered_attempt() -> None:
+    """One attempt can take gRPC's whole connect timeout to fail: that time counts."""
+    config = ClientConfig(watch_give_up_s=2.0)
+    cause = UnavailableError("unreachable")
+    backoff = Backoff(config)
+    with pytest.raises(UnavailableError, match="stopped watching"):
+        backoff.next_delay(cause, attempt_started=time.monotonic() - 5.0)
+    backoff = Backoff(config)
+    assert backoff.next_delay(cause, attempt_started=time.monotonic() - 1.0) > 0
+    backoff.answered()  # the server answered the next attempt: the clock starts again
+    assert backoff.next_delay(cause, attempt_started=time.monotonic()) > 0

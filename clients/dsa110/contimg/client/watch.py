@@ -22,9 +22,17 @@ from .errors import UnavailableError, from_aio_error, from_rpc_error
 Job = jobs_pb2.Job
 JobEvent = jobs_pb2.JobEvent
 
-# A stream that failed after living this long was a working connection, not a failed attempt to
-# reach the server: the next failure starts a fresh backoff (and give-up clock).
+# A stream the server answered and that lived this long was a working connection: the next failure
+# starts from the shortest backoff again.
 _HEALTHY_STREAM_S = 1.0
+# Initial metadata the server sends as soon as a watch is set up, before any event: a server that
+# answered is reachable, even when no event comes for hours (and one that never answers, say it
+# accepts connections but is hung, is not, however long each attempt takes to fail).
+_WATCH_OPEN = ("contimg-watch", "open")
+
+
+def _answered(metadata: Any) -> bool:
+    return any(tuple(item) == _WATCH_OPEN for item in metadata or ())
 
 
 def is_final(job: jobs_pb2.Job) -> bool:
@@ -46,12 +54,18 @@ class Backoff:
         self._delay = self._initial
         self._failing_since = None
 
-    def next_delay(self, cause: Exception) -> float:
-        """The pause before the next attempt; raises UnavailableError once it is time to give up."""
+    def answered(self) -> None:
+        """The server is reachable: the give-up clock stops (the delay grows on, should it fail at once)."""
+        self._failing_since = None
+
+    def next_delay(self, cause: Exception, attempt_started: float) -> float:
+        """The pause before the next attempt; raises UnavailableError once it is time to give up.
+        The give-up clock runs from the start of the first attempt the server did not answer (one
+        attempt can take gRPC's whole connect timeout, 20 s, to fail)."""
         now = time.monotonic()
         if self._failing_since is None:
-            self._failing_since = now
-        elif self._give_up is not None and now - self._failing_since > self._give_up:
+            self._failing_since = attempt_started
+        if self._give_up is not None and now - self._failing_since > self._give_up:
             raise UnavailableError(
                 f"server unreachable for more than {self._give_up:g} s, stopped watching: {cause}"
             ) from cause
@@ -116,8 +130,14 @@ def watch_sync(
     while True:
         opened = time.monotonic()
         call = open_stream(cursor.last)
+        answered = False
         try:
+            # Returns once the server has answered or the call has ended.
+            if _answered(call.initial_metadata()):
+                answered = True
+                backoff.answered()
             for event in call:
+                answered = True
                 backoff.reset()
                 if cursor.accept(event):
                     yield event
@@ -132,9 +152,9 @@ def watch_sync(
             cause = error
         finally:
             call.cancel()
-        if time.monotonic() - opened >= _HEALTHY_STREAM_S:
+        if answered and time.monotonic() - opened >= _HEALTHY_STREAM_S:
             backoff.reset()
-        time.sleep(backoff.next_delay(cause))
+        time.sleep(backoff.next_delay(cause, time.monotonic() if answered else opened))
 
 
 async def watch_async(
@@ -150,8 +170,13 @@ async def watch_async(
     while True:
         opened = time.monotonic()
         call = open_stream(cursor.last)
+        answered = False
         try:
+            if _answered(await call.initial_metadata()):
+                answered = True
+                backoff.answered()
             async for event in call:
+                answered = True
                 backoff.reset()
                 if cursor.accept(event):
                     yield event
@@ -166,6 +191,6 @@ async def watch_async(
             cause = error
         finally:
             call.cancel()
-        if time.monotonic() - opened >= _HEALTHY_STREAM_S:
+        if answered and time.monotonic() - opened >= _HEALTHY_STREAM_S:
             backoff.reset()
-        await asyncio.sleep(backoff.next_delay(cause))
+        await asyncio.sleep(backoff.next_delay(cause, time.monotonic() if answered else opened))

@@ -226,7 +226,9 @@ class JobServiceServicer:
     def WatchJob(self, request, context):
         """Streams one job's events: first a SNAPSHOT event with the current state (or, when
         `after_sequence` is set, every recorded event after it), then every change, and ends after
-        the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND).
+        the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND). Once the watch is
+        set up the server sends initial metadata `contimg-watch: open`, before any event: a client
+        can tell a server that answered from one it cannot reach even when no event comes for hours.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,7 +238,8 @@ class JobServiceServicer:
         """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
         The first message is a HEARTBEAT carrying the current position.
         With `after_sequence` set, recorded events after it are replayed first, so a client that
-        reconnects with the last sequence it saw misses and repeats nothing.
+        reconnects with the last sequence it saw misses and repeats nothing. Initial metadata
+        `contimg-watch: open` as for WatchJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -86,13 +86,16 @@ class JobServiceStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobEvent]
     """Streams one job's events: first a SNAPSHOT event with the current state (or, when
     `after_sequence` is set, every recorded event after it), then every change, and ends after
-    the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND).
+    the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND). Once the watch is
+    set up the server sends initial metadata `contimg-watch: open`, before any event: a client
+    can tell a server that answered from one it cannot reach even when no event comes for hours.
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]
     """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
     The first message is a HEARTBEAT carrying the current position.
     With `after_sequence` set, recorded events after it are replayed first, so a client that
-    reconnects with the last sequence it saw misses and repeats nothing.
+    reconnects with the last sequence it saw misses and repeats nothing. Initial metadata
+    `contimg-watch: open` as for WatchJob.
     """
 
 @_typing.type_check_only
@@ -152,13 +155,16 @@ class JobServiceAsyncStub(JobServiceStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
     """Streams one job's events: first a SNAPSHOT event with the current state (or, when
     `after_sequence` is set, every recorded event after it), then every change, and ends after
-    the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND).
+    the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND). Once the watch is
+    set up the server sends initial metadata `contimg-watch: open`, before any event: a client
+    can tell a server that answered from one it cannot reach even when no event comes for hours.
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
     """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
     The first message is a HEARTBEAT carrying the current position.
     With `after_sequence` set, recorded events after it are replayed first, so a client that
-    reconnects with the last sequence it saw misses and repeats nothing.
+    reconnects with the last sequence it saw misses and repeats nothing. Initial metadata
+    `contimg-watch: open` as for WatchJob.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -287,7 +293,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.JobEvent], _abc.AsyncIterator[_jobs_pb2.JobEvent]]:
         """Streams one job's events: first a SNAPSHOT event with the current state (or, when
         `after_sequence` is set, every recorded event after it), then every change, and ends after
-        the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND).
+        the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND). Once the watch is
+        set up the server sends initial metadata `contimg-watch: open`, before any event: a client
+        can tell a server that answered from one it cannot reach even when no event comes for hours.
         """
 
     @_abc_1.abstractmethod
@@ -299,7 +307,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
         The first message is a HEARTBEAT carrying the current position.
         With `after_sequence` set, recorded events after it are replayed first, so a client that
-        reconnects with the last sequence it saw misses and repeats nothing.
+        reconnects with the last sequence it saw misses and repeats nothing. Initial metadata
+        `contimg-watch: open` as for WatchJob.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,6 +27,10 @@ from .encoded import Encoded
 from .errors import streaming, unary
 from .memo import ReplyMemo
 
+# Sent as soon as a watch is set up, before any event (see the contract's WatchJob): clients tell a
+# server that answered from one they cannot reach, even when no event comes for hours.
+WATCH_OPEN = (("contimg-watch", "open"),)
+
 
 class JobServicer:
     """dsa110.contimg.v1.JobService (registered by servicers/handlers.py: list pages leave as Encoded bytes)."""
@@ -191,6 +195,7 @@ class JobServicer:
         if request.after_sequence < 0:
             c.add("after_sequence", "must not be negative")
         c.raise_if_any()
+        await context.send_initial_metadata(WATCH_OPEN)
         async for event in self.watcher.watch_job(job_id, max(request.after_sequence, 0)):
             yield self._to_proto(event)
 
@@ -201,6 +206,7 @@ class JobServicer:
             c.add("after_sequence", "must not be negative")
         c.raise_if_any()
         conditions = parse_filter(request.filter, JOB_WATCH_FIELDS)
+        await context.send_initial_metadata(WATCH_OPEN)
 
         def accept(event: JobEvent) -> bool:
             for cond in conditions:

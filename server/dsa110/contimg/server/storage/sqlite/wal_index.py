@@ -40,6 +40,8 @@ class WalIndexHeader:
     def open(cls, database: Path) -> WalIndexHeader | None:
         """The header of `database`'s WAL index, or None when there is none to read (not in WAL
         mode yet, or a format this code does not know)."""
+        if not hasattr(mmap, "PROT_READ"):  # Windows: no such mapping here; the pragma answers
+            return None
         try:
             fd = os.open(f"{database}-shm", os.O_RDONLY)
         except OSError:

@@ -40,6 +40,7 @@ async def test_cached_reads_follow_commits_from_another_process(server_factory: 
             found = await sa.sources.SearchSources(cone)
             await sa.images.SearchImages(covering)
             image = await sa.images.GetImage(get_image)
+            ms_before = await sa.ms.GetMeasurementSet(measurement_sets_pb2.GetMeasurementSetRequest(name=ms.name))
             source = await sa.sources.GetSource(get_source)
             curve = await points()
         assert [i.name for i in listed.images] == [first.name] and listed.total_size == 1
@@ -57,6 +58,9 @@ async def test_cached_reads_follow_commits_from_another_process(server_factory: 
         )
 
         assert (await sa.images.GetImage(get_image)).noise_jy == 0.5
+        assert ms_before.image_count == 1
+        ms_after = await sa.ms.GetMeasurementSet(measurement_sets_pb2.GetMeasurementSetRequest(name=ms.name))
+        assert ms_after.image_count == 2
         assert (await sa.sources.GetSource(get_source)).detection_count == 2
         assert await points() == [60100.0, 60100.1]
 

@@ -54,14 +54,14 @@ class SQLiteJobs:
             self.publisher.publish(result[1])
 
     async def get(self, job_id: str, *, with_transitions: bool = True) -> Job | None:
-        found = await self.db.fetchall(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (job_id,))
+        found = await self.db.lookup(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (job_id,))
         if not found:
             return None
         job = rows.job_from_row(found[0])
         if with_transitions:
             job.transitions = [
                 JobTransition(f, t, stage, msg, when, seq)
-                for seq, f, t, stage, msg, when in await self.db.fetchall(
+                for seq, f, t, stage, msg, when in await self.db.lookup(
                     "SELECT sequence, from_state, to_state, stage, message, time FROM job_events "
                     "WHERE job_id = ? ORDER BY sequence",
                     (job_id,),
@@ -162,12 +162,12 @@ class SQLiteJobs:
         return await self.db.write(body)
 
     async def list_logs(self, job_id: str, page_size: int, after: int) -> Page[JobLogEntry]:
-        found = await self.db.fetchall("SELECT log_line_count FROM jobs WHERE id = ?", (job_id,))
+        found = await self.db.lookup("SELECT log_line_count FROM jobs WHERE id = ?", (job_id,))
         if not found:
             raise NotFound("JOB", f"jobs/{job_id}")
         entries = [
             JobLogEntry(*r)
-            for r in await self.db.fetchall(
+            for r in await self.db.lookup(
                 "SELECT line_number, time, text FROM job_logs WHERE job_id = ? AND line_number > ? "
                 "ORDER BY line_number LIMIT ?",
                 (job_id, after, page_size + 1),
@@ -179,12 +179,12 @@ class SQLiteJobs:
 
     async def events_after(self, sequence: int, job_id: str | None, limit: int) -> list[JobEvent]:
         if job_id is None:
-            found = await self.db.fetchall(
+            found = await self.db.lookup(
                 f"SELECT {rows.EVENT_SELECT} FROM job_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
                 (sequence, limit),
             )
         else:
-            found = await self.db.fetchall(
+            found = await self.db.lookup(
                 f"SELECT {rows.EVENT_SELECT} FROM job_events WHERE job_id = ? AND sequence > ? "
                 "ORDER BY sequence LIMIT ?",
                 (job_id, sequence, limit),
@@ -192,5 +192,5 @@ class SQLiteJobs:
         return [rows.event_from_row(r) for r in found]
 
     async def last_sequence(self) -> int:
-        found = await self.db.fetchall("SELECT coalesce(max(sequence), 0) FROM job_events")
+        found = await self.db.lookup("SELECT coalesce(max(sequence), 0) FROM job_events")
         return int(found[0][0])

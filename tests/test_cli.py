@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ async def contimg(*args: str, env: dict[str, str] | None = None) -> Result:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "dsa110.contimg.client.cli",
+        "dsa110.contimg.contimg_cli",  # what the `contimg` command runs
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -236,3 +237,11 @@ async def test_unavailable_exit_code() -> None:
         port = s.getsockname()[1]
     result = await contimg("--target", f"127.0.0.1:{port}", "--deadline", "5", "jobs", "list")
     assert result.code == 4 and "UNAVAILABLE" in result.err and "Traceback" not in result.err
+
+
+async def test_grpc_log_lines_stay_off_stderr(seeded: Seeded) -> None:
+    """A TLS handshake with a plaintext server makes gRPC core log at INFO; the command shows only
+    its own one-line error."""
+    result = await contimg("--target", seeded.target, "--tls", "--deadline", "2", "images", "list")
+    assert result.code == 4 and "UNAVAILABLE" in result.err
+    assert not re.search(r"^[IWE]\d{4} ", result.err, re.MULTILINE), result.err

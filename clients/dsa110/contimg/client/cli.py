@@ -390,8 +390,6 @@ def exit_code(error: ContimgError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # gRPC core logs connection events (GOAWAY, reconnects) to stderr at INFO by default.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

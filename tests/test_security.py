@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from pathlib import Path
@@ -104,6 +105,12 @@ async def test_tokens_never_reach_the_log(server_factory: ServerFactory, caplog:
         await _create(srv.target, _auth(WRITE))
         with pytest.raises(grpc.aio.AioRpcError):
             await _create(srv.target, _auth("wrong-" + WRITE))
+        # An aborted call's status goes out before the server's handler finishes (and logs): the
+        # client may see the error first. Wait for the line, up to a bound.
+        for _ in range(500):
+            if "UNAUTHENTICATED" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
     text = caplog.text
     assert "UpdateMeasurementSet" in text and "UNAUTHENTICATED" in text
     assert WRITE not in text

@@ -14,7 +14,7 @@ from ..domain.query import FieldSpec, OrderKey, PageTokens, fingerprint, parse_f
 from ..domain.records import Page
 from ..domain.validation import MAX_BATCH_GET, check_request_id
 from ..repositories.protocols import Idempotency, ListQuery
-from .encoded import Encoded, reply_size
+from .encoded import Encoded, field_bytes, page, reply_size
 from .memo import ReplyMemo
 
 M = TypeVar("M", bound=Message)
@@ -51,7 +51,7 @@ class Paging:
         return self.tokens.encode(page.next_after, fp) if page.next_after is not None else ""
 
 
-async def message_page(
+async def list_reply(
     replies: ReplyMemo,
     paging: Paging,
     method: str,
@@ -59,24 +59,30 @@ async def message_page(
     specs: Mapping[str, FieldSpec],
     default_order: Sequence[OrderKey],
     list_page: Callable[[ListQuery], Awaitable[Page[T]]],
+    items: Callable[[list[T]], Awaitable[list[bytes]]],
     response: type[M],
-    to_proto: Callable[[T], Message],
 ) -> Encoded[M]:
-    """A List reply whose items are built as messages (field 1 of `response`), reused while the
-    repository returns the same page (servicers/memo.py)."""
+    """A List reply: the framed bytes `items` gives for a page's items (field 1 of `response`), the
+    next page token and the total, reused while the repository returns the same page
+    (servicers/memo.py)."""
 
     def plan() -> Planned:
         return paging.query(method, request, specs, default_order)
 
-    async def build(planned: Planned, page: Page[T]) -> Encoded[M]:
-        reply = response()
-        getattr(reply, response.DESCRIPTOR.fields_by_number[1].name).extend([to_proto(i) for i in page.items])
-        reply.next_page_token = paging.next_token(page, planned[1])  # type: ignore[attr-defined]
-        reply.total_size = page.total_size  # type: ignore[attr-defined]
-        return Encoded(response, reply.SerializeToString())
+    async def build(planned: Planned, refs: Page[T]) -> Encoded[M]:
+        return page(response, await items(refs.items), paging.next_token(refs, planned[1]), refs.total_size)
 
     key = (method, request.SerializeToString())
     return await replies.reply(key, plan, lambda p: list_page(p[0]), build, reply_size)
+
+
+def framed(to_proto: Callable[[T], Message]) -> Callable[[list[T]], Awaitable[list[bytes]]]:
+    """`list_reply` items built as messages, each framed as field 1."""
+
+    async def items(records: list[T]) -> list[bytes]:
+        return [field_bytes(1, to_proto(r).SerializeToString()) for r in records]
+
+    return items
 
 
 def idempotency(method: str, request: Message) -> Idempotency | None:

@@ -14,7 +14,7 @@ from ..domain.validation import check_image
 from ..repositories.protocols import ImageRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, Planned, batch_names, idempotency, require
+from .common import Paging, Planned, batch_names, idempotency, list_reply, require
 from .convert import image_from_proto, image_to_proto
 from .encoded import Encoded, EncodedCache, double_field, field_bytes, page, reply_size, unframe
 from .errors import unary
@@ -68,15 +68,20 @@ class ImageServicer:
 
     @unary
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> Encoded[pb.ListImagesResponse]:
-        def plan() -> Planned:
-            return self.paging.query("ListImages", request, IMAGE_FIELDS, IMAGE_DEFAULT_ORDER)
+        async def items(refs: list[tuple[int, int]]) -> list[bytes]:
+            return await self.cache.from_refs("image", 1, refs, self.repo.get_many, _version, image_to_proto)
 
-        async def build(planned: Planned, refs: Page[tuple[int, int]]) -> Encoded[pb.ListImagesResponse]:
-            items = await self.cache.from_refs("image", 1, refs.items, self.repo.get_many, _version, image_to_proto)
-            return page(pb.ListImagesResponse, items, self.paging.next_token(refs, planned[1]), refs.total_size)
-
-        key = ("ListImages", request.SerializeToString())
-        return await self.replies.reply(key, plan, lambda p: self.repo.list_refs(p[0]), build, reply_size)
+        return await list_reply(
+            self.replies,
+            self.paging,
+            "ListImages",
+            request,
+            IMAGE_FIELDS,
+            IMAGE_DEFAULT_ORDER,
+            self.repo.list_refs,
+            items,
+            pb.ListImagesResponse,
+        )
 
     @unary
     async def SearchImages(self, request: pb.SearchImagesRequest, context: Ctx) -> Encoded[pb.SearchImagesResponse]:

@@ -21,7 +21,7 @@ from ..events.watch import JobWatcher
 from ..repositories.protocols import JobRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, idempotency, message_page, require
+from .common import Paging, framed, idempotency, list_reply, require
 from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json
 from .encoded import Encoded
 from .errors import streaming, unary
@@ -68,7 +68,7 @@ class JobServicer:
 
     @unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> Encoded[pb.ListJobsResponse]:
-        return await message_page(
+        return await list_reply(
             self.replies,
             self.paging,
             "ListJobs",
@@ -76,8 +76,8 @@ class JobServicer:
             JOB_FIELDS,
             JOB_DEFAULT_ORDER,
             self.repo.list_page,
+            framed(job_to_proto),
             pb.ListJobsResponse,
-            job_to_proto,
         )
 
     @unary

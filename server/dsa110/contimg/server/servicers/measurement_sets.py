@@ -14,7 +14,7 @@ from ..domain.validation import check_measurement_set
 from ..repositories.protocols import MeasurementSetRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, batch_names, idempotency, message_page, require
+from .common import Paging, batch_names, framed, idempotency, list_reply, require
 from .convert import ms_from_proto, ms_to_proto, set_fields
 from .encoded import Encoded
 from .errors import unary
@@ -69,7 +69,7 @@ class MSServicer:
     async def ListMeasurementSets(
         self, request: pb.ListMeasurementSetsRequest, context: Ctx
     ) -> Encoded[pb.ListMeasurementSetsResponse]:
-        return await message_page(
+        return await list_reply(
             self.replies,
             self.paging,
             "ListMeasurementSets",
@@ -77,8 +77,8 @@ class MSServicer:
             MS_FIELDS,
             MS_DEFAULT_ORDER,
             self.repo.list_page,
+            framed(ms_to_proto),
             pb.ListMeasurementSetsResponse,
-            ms_to_proto,
         )
 
     @unary

@@ -16,7 +16,7 @@ from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_fie
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, Planned, batch_names, idempotency
+from .common import Paging, Planned, batch_names, idempotency, list_reply
 from .convert import photometry_from_columns, photometry_from_proto, photometry_to_proto, source_to_proto
 from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page, reply_size
 from .errors import streaming, unary
@@ -74,15 +74,20 @@ class SourceServicer:
 
     @unary
     async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> Encoded[pb.ListSourcesResponse]:
-        def plan() -> Planned:
-            return self.paging.query("ListSources", request, SOURCE_FIELDS, SOURCE_DEFAULT_ORDER)
+        async def items(refs: list[tuple[str, int]]) -> list[bytes]:
+            return await self.cache.from_refs("source", 1, refs, self.repo.get_many, _version, source_to_proto)
 
-        async def build(planned: Planned, refs: Page[tuple[str, int]]) -> Encoded[pb.ListSourcesResponse]:
-            items = await self.cache.from_refs("source", 1, refs.items, self.repo.get_many, _version, source_to_proto)
-            return page(pb.ListSourcesResponse, items, self.paging.next_token(refs, planned[1]), refs.total_size)
-
-        key = ("ListSources", request.SerializeToString())
-        return await self.replies.reply(key, plan, lambda p: self.repo.list_refs(p[0]), build, reply_size)
+        return await list_reply(
+            self.replies,
+            self.paging,
+            "ListSources",
+            request,
+            SOURCE_FIELDS,
+            SOURCE_DEFAULT_ORDER,
+            self.repo.list_refs,
+            items,
+            pb.ListSourcesResponse,
+        )
 
     @unary
     async def SearchSources(self, request: pb.SearchSourcesRequest, context: Ctx) -> Encoded[pb.SearchSourcesResponse]:

@@ -208,6 +208,16 @@ class Database:
             kept.popitem(last=False)
         return value
 
+    async def record(self, key: Hashable, sql: str, params: Sequence[Any], convert: Callable[[Row], T]) -> T | None:
+        """`convert` of the one row `sql` selects (None if none), reused until the next commit like
+        `cached` results are, kept apart from pages: what a Get by key reads."""
+
+        async def load() -> T | None:
+            found = await self.lookup(sql, params)
+            return convert(found[0]) if found else None
+
+        return await self.cached(key, load, record=True)
+
     def _inline_budget(self) -> int:
         self._inline_ticks += 1
         return 1 if self._inline_ticks > INLINE_BUDGET_TICKS else 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 from typing import cast
 
 from ...domain import sky
@@ -38,23 +37,22 @@ def _set_footprint(txn: Txn, img: Image) -> None:
         )
 
 
+_BY_KEY = f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id = ?"
+
+
 class SQLiteImages:
     def __init__(self, db: Database):
         self.db = db
 
     async def get_many(self, ids: Sequence[int]) -> list[Image | None]:
         if len(ids) == 1:  # GetImage: the record is reused until the next commit
-            return [await self.db.cached(("image", ids[0]), partial(self._get, ids[0]), record=True)]
+            return [await self.db.record(("image", ids[0]), _BY_KEY, ids[:1], rows.image_from_row)]
         unique = list(dict.fromkeys(ids))
         found = await self.db.lookup(
             f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id IN ({placeholders(len(unique))})", unique
         )
         by_id = {r[0]: rows.image_from_row(r) for r in found}
         return [by_id.get(i) for i in ids]
-
-    async def _get(self, image_id: int) -> Image | None:
-        found = await self.db.lookup(f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id = ?", (image_id,))
-        return rows.image_from_row(found[0]) if found else None
 
     # Whole rows of a page: not used by the servicers (they read refs), kept for bench/redis_cache.py,
     # which measures what a page costs SQLite against a Redis copy.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 
 from ...domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ...domain.names import ms_name
@@ -33,13 +32,16 @@ def _stored(txn: Txn, path: str) -> MeasurementSet:
     return stored
 
 
+_BY_KEY = f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path = ?"
+
+
 class SQLiteMeasurementSets:
     def __init__(self, db: Database):
         self.db = db
 
     async def get_many(self, paths: Sequence[str]) -> list[MeasurementSet | None]:
         if len(paths) == 1:  # GetMeasurementSet: the record is reused until the next commit
-            return [await self.db.cached(("ms", paths[0]), partial(self._get, paths[0]), record=True)]
+            return [await self.db.record(("ms", paths[0]), _BY_KEY, paths[:1], rows.ms_from_row)]
         unique = list(dict.fromkeys(paths))
         found = await self.db.lookup(
             f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path IN ({placeholders(len(unique))})",
@@ -47,10 +49,6 @@ class SQLiteMeasurementSets:
         )
         by_path = {r[0]: rows.ms_from_row(r) for r in found}
         return [by_path.get(p) for p in paths]
-
-    async def _get(self, path: str) -> MeasurementSet | None:
-        found = await self.db.lookup(f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path = ?", (path,))
-        return rows.ms_from_row(found[0]) if found else None
 
     async def list_page(self, query: ListQuery) -> Page[MeasurementSet]:
         return await page_query(

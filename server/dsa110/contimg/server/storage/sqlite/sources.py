@@ -29,6 +29,8 @@ _INSERT_PHOTOMETRY = (
     f"VALUES (?, {placeholders(len(rows.PHOTOMETRY_COLUMNS))})"
 )
 
+_BY_KEY = f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id = ?"
+
 
 class SQLiteSources:
     def __init__(self, db: Database):
@@ -36,17 +38,13 @@ class SQLiteSources:
 
     async def get_many(self, ids: Sequence[str]) -> list[Source | None]:
         if len(ids) == 1:  # GetSource, GetLightcurve: the record is reused until the next commit
-            return [await self.db.cached(("source", ids[0]), partial(self._get, ids[0]), record=True)]
+            return [await self.db.record(("source", ids[0]), _BY_KEY, ids[:1], rows.source_from_row)]
         unique = list(dict.fromkeys(ids))
         found = await self.db.lookup(
             f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id IN ({placeholders(len(unique))})", unique
         )
         by_id = {r[0]: rows.source_from_row(r) for r in found}
         return [by_id.get(i) for i in ids]
-
-    async def _get(self, source_id: str) -> Source | None:
-        found = await self.db.lookup(f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id = ?", (source_id,))
-        return rows.source_from_row(found[0]) if found else None
 
     # Whole rows of a page: not used by the servicers (they read refs), kept for bench/redis_cache.py,
     # which measures what a page costs SQLite against a Redis copy.

@@ -9,7 +9,7 @@ measurement set's image count; a measurement set deletion also changes its jobs)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, cast
 
 from ..domain.records import (
@@ -142,7 +142,7 @@ class CachedSources:
 
     async def lightcurve(
         self, source_id: str, start_mjd: float, end_mjd: float, chunk: int
-    ) -> AsyncIterator[list[Photometry]]:
+    ) -> AsyncGenerator[list[Photometry], None]:
         # A lightcurve changes only with its source's statistics, which move update_time in the same
         # transaction: the current update_time (a primary-key lookup) names the lightcurve's version
         # exactly, on any replica, so a write to other sources does not evict it.

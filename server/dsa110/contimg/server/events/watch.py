@@ -1,13 +1,16 @@
 """WatchJob / WatchJobs: replay from the durable event log, then follow live events, in order.
 
 Subscribe first, read storage second, then drop any live event whose sequence was already sent:
-nothing committed in between can be missed, and nothing is sent twice.
+nothing committed in between can be missed, and nothing is sent twice. Inner generators are closed
+with `aclosing` as soon as their caller stops, so a watcher that leaves unsubscribes at once rather
+than at the next garbage collection.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 
 from ..domain import jobs as job_rules
 from ..domain.errors import NotFound, ShuttingDown
@@ -26,18 +29,19 @@ class JobWatcher:
         self.jobs = jobs
         self.bus = bus
 
-    async def watch_job(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
+    async def watch_job(self, job_id: str, after_sequence: int) -> AsyncGenerator[JobEvent, None]:
         with self.bus.subscribe(job_id) as sub:
             if after_sequence > 0:
                 current = await self.jobs.get(job_id, with_transitions=False)
                 if current is None:
                     raise NotFound("JOB", f"jobs/{job_id}")
                 last = after_sequence
-                async for event in self._replay(job_id, last, lambda e: True):
-                    yield event
-                    last = event.sequence
-                    if job_rules.is_final(event.job):
-                        return
+                async with aclosing(self._replay(job_id, last, lambda e: True)) as replayed:
+                    async for event in replayed:
+                        yield event
+                        last = event.sequence
+                        if job_rules.is_final(event.job):
+                            return
                 if job_rules.is_final(current):
                     # Final before the replay began: the replay held every event there will ever be
                     # (resuming after the final event must end, not wait forever).
@@ -51,29 +55,32 @@ class JobWatcher:
                 yield JobEvent(sequence=last, type=JobEventType.SNAPSHOT, job=job)
                 if job_rules.is_final(job):
                     return
-            async for item in self._follow(sub, job_id, last, lambda e: True):
-                if isinstance(item, Heartbeat):  # not requested here (no heartbeat_s); for the type checker
-                    continue
-                yield item
-                if job_rules.is_final(item.job):
-                    return
+            async with aclosing(self._follow(sub, job_id, last, lambda e: True)) as followed:
+                async for item in followed:
+                    if isinstance(item, Heartbeat):  # not requested here (no heartbeat_s); for the type checker
+                        continue
+                    yield item
+                    if job_rules.is_final(item.job):
+                        return
 
     async def watch_jobs(
         self, accept: EventFilter, after_sequence: int, heartbeat_s: float = HEARTBEAT_S
-    ) -> AsyncIterator[JobEvent | Heartbeat]:
+    ) -> AsyncGenerator[JobEvent | Heartbeat, None]:
         with self.bus.subscribe(None) as sub:
             last = after_sequence
             if after_sequence > 0:
-                async for event in self._replay(None, last, accept):
-                    yield event
-                    last = event.sequence
+                async with aclosing(self._replay(None, last, accept)) as replayed:
+                    async for event in replayed:
+                        yield event
+                        last = event.sequence
             else:
                 last = await self.jobs.last_sequence()
             yield Heartbeat(last)
-            async for item in self._follow(sub, None, last, accept, heartbeat_s):
-                yield item
+            async with aclosing(self._follow(sub, None, last, accept, heartbeat_s)) as followed:
+                async for item in followed:
+                    yield item
 
-    async def _replay(self, job_id: str | None, after: int, accept: EventFilter) -> AsyncIterator[JobEvent]:
+    async def _replay(self, job_id: str | None, after: int, accept: EventFilter) -> AsyncGenerator[JobEvent, None]:
         while True:
             batch = await self.jobs.events_after(after, job_id, REPLAY_BATCH)
             for event in batch:
@@ -85,7 +92,7 @@ class JobWatcher:
 
     async def _follow(
         self, sub: Subscription, job_id: str | None, last: int, accept: EventFilter, heartbeat_s: float | None = None
-    ) -> AsyncIterator[JobEvent | Heartbeat]:
+    ) -> AsyncGenerator[JobEvent | Heartbeat, None]:
         while True:
             if heartbeat_s is None:
                 # No timer to arm: a transition reaches 1,000 watchers of a job at once, and a
@@ -103,9 +110,10 @@ class JobWatcher:
             if sub.lagged:
                 # Fell behind the bus: storage has every event, so catch up from there.
                 sub.lagged = False
-                async for replayed in self._replay(job_id, last, accept):
-                    yield replayed
-                    last = replayed.sequence
+                async with aclosing(self._replay(job_id, last, accept)) as missed:
+                    async for replayed in missed:
+                        yield replayed
+                        last = replayed.sequence
                 continue
             if event.sequence <= last:
                 continue

@@ -1,11 +1,18 @@
-"""One log line per RPC: method, status code, duration, peer (never metadata, so never tokens)."""
+"""One log line per RPC: method, status code, duration, peer (never metadata, so never tokens).
+
+Everything it needs from the context is read while the call is alive: the peer when the call
+starts, the code when the handler returns or aborts. Both run inside the RPC's task (streams too:
+interceptors/wrapping.py), before grpc releases the call; grpc.aio (1.85.1) sets the call to NULL
+once that task ends, after which `context.peer()` dereferences NULL in gRPC core (SIGSEGV).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import grpc
 
@@ -15,15 +22,29 @@ from .wrapping import wrap_handler
 log = logging.getLogger("contimg.rpc")
 
 
-def _code(context: Ctx, failed: BaseException | None) -> str:
-    code = context.code()
+def _name(code: object) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
-    if isinstance(code, int) and code != 0:
+    if isinstance(code, int):
         return next((s.name for s in grpc.StatusCode if s.value[0] == code), str(code))
-    if failed is None:
-        return "OK"
-    return "UNKNOWN" if isinstance(failed, Exception) else "CANCELLED"
+    return "OK"
+
+
+class _Counting:
+    """A stream's context that counts the messages written through it (delegates everything else)."""
+
+    __slots__ = ("_context", "sent")
+
+    def __init__(self, context: Ctx):
+        self._context = context
+        self.sent = 0
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self.sent += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):
@@ -42,54 +63,28 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_handler(handler, details.method, self._around, self._around_stream)
+        wrapped = wrap_handler(handler, details.method, self._around)
         self._wrapped[details.method] = (handler, wrapped)
         return wrapped
 
-    async def _around(self, method: str, context: Ctx, call: Callable[[], Awaitable[Any]]) -> Any:
-        start = time.perf_counter()
-        failed: BaseException | None = None
-        try:
-            return await call()
-        except BaseException as exc:
-            failed = exc
-            raise
-        finally:
-            self._log(method, context, failed, start, None)
-
-    async def _around_stream(
-        self, method: str, context: Ctx, call: Callable[[], AsyncIterator[Any]]
-    ) -> AsyncIterator[Any]:
-        start = time.perf_counter()
-        failed: BaseException | None = None
-        sent = 0
-        try:
-            async for item in call():
-                sent += 1
-                yield item
-        except BaseException as exc:
-            failed = exc
-            raise
-        finally:
-            self._log(method, context, failed, start, sent)
-
-    @staticmethod
-    def _log(
-        method: str,
-        context: Ctx,
-        failed: BaseException | None,
-        start: float,
-        sent: int | None,
-    ) -> None:
+    async def _around(self, method: str, context: Ctx, call: Callable[[Ctx], Awaitable[Any]], streams: bool) -> Any:
         if not log.isEnabledFor(logging.INFO):
-            return
-        ms = (time.perf_counter() - start) * 1000
-        extra = f" messages={sent}" if sent is not None else ""
-        log.info(
-            "rpc method=%s code=%s duration_ms=%.2f peer=%s%s",
-            method,
-            _code(context, failed),
-            ms,
-            context.peer(),
-            extra,
-        )
+            return await call(context)
+        start = time.perf_counter()
+        peer = context.peer()
+        counting = _Counting(context) if streams else None
+        code = "UNKNOWN"
+        try:
+            result = await call(cast(Ctx, counting) if counting is not None else context)
+            code = _name(context.code())
+            return result
+        except grpc.aio.AbortError:
+            code = _name(context.code())  # set by the abort, which has just happened
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            ms = (time.perf_counter() - start) * 1000
+            extra = f" messages={counting.sent}" if counting is not None else ""
+            log.info("rpc method=%s code=%s duration_ms=%.2f peer=%s%s", method, code, ms, peer, extra)

@@ -9,7 +9,7 @@ until the next commit): read them, never modify them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncGenerator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,7 +86,7 @@ class SourceRepository(Protocol):
     ) -> Page[Match[Source]]: ...
     def lightcurve(
         self, source_id: str, start_mjd: float, end_mjd: float, chunk: int
-    ) -> AsyncIterator[list[Photometry]]: ...
+    ) -> AsyncGenerator[list[Photometry], None]: ...
     async def record_photometry(
         self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None
     ) -> PhotometryResult: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -22,6 +22,7 @@ from ..domain.errors import (
     StorageUnavailable,
 )
 from ..rpc_types import Ctx
+from ..streams import send_all
 from .decoding import UNDECODABLE
 
 log = logging.getLogger("contimg.errors")
@@ -130,13 +131,16 @@ def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitabl
 
 
 def streaming(
-    fn: Callable[[Any, Any, Ctx], AsyncIterator[R]],
-) -> Callable[..., AsyncIterator[R]]:
-    """As `unary`, for server-streaming methods (admitted for as long as the stream is open)."""
+    fn: Callable[[Any, Any, Ctx], AsyncGenerator[R, None]],
+) -> Callable[..., Awaitable[None]]:
+    """As `unary`, for server-streaming methods (admitted for as long as the stream is open).
+
+    The method is written as an async generator and served as a coroutine that sends its items
+    (streams.send_all: why grpc must never be handed the generator itself)."""
     name = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: Ctx) -> AsyncIterator[R]:
+    async def wrapper(self: Any, request: Any, context: Ctx) -> None:
         admission = self.admission
         refused = admission.admit(name, context)
         if refused is not None:
@@ -144,8 +148,7 @@ def streaming(
         try:
             if request is UNDECODABLE:
                 await context.abort_with_status(_UNDECODABLE_STATUS)
-            async for item in fn(self, request, context):
-                yield item
+            await send_all(context, fn(self, request, context))
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise

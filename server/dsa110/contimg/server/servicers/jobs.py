@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from functools import partial
 
 from dsa110.contimg.v1 import jobs_pb2 as pb
@@ -189,18 +190,19 @@ class JobServicer:
         )
 
     @streaming
-    async def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> AsyncIterator[pb.JobEvent]:
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> AsyncGenerator[pb.JobEvent, None]:
         job_id = names.parse_job_name(request.name)
         c = Checker()
         if request.after_sequence < 0:
             c.add("after_sequence", "must not be negative")
         c.raise_if_any()
         await context.send_initial_metadata(WATCH_OPEN)
-        async for event in self.watcher.watch_job(job_id, max(request.after_sequence, 0)):
-            yield self._to_proto(event)
+        async with aclosing(self.watcher.watch_job(job_id, max(request.after_sequence, 0))) as events:
+            async for event in events:
+                yield self._to_proto(event)
 
     @streaming
-    async def WatchJobs(self, request: pb.WatchJobsRequest, context: Ctx) -> AsyncIterator[pb.JobEvent]:
+    async def WatchJobs(self, request: pb.WatchJobsRequest, context: Ctx) -> AsyncGenerator[pb.JobEvent, None]:
         c = Checker()
         if request.after_sequence < 0:
             c.add("after_sequence", "must not be negative")
@@ -219,8 +221,9 @@ class JobServicer:
                     return False
             return True
 
-        async for event in self.watcher.watch_jobs(accept, max(request.after_sequence, 0)):
-            yield self._to_proto(event)
+        async with aclosing(self.watcher.watch_jobs(accept, max(request.after_sequence, 0))) as events:
+            async for event in events:
+                yield self._to_proto(event)
 
 
 def _parameters_json(msg: pb.Job) -> str:

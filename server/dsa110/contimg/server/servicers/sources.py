@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from functools import partial
 
 from dsa110.contimg.v1 import sources_pb2 as pb
@@ -117,7 +118,7 @@ class SourceServicer:
     @streaming
     async def GetLightcurve(
         self, request: pb.GetLightcurveRequest, context: Ctx
-    ) -> AsyncIterator[Encoded[pb.GetLightcurveResponse]]:
+    ) -> AsyncGenerator[Encoded[pb.GetLightcurveResponse], None]:
         source_id = names.parse_source_name(request.name)
         c = Checker()
         c.mjd_range("start_mjd", request.start_mjd, "end_mjd", request.end_mjd)
@@ -141,11 +142,12 @@ class SourceServicer:
         head = self._encoded(src)
         version = src.update_time
         point = self.cache.get
-        async for points in self.repo.lightcurve(source_id, request.start_mjd, request.end_mjd, chunk):
-            parts = [point("point", 2, (source_id, p.image_id), version, photometry_to_proto, p) for p in points]
-            sent.append(b"".join([head, *parts]))
-            yield Encoded(pb.GetLightcurveResponse, sent[-1])
-            head = b""
+        async with aclosing(self.repo.lightcurve(source_id, request.start_mjd, request.end_mjd, chunk)) as chunks:
+            async for points in chunks:
+                parts = [point("point", 2, (source_id, p.image_id), version, photometry_to_proto, p) for p in points]
+                sent.append(b"".join([head, *parts]))
+                yield Encoded(pb.GetLightcurveResponse, sent[-1])
+                head = b""
         if head:  # no points: the source alone
             sent.append(head)
             yield Encoded(pb.GetLightcurveResponse, head)

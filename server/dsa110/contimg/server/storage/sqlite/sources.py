@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
@@ -110,7 +110,7 @@ class SQLiteSources:
 
     async def lightcurve(
         self, source_id: str, start_mjd: float, end_mjd: float, chunk: int
-    ) -> AsyncIterator[list[Photometry]]:
+    ) -> AsyncGenerator[list[Photometry], None]:
         found = await self.db.lookup("SELECT sid FROM sources WHERE id = ?", (source_id,))
         if not found:
             raise NotFound("SOURCE", f"sources/{source_id}")

@@ -99,7 +99,9 @@ class Image(_message.Message):
     name: _builtins.str
     """Resource name, `images/{image_id}`. Output only."""
     path: _builtins.str
-    """Absolute path of the FITS file. Required on create; unique; immutable."""
+    """Absolute path of the FITS file. Required on create; unique; immutable. Normalized (no `//`,
+    `.`, `..` or trailing `/`), at most 1024 characters, no control characters.
+    """
     measurement_set: _builtins.str
     """Required on create. Parent measurement set, `measurementSets/{ms_id}` (or its bare absolute
     path on input). Immutable.
@@ -107,39 +109,41 @@ class Image(_message.Message):
     type: Global___Image.Type.ValueType
     """Product type."""
     format: _builtins.str
-    """File format; `fits` when not given."""
+    """File format; `fits` when not given. At most 16 bytes."""
     mid_mjd: _builtins.float
-    """Observation mid-time, Modified Julian Date (days, UTC); copied from the parent MS when 0."""
+    """Observation mid-time, Modified Julian Date (days, UTC); copied from the parent MS when 0.
+    Otherwise in [15000, 100000] (years 1900 to 2132: anything else is a unit mistake).
+    """
     beam_major_arcsec: _builtins.float
-    """Restoring beam major axis FWHM, arcseconds."""
+    """Restoring beam major axis FWHM, arcseconds; finite, >= 0."""
     beam_minor_arcsec: _builtins.float
-    """Restoring beam minor axis FWHM, arcseconds."""
+    """Restoring beam minor axis FWHM, arcseconds; finite, >= 0."""
     beam_pa_deg: _builtins.float
-    """Restoring beam position angle, degrees east of north."""
+    """Restoring beam position angle, degrees east of north, in [-360, 360]."""
     noise_jy: _builtins.float
-    """Image noise (rms), Jy/beam."""
+    """Image noise (rms), Jy/beam; finite, >= 0."""
     dynamic_range: _builtins.float
-    """Dynamic range: peak over noise (dimensionless)."""
+    """Dynamic range: peak over noise (dimensionless); finite, >= 0."""
     pbcor: _builtins.bool
     """True when primary-beam corrected."""
     field_name: _builtins.str
-    """Field name."""
+    """Field name; at most 256 bytes."""
     center_ra_deg: _builtins.float
     """Right ascension of the image centre, degrees in [0, 360)."""
     center_dec_deg: _builtins.float
     """Declination of the image centre, degrees in [-90, 90]."""
     size_x_px: _builtins.int
-    """Width, pixels."""
+    """Width, pixels, 0 to 1000000."""
     size_y_px: _builtins.int
-    """Height, pixels."""
+    """Height, pixels, 0 to 1000000."""
     cell_size_arcsec: _builtins.float
-    """Pixel size, arcseconds."""
+    """Pixel size, arcseconds; finite, >= 0."""
     frequency_ghz: _builtins.float
-    """Centre frequency, GHz."""
+    """Centre frequency, GHz; finite, >= 0."""
     bandwidth_mhz: _builtins.float
-    """Bandwidth, MHz."""
+    """Bandwidth, MHz; finite, >= 0."""
     integration_s: _builtins.float
-    """Integration time, seconds."""
+    """Integration time, seconds; finite, >= 0."""
     photometry_count: _builtins.int
     """Number of photometry measurements recorded on this image. Output only."""
     @_builtins.property
@@ -252,15 +256,16 @@ class QualityAssessment(_message.Message):
     grade: Global___QualityAssessment.Grade.ValueType
     """Overall grade."""
     summary: _builtins.str
-    """One-line human-readable summary."""
+    """One-line human-readable summary; at most 4096 bytes."""
     source_count: _builtins.int
-    """Number of sources found in the image."""
+    """Number of sources found in the image; >= 0."""
     peak_flux_jy: _builtins.float
-    """Brightest pixel, Jy/beam."""
+    """Brightest pixel, Jy/beam; finite."""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Named QA metrics (e.g. `rms_ratio`, `beam_ellipticity`), dimensionless unless the key ends with
-        a unit suffix (`_jy`, `_arcsec`, `_deg`). At most 64 entries.
+        a unit suffix (`_jy`, `_arcsec`, `_deg`). At most 64 entries; keys of 1 to 64 characters;
+        values finite.
         """
 
     def __init__(
@@ -372,6 +377,7 @@ class ListImagesRequest(_message.Message):
     `center_ra_deg`, `center_dec_deg`, `noise_jy`, `dynamic_range`, `frequency_ghz`,
     `qa.grade` (e.g. `qa.grade = GOOD`), `pbcor`, `field_name`.
     Example: `mid_mjd >= 60900 AND center_dec_deg > 54 AND center_dec_deg < 55 AND noise_jy < 0.001`.
+    At most 2048 characters and 32 conditions; a string value at most 1024 characters.
     """
     order_by: _builtins.str
     """Comma-separated fields, each optionally followed by `desc`. Sortable: `create_time`,
@@ -435,7 +441,9 @@ class CreateImageRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result."""
+    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result. At most 64
+    characters of `A-Z a-z 0-9 - _`.
+    """
     @_builtins.property
     def image(self) -> Global___Image:
         """Required. The image; `path` and `measurement_set` are required."""
@@ -464,7 +472,7 @@ class UpdateImageRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     @_builtins.property
     def image(self) -> Global___Image:
         """Required. New values; `image.name` identifies the image."""
@@ -532,9 +540,11 @@ class SearchImagesRequest(_message.Message):
     dec_deg: _builtins.float
     """Declination of the position, degrees in [-90, 90]."""
     filter: _builtins.str
-    """Optional further restriction, same syntax and fields as ListImagesRequest.filter."""
+    """Optional further restriction, same syntax, fields and limits as ListImagesRequest.filter."""
     page_size: _builtins.int
-    """Maximum items per page: default 50, maximum 1000."""
+    """Maximum items per page: default 50, maximum 1000 (larger values are coerced to 1000);
+    negative is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""
     def __init__(

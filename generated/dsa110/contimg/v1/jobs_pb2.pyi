@@ -172,7 +172,9 @@ class Job(_message.Message):
     for a convert job whose MS does not exist yet, in which case `ms_path` names the output.
     """
     ms_path: _builtins.str
-    """Absolute path of the target MS (for convert jobs, the MS to be written)."""
+    """Absolute path of the target MS (for convert jobs, the MS to be written); normalized, at most
+    1024 characters.
+    """
     state: Global___Job.State.ValueType
     """Current state. Output only."""
     stage: Global___Job.Stage.ValueType
@@ -189,7 +191,7 @@ class Job(_message.Message):
     """Number of log lines appended. Output only."""
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
-        """Task parameters as JSON (at most 64 KiB serialized)."""
+        """Task parameters as JSON: at most 64 KiB serialized, numbers finite."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -435,13 +437,16 @@ class ListJobsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum items per page: default 50, maximum 1000 (larger values are coerced to 1000)."""
+    """Maximum items per page: default 50, maximum 1000 (larger values are coerced to 1000);
+    negative is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""
     filter: _builtins.str
     """AIP-160 subset (comparisons joined by `AND`). Fields: `state` (e.g. `state = RUNNING`),
     `type` (e.g. `type = IMAGE`), `stage`, `measurement_set` (`=` only), `create_time`,
-    `update_time` (RFC 3339 strings), `attempt`.
+    `update_time` (RFC 3339 strings), `attempt`. At most 2048 characters and 32 conditions; a
+    string value at most 1024 characters.
     """
     order_by: _builtins.str
     """Comma-separated fields, each optionally followed by `desc`. Sortable: `create_time`,
@@ -505,9 +510,13 @@ class CreateJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """Optional job id (see the resource name rule); generated when empty."""
+    """Optional job id: 1 to 63 characters of `a-z 0-9 -` starting with a letter; generated when
+    empty.
+    """
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result."""
+    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result. At most 64
+    characters of `A-Z a-z 0-9 - _`.
+    """
     @_builtins.property
     def job(self) -> Global___Job:
         """Required. The job; `type` is required; output-only fields are ignored."""
@@ -538,7 +547,7 @@ class StartJobRequest(_message.Message):
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     def __init__(
         self,
         *,
@@ -573,7 +582,7 @@ class ReportJobProgressRequest(_message.Message):
     message: _builtins.str
     """Optional note, at most 4096 bytes."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     def __init__(
         self,
         *,
@@ -604,12 +613,14 @@ class SucceedJobRequest(_message.Message):
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     message: _builtins.str
-    """Optional note."""
+    """Optional note, at most 4096 bytes."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Outputs produced: resource names or absolute paths, at most 1000."""
+        """Outputs produced, at most 1000: resource names of this API (e.g. `images/42`) or normalized
+        absolute paths of at most 1024 characters.
+        """
 
     def __init__(
         self,
@@ -641,7 +652,7 @@ class FailJobRequest(_message.Message):
     error_message: _builtins.str
     """Required. What went wrong, at most 4096 bytes."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     def __init__(
         self,
         *,
@@ -671,7 +682,7 @@ class CancelJobRequest(_message.Message):
     reason: _builtins.str
     """Optional reason, at most 4096 bytes."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     def __init__(
         self,
         *,
@@ -698,7 +709,7 @@ class RetryJobRequest(_message.Message):
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     def __init__(
         self,
         *,
@@ -725,7 +736,9 @@ class AppendJobLogRequest(_message.Message):
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retry does not append twice."""
+    """Optional idempotency key (AIP-155), a UUID: a retry does not append twice. At most 64
+    characters of `A-Z a-z 0-9 - _`.
+    """
     @_builtins.property
     def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Required. Lines to append, 1 to 1000, each at most 4096 bytes."""
@@ -779,7 +792,9 @@ class ListJobLogEntriesRequest(_message.Message):
     parent: _builtins.str
     """Required. The job, `jobs/{job_id}`."""
     page_size: _builtins.int
-    """Maximum lines per page: default 100, maximum 1000."""
+    """Maximum lines per page: default 100, maximum 1000 (larger values are coerced to 1000);
+    negative is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
     """Opaque token from a previous response."""
     def __init__(
@@ -841,7 +856,7 @@ class WatchJobRequest(_message.Message):
     """Required. `jobs/{job_id}`."""
     after_sequence: _builtins.int
     """Resume point: when > 0, replay this job's recorded events with a larger sequence instead of
-    sending a snapshot.
+    sending a snapshot. Negative is INVALID_ARGUMENT.
     """
     def __init__(
         self,
@@ -866,11 +881,13 @@ class WatchJobsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
-    """Optional filter: same syntax as ListJobsRequest.filter, fields `state`, `type`,
+    """Optional filter: same syntax and limits as ListJobsRequest.filter, fields `state`, `type`,
     `measurement_set`, evaluated against the job after each change.
     """
     after_sequence: _builtins.int
-    """Resume point: when > 0, replay recorded events with a larger sequence first."""
+    """Resume point: when > 0, replay recorded events with a larger sequence first. Negative is
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,

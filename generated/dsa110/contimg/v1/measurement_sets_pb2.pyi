@@ -123,18 +123,25 @@ class MeasurementSet(_message.Message):
     path: _builtins.str
     """Absolute path of the MS directory, e.g.
     `/stage/dsa110-contimg/ms/science/2025-10-28/2025-10-28T13:30:07.ms`. Required on create;
-    immutable.
+    immutable. Normalized (no `//`, `.`, `..` or trailing `/`), at most 1024 characters, no
+    control characters.
     """
     group_id: _builtins.str
-    """Ingest group id: ISO-8601 UTC timestamp of subband 0, e.g. `2025-10-28T13:30:07`."""
+    """Ingest group id: ISO-8601 UTC timestamp of subband 0, e.g. `2025-10-28T13:30:07`. At most
+    256 bytes.
+    """
     field_name: _builtins.str
-    """Field name recorded in the MS (e.g. the drift-scan pointing or calibrator name)."""
+    """Field name recorded in the MS (e.g. the drift-scan pointing or calibrator name). At most 256
+    bytes.
+    """
     start_mjd: _builtins.float
-    """Start of the observation, Modified Julian Date (days, UTC)."""
+    """Start of the observation, Modified Julian Date (days, UTC): 0 (unknown) or in
+    [15000, 100000], and not after `end_mjd`.
+    """
     mid_mjd: _builtins.float
-    """Middle of the observation, Modified Julian Date (days, UTC)."""
+    """Middle of the observation, Modified Julian Date (days, UTC): 0 or in [15000, 100000]."""
     end_mjd: _builtins.float
-    """End of the observation, Modified Julian Date (days, UTC)."""
+    """End of the observation, Modified Julian Date (days, UTC): 0 or in [15000, 100000]."""
     pointing_ra_deg: _builtins.float
     """Pointing right ascension, degrees in [0, 360)."""
     pointing_dec_deg: _builtins.float
@@ -153,7 +160,7 @@ class MeasurementSet(_message.Message):
     """Number of images registered for this MS. Output only."""
     @_builtins.property
     def calibration_tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalibrationTable]:
-        """Calibration tables applied to this MS, in application order."""
+        """Calibration tables applied to this MS, in application order; at most 64."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -169,7 +176,9 @@ class MeasurementSet(_message.Message):
 
     @_builtins.property
     def process_time(self) -> _timestamp_pb2.Timestamp:
-        """When processing of the MS finished (reached its final stage), if it has."""
+        """When processing of the MS finished (reached its final stage), if it has. Between 0001-01-01
+        and 9999-12-31.
+        """
 
     def __init__(
         self,
@@ -257,13 +266,15 @@ class CalibrationTable(_message.Message):
     VALID_START_MJD_FIELD_NUMBER: _builtins.int
     VALID_END_MJD_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """Absolute path of the calibration table directory."""
+    """Absolute path of the calibration table directory: normalized, at most 1024 characters."""
     type: Global___CalibrationTable.Type.ValueType
     """Solution type."""
     valid_start_mjd: _builtins.float
-    """Start of the validity window, Modified Julian Date (days, UTC)."""
+    """Start of the validity window, Modified Julian Date (days, UTC): 0 (open) or in
+    [15000, 100000], and not after `valid_end_mjd`.
+    """
     valid_end_mjd: _builtins.float
-    """End of the validity window, Modified Julian Date (days, UTC)."""
+    """End of the validity window, Modified Julian Date (days, UTC): 0 (open) or in [15000, 100000]."""
     def __init__(
         self,
         *,
@@ -374,6 +385,7 @@ class ListMeasurementSetsRequest(_message.Message):
     Fields: `stage`, `status`, `cal_applied`, `field_name`, `group_id`, `start_mjd`, `mid_mjd`,
     `end_mjd`, `pointing_dec_deg`, `pointing_ra_deg`, `create_time` (RFC 3339 string).
     Example: `mid_mjd >= 60976 AND mid_mjd < 60977 AND pointing_dec_deg > 54 AND stage = IMAGED`.
+    At most 2048 characters and 32 conditions; a string value at most 1024 characters.
     """
     order_by: _builtins.str
     """Comma-separated fields, each optionally followed by `desc`. Sortable: `start_mjd`, `mid_mjd`,
@@ -438,7 +450,7 @@ class CreateMeasurementSetRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional idempotency key (AIP-155), a UUID: a retried request with the same id returns the
-    first result instead of ALREADY_EXISTS.
+    first result instead of ALREADY_EXISTS. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
     @_builtins.property
     def measurement_set(self) -> Global___MeasurementSet:
@@ -471,7 +483,7 @@ class UpdateMeasurementSetRequest(_message.Message):
     allow_missing: _builtins.bool
     """When true and the measurement set does not exist, create it (upsert)."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     @_builtins.property
     def measurement_set(self) -> Global___MeasurementSet:
         """Required. The new values; `measurement_set.name` or `measurement_set.path` identifies it."""
@@ -515,7 +527,7 @@ class AdvanceMeasurementSetStageRequest(_message.Message):
     status: Global___MeasurementSet.Status.ValueType
     """Status at the target stage; default STATUS_IN_PROGRESS."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID."""
+    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
     def __init__(
         self,
         *,

@@ -180,7 +180,9 @@ class PhotometryMeasurement(_message.Message):
     OBSERVATION_MJD_FIELD_NUMBER: _builtins.int
     MEASURE_TIME_FIELD_NUMBER: _builtins.int
     source: _builtins.str
-    """Required on record. Measured source, `sources/{source_id}`; created if new."""
+    """Required on record. Measured source, `sources/{source_id}` (1 to 64 characters of
+    `A-Z a-z 0-9 + - . _`); created if new.
+    """
     image: _builtins.str
     """Image measured, `images/{image_id}`. Output only (set from the request on record)."""
     ra_deg: _builtins.float
@@ -188,34 +190,38 @@ class PhotometryMeasurement(_message.Message):
     dec_deg: _builtins.float
     """Declination of the measurement position, degrees in [-90, 90]."""
     catalog_flux_mjy: _builtins.float
-    """Reference catalog (NVSS) flux density, mJy."""
+    """Reference catalog (NVSS) flux density, mJy; finite."""
     peak_flux_jy: _builtins.float
     """Peak flux density, Jy/beam. Required; finite, at most 1e9 in magnitude."""
     peak_flux_err_jy: _builtins.float
-    """Error of the peak flux density, Jy/beam; must be >= 1e-12 (its weight 1/err^2 stays finite)."""
+    """Error of the peak flux density, Jy/beam; finite and >= 1e-12 (its weight 1/err^2 stays
+    finite).
+    """
     integrated_flux_jy: _builtins.float
-    """Integrated flux density, Jy."""
+    """Integrated flux density, Jy; finite."""
     integrated_flux_err_jy: _builtins.float
-    """Error of the integrated flux density, Jy."""
+    """Error of the integrated flux density, Jy; finite, >= 0."""
     normalized_flux: _builtins.float
-    """Flux normalised by the image's reference-source ensemble (dimensionless)."""
+    """Flux normalised by the image's reference-source ensemble (dimensionless); finite."""
     normalized_flux_err: _builtins.float
-    """Error of the normalised flux (dimensionless)."""
+    """Error of the normalised flux (dimensionless); finite, >= 0."""
     snr: _builtins.float
-    """Signal-to-noise ratio (dimensionless)."""
+    """Signal-to-noise ratio (dimensionless); finite."""
     local_rms_jy: _builtins.float
-    """Local rms noise around the source, Jy/beam."""
+    """Local rms noise around the source, Jy/beam; finite, >= 0."""
     separation_from_center_deg: _builtins.float
-    """Angular distance from the image centre, degrees."""
+    """Angular distance from the image centre, degrees; finite, >= 0."""
     quality_flag: _builtins.str
-    """Quality flag from the photometry stage (e.g. `good`, `edge`, `blended`); at most 32 chars."""
+    """Quality flag from the photometry stage (e.g. `good`, `edge`, `blended`); at most 32 bytes."""
     observation_mjd: _builtins.float
     """Observation mid-time of the image's MS, Modified Julian Date (days). Taken from the image
-    when 0.
+    when 0; otherwise in [15000, 100000].
     """
     @_builtins.property
     def measure_time(self) -> _timestamp_pb2.Timestamp:
-        """When the measurement was computed (wall clock); set by the server when absent."""
+        """When the measurement was computed (wall clock); set by the server when absent. Between
+        0001-01-01 and 9999-12-31.
+        """
 
     def __init__(
         self,
@@ -327,7 +333,9 @@ class ListSourcesRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum items per page: default 50, maximum 1000 (larger values are coerced to 1000)."""
+    """Maximum items per page: default 50, maximum 1000 (larger values are coerced to 1000);
+    negative is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""
     filter: _builtins.str
@@ -335,6 +343,7 @@ class ListSourcesRequest(_message.Message):
     `sigma_deviation`, `mean_flux_jy`, `max_flux_jy`, `epoch_count`, `is_variable`, `ra_deg`,
     `dec_deg`, `catalog`, `catalog_flux_mjy`, `last_detection_mjd`.
     Example: `eta > 2 AND epoch_count >= 3 AND dec_deg > 54 AND dec_deg < 55.2`.
+    At most 2048 characters and 32 conditions; a string value at most 1024 characters.
     """
     order_by: _builtins.str
     """Comma-separated fields, each optionally followed by `desc`. Sortable: `eta`, `v`,
@@ -408,9 +417,11 @@ class SearchSourcesRequest(_message.Message):
     radius_deg: _builtins.float
     """Cone radius, degrees in (0, 10]."""
     filter: _builtins.str
-    """Optional further restriction, same syntax and fields as ListSourcesRequest.filter."""
+    """Optional further restriction, same syntax, fields and limits as ListSourcesRequest.filter."""
     page_size: _builtins.int
-    """Maximum items per page: default 50, maximum 1000."""
+    """Maximum items per page: default 50, maximum 1000 (larger values are coerced to 1000);
+    negative is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""
     def __init__(
@@ -504,11 +515,17 @@ class GetLightcurveRequest(_message.Message):
     name: _builtins.str
     """Required. `sources/{source_id}`."""
     start_mjd: _builtins.float
-    """Earliest observation MJD to include (days); 0 means no lower bound."""
+    """Earliest observation MJD to include (days); 0 means no lower bound, otherwise in
+    [15000, 100000] and not after `end_mjd`.
+    """
     end_mjd: _builtins.float
-    """Latest observation MJD to include (days); 0 means no upper bound."""
+    """Latest observation MJD to include (days); 0 means no upper bound, otherwise in
+    [15000, 100000].
+    """
     max_points_per_message: _builtins.int
-    """Points per streamed message: default 1000, maximum 10000."""
+    """Points per streamed message: 0 means the default, 1000; at most 10000; negative is
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -568,11 +585,14 @@ class RecordPhotometryRequest(_message.Message):
     image: _builtins.str
     """Required. The image measured, `images/{image_id}`."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result."""
+    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result. At most 64
+    characters of `A-Z a-z 0-9 - _`.
+    """
     @_builtins.property
     def measurements(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhotometryMeasurement]:
         """Every measurement on the image, 1 to 100000; each names a distinct source. Required unless
-        `columns` holds them instead.
+        `columns` holds them instead. The whole request must also fit the server's message size
+        limit (64 MiB by default; RESOURCE_EXHAUSTED otherwise).
         """
 
     @_builtins.property
@@ -626,7 +646,9 @@ class PhotometryColumns(_message.Message):
     MEASURE_TIME_UNIX_MICROS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def source(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Required. `sources/{source_id}` of each measurement, each distinct; created if new."""
+        """Required. `sources/{source_id}` of each measurement, each distinct; created if new. 1 to
+        100000 measurements.
+        """
 
     @_builtins.property
     def ra_deg(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -678,16 +700,19 @@ class PhotometryColumns(_message.Message):
 
     @_builtins.property
     def quality_flag(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Quality flag of each measurement; at most 32 chars."""
+        """Quality flag of each measurement; at most 32 bytes."""
 
     @_builtins.property
     def observation_mjd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Observation mid-time, Modified Julian Date (days); 0 takes the image's."""
+        """Observation mid-time, Modified Julian Date (days); 0 takes the image's, otherwise in
+        [15000, 100000].
+        """
 
     @_builtins.property
     def measure_time_unix_micros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """When each measurement was computed, microseconds since the Unix epoch (UTC); 0 means unset
-        (the server sets it), as an absent PhotometryMeasurement.measure_time.
+        (the server sets it), as an absent PhotometryMeasurement.measure_time. Between 0001-01-01
+        and 9999-12-31.
         """
 
     def __init__(

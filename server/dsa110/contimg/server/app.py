@@ -16,12 +16,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2  # noqa: F401  (registers ErrorInfo/BadRequest for reflection)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from .config import ServerConfig, token_sets
 from .events.local import LocalEventBus
 from .events.watch import JobWatcher
 from .interceptors.logging import LoggingInterceptor
+from .reflection import enable_server_reflection
 from .replicas import RedisFeatures, Repositories
 from .servicers.admission import Admission, TokenPolicy
 from .servicers.common import Paging
@@ -111,7 +111,7 @@ class ContimgServer:
             # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).
             add_service(server, service, servicer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
+        enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
         self.port = self._bind(server)
         if self.port == 0:
             if self.redis is not None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .errors import FieldViolation, InvalidArgument
+
+T = TypeVar("T")
 
 MAX_TEXT = 4096
 MAX_NAME = 256
@@ -20,13 +24,30 @@ class Checker:
 
     def __init__(self) -> None:
         self.violations: list[FieldViolation] = []
+        # ErrorInfo carries one reason: the first specific one collected (INVALID_FILTER, ...), if any.
+        self.reason: str | None = None
 
     def add(self, field: str, description: str) -> None:
         self.violations.append(FieldViolation(field, description))
 
+    def absorb(self, bad: InvalidArgument) -> None:
+        """Collect the violations of an error a parser raised (names.py, query.py)."""
+        self.violations.extend(bad.violations)
+        if self.reason is None and bad.reason != InvalidArgument.reason:
+            self.reason = bad.reason
+
+    def parsed(self, parse: Callable[..., T], *args: Any) -> T | None:
+        """`parse(*args)`, or None with its violations collected, so the request's other fields
+        are still checked and one error names them all."""
+        try:
+            return parse(*args)
+        except InvalidArgument as bad:
+            self.absorb(bad)
+            return None
+
     def raise_if_any(self) -> None:
         if self.violations:
-            raise InvalidArgument(self.violations)
+            raise InvalidArgument(self.violations, reason=self.reason)
 
     def finite(
         self,

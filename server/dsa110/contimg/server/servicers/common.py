@@ -19,6 +19,7 @@ from .memo import ReplyMemo
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
+K = TypeVar("K")
 
 # A List/Search request parsed: its query and the fingerprint its page tokens are bound to.
 Planned = tuple[ListQuery, str]
@@ -39,6 +40,35 @@ class Paging:
         *,
         bound_to: Sequence[object] = (),
         sortable: bool = True,
+        checks: Checker | None = None,
+    ) -> Planned:
+        """The request's query; `checks` holds violations the caller found in its other fields,
+        raised together with any of the query's own."""
+        if checks is None or not checks.violations:
+            try:
+                return self._plan(method, request, specs, default_order, bound_to, sortable)
+            except InvalidArgument:
+                pass
+        # Something is wrong: parse each field on its own so the error names every bad one.
+        c = checks or Checker()
+        c.parsed(parse_filter, request.filter, specs)
+        if sortable:
+            c.parsed(parse_order_by, request.order_by, specs, default_order)
+        if not c.violations:  # a token is bound to every other field but page_size: judged only when they are valid
+            fp = fingerprint(method, request.filter, request.order_by if sortable else "", *bound_to)
+            c.parsed(self.tokens.decode, request.page_token, fp)
+        c.parsed(page_size, request.page_size)
+        c.raise_if_any()
+        return self._plan(method, request, specs, default_order, bound_to, sortable)
+
+    def _plan(
+        self,
+        method: str,
+        request: Any,
+        specs: Mapping[str, FieldSpec],
+        default_order: Sequence[OrderKey],
+        bound_to: Sequence[object],
+        sortable: bool,
     ) -> Planned:
         size = page_size(request.page_size)
         conditions = parse_filter(request.filter, specs)
@@ -85,13 +115,15 @@ def framed(to_proto: Callable[[T], Message]) -> Callable[[list[T]], Awaitable[li
     return items
 
 
-def idempotency(method: str, request: Message) -> Idempotency | None:
+def idempotency(method: str, request: Message, c: Checker) -> Idempotency | None:
+    """The request's idempotency key; a malformed request_id is added to `c`, which the caller
+    raises (with the request's other violations). None when there is no key or `c` holds violations."""
     request_id: str = getattr(request, "request_id", "")
     if not request_id:
         return None
-    c = Checker()
     check_request_id(request_id, c)
-    c.raise_if_any()
+    if c.violations:  # the call fails: no need to fingerprint it
+        return None
     body = type(request)()
     body.CopyFrom(request)
     body.ClearField("request_id")  # type: ignore[arg-type]
@@ -99,11 +131,29 @@ def idempotency(method: str, request: Message) -> Idempotency | None:
     return Idempotency(request_id, method, digest)
 
 
-def batch_names(names: Sequence[str]) -> None:
-    if not 1 <= len(names) <= MAX_BATCH_GET:
-        raise InvalidArgument.single("names", f"must contain between 1 and {MAX_BATCH_GET} names")
+def batch_keys(names: Sequence[str], parse: Callable[[str, str], K]) -> list[K]:
+    """The keys of a BatchGet request's `names`; on failure every malformed name is reported
+    (the first 100 of them), not only the first."""
+    count_ok = 1 <= len(names) <= MAX_BATCH_GET
+    if count_ok:
+        try:
+            return [parse(n, f"names[{i}]") for i, n in enumerate(names)]
+        except InvalidArgument:
+            pass
+    c = Checker()
+    if not count_ok:
+        c.add("names", f"must contain between 1 and {MAX_BATCH_GET} names")
+    for i, n in enumerate(names[:MAX_BATCH_GET]):
+        if len(c.violations) >= 100:
+            break
+        c.parsed(parse, n, f"names[{i}]")
+    c.raise_if_any()
+    raise AssertionError("unreachable: a name failed to parse")
 
 
-def require(request: Message, field: str) -> None:
-    if not request.HasField(field):
-        raise InvalidArgument.single(field, "required")
+def require(request: Message, field: str, c: Checker) -> bool:
+    """Whether the message field is set; if not, its violation goes to `c`."""
+    if request.HasField(field):
+        return True
+    c.add(field, "required")
+    return False

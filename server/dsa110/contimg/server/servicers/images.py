@@ -7,14 +7,14 @@ from google.protobuf import empty_pb2
 
 from ..domain import names
 from ..domain.checks import Checker
-from ..domain.errors import InvalidArgument, NotFound
+from ..domain.errors import NotFound
 from ..domain.listing import IMAGE_DEFAULT_ORDER, IMAGE_FIELDS
 from ..domain.records import IMAGE_UPDATABLE_FIELDS, Image, Match, Page
 from ..domain.validation import check_image
 from ..repositories.protocols import ImageRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, Planned, batch_names, idempotency, list_reply, require
+from .common import Paging, Planned, batch_keys, idempotency, list_reply, require
 from .convert import image_from_proto, image_to_proto
 from .encoded import Encoded, EncodedCache, double_field, field_bytes, page, reply_size, unframe
 from .errors import unary
@@ -58,8 +58,7 @@ class ImageServicer:
     async def BatchGetImages(
         self, request: pb.BatchGetImagesRequest, context: Ctx
     ) -> Encoded[pb.BatchGetImagesResponse]:
-        batch_names(request.names)
-        ids = [names.parse_image_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
+        ids = batch_keys(request.names, names.parse_image_name)
         found = await self.repo.get_many(ids)
         for image_id, img in zip(ids, found, strict=True):
             if img is None:
@@ -89,7 +88,6 @@ class ImageServicer:
             c = Checker()
             c.ra("ra_deg", request.ra_deg)
             c.dec("dec_deg", request.dec_deg)
-            c.raise_if_any()
             return self.paging.query(
                 "SearchImages",
                 request,
@@ -97,6 +95,7 @@ class ImageServicer:
                 (),
                 sortable=False,
                 bound_to=(request.ra_deg, request.dec_deg),
+                checks=c,
             )
 
         async def build(planned: Planned, found: Page[Match[Image]]) -> Encoded[pb.SearchImagesResponse]:
@@ -109,26 +108,32 @@ class ImageServicer:
 
     @unary
     async def CreateImage(self, request: pb.CreateImageRequest, context: Ctx) -> pb.Image:
-        require(request, "image")
+        c = Checker()
         msg = request.image
-        path = names.check_path(msg.path, "image.path")
-        if not msg.measurement_set:
-            raise InvalidArgument.single("image.measurement_set", "required")
-        ms_path = names.parse_ms_name(msg.measurement_set, "image.measurement_set")
+        path = ms_path = ""
+        present = require(request, "image", c)
+        if present:
+            path = c.parsed(names.check_path, msg.path, "image.path") or ""
+            if not msg.measurement_set:
+                c.add("image.measurement_set", "required")
+            else:
+                ms_path = c.parsed(names.parse_ms_name, msg.measurement_set, "image.measurement_set") or ""
         record = image_from_proto(msg, 0, ms_path)
         record.path = path
-        c = Checker()
-        check_image(record, _ALL_FIELDS, "image", c)
+        if present:
+            check_image(record, _ALL_FIELDS, "image", c)
+        idem = idempotency("CreateImage", request, c)
         c.raise_if_any()
-        return image_to_proto(await self.repo.create(record, idempotency("CreateImage", request)))
+        return image_to_proto(await self.repo.create(record, idem))
 
     @unary
     async def UpdateImage(self, request: pb.UpdateImageRequest, context: Ctx) -> pb.Image:
-        require(request, "image")
-        image_id = names.parse_image_name(request.image.name, "image.name")
-        if not request.update_mask.paths:
-            raise InvalidArgument.single("update_mask", "required: name the fields to update")
         c = Checker()
+        image_id = 0
+        if require(request, "image", c):
+            image_id = c.parsed(names.parse_image_name, request.image.name, "image.name") or 0
+        if not request.update_mask.paths:
+            c.add("update_mask", "required: name the fields to update")
         fields: list[str] = []
         for i, p in enumerate(request.update_mask.paths):
             attrs = IMAGE_UPDATABLE_FIELDS.get(p)
@@ -136,11 +141,12 @@ class ImageServicer:
                 c.add(f"update_mask.paths[{i}]", f"{p!r} is not an updatable Image field")
             else:
                 fields.extend(a for a in attrs if a not in fields)
-        c.raise_if_any()
+        # The values of the valid paths are checked even when other paths are not.
         record = image_from_proto(request.image, image_id, "")
         check_image(record, fields, "image", c)
+        idem = idempotency("UpdateImage", request, c)
         c.raise_if_any()
-        return image_to_proto(await self.repo.update(record, fields, idempotency("UpdateImage", request)))
+        return image_to_proto(await self.repo.update(record, fields, idem))
 
     @unary
     async def DeleteImage(self, request: pb.DeleteImageRequest, context: Ctx) -> empty_pb2.Empty:

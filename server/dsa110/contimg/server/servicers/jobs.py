@@ -9,6 +9,7 @@ from contextlib import aclosing
 from functools import partial
 
 from dsa110.contimg.v1 import jobs_pb2 as pb
+from google.protobuf.message import Message
 
 from ..domain import jobs as rules
 from ..domain import names
@@ -17,7 +18,7 @@ from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
 from ..domain.query import fingerprint, parse_filter
 from ..domain.records import Heartbeat, Job, JobEvent, JobStage
-from ..domain.validation import MAX_ARTIFACTS, check_job, check_lines
+from ..domain.validation import MAX_ARTIFACTS, MAX_LOG_LINES, check_job, check_lines
 from ..events.watch import JobWatcher
 from ..repositories.protocols import JobRepository
 from ..rpc_types import Ctx
@@ -83,32 +84,42 @@ class JobServicer:
 
     @unary
     async def CreateJob(self, request: pb.CreateJobRequest, context: Ctx) -> pb.Job:
-        require(request, "job")
+        c = Checker()
         msg = request.job
-        job_id = names.check_job_id(request.job_id, "job_id") if request.job_id else f"job-{uuid.uuid4().hex}"
-        ms_path = names.parse_ms_name(msg.measurement_set, "job.measurement_set") if msg.measurement_set else ""
+        present = require(request, "job", c)
+        job_id = c.parsed(names.check_job_id, request.job_id, "job_id") if request.job_id else f"job-{uuid.uuid4().hex}"
+        ms_path = ""
+        if msg.measurement_set:
+            ms_path = c.parsed(names.parse_ms_name, msg.measurement_set, "job.measurement_set") or ""
         job = Job(
-            id=job_id,
+            id=job_id or "",
             type=msg.type,
             ms_path=ms_path,
             target_path=msg.ms_path or ms_path,
-            parameters_json=_parameters_json(msg),
+            parameters_json=_parameters_json(msg, c),
             max_attempts=msg.max_attempts or 3,
         )
-        c = Checker()
-        check_job(job, c)
+        if present:
+            check_job(job, c)
+        idem = idempotency("CreateJob", request, c)
         c.raise_if_any()
-        return job_to_proto(await self.repo.create(job, idempotency("CreateJob", request)))
+        return job_to_proto(await self.repo.create(job, idem))
 
-    async def _transition(self, method: str, request: object, action: rules.Action, **kwargs: object) -> pb.Job:
-        job_id = names.parse_job_name(getattr(request, "name", ""))
+    async def _transition(
+        self, method: str, request: Message, c: Checker, action: rules.Action, **kwargs: object
+    ) -> pb.Job:
+        """Apply `action` to the job `request.name` names, after raising the violations in `c`
+        (the caller's checks of the request's other fields) with any of the name and request_id."""
+        job_id = c.parsed(names.parse_job_name, getattr(request, "name", ""), "name") or ""
+        idem = idempotency(method, request, c)
+        c.raise_if_any()
         mutate = partial(_apply, action=action, kwargs=kwargs)
-        job = await self.repo.transition(job_id, mutate, idempotency(method, request))  # type: ignore[arg-type]
+        job = await self.repo.transition(job_id, mutate, idem)  # type: ignore[arg-type]
         return job_to_proto(job)
 
     @unary
     async def StartJob(self, request: pb.StartJobRequest, context: Ctx) -> pb.Job:
-        return await self._transition("StartJob", request, rules.Action.START)
+        return await self._transition("StartJob", request, Checker(), rules.Action.START)
 
     @unary
     async def ReportJobProgress(self, request: pb.ReportJobProgressRequest, context: Ctx) -> pb.Job:
@@ -116,10 +127,10 @@ class JobServicer:
         c.enum("stage", request.stage, JobStage)
         c.finite("progress_percent", request.progress_percent, lo=0.0, hi=100.0)
         c.text("message", request.message, max_len=4096)
-        c.raise_if_any()
         return await self._transition(
             "ReportJobProgress",
             request,
+            c,
             rules.Action.PROGRESS,
             stage=request.stage,
             progress=request.progress_percent,
@@ -137,10 +148,10 @@ class JobServicer:
             except InvalidArgument as bad:
                 c.add(bad.violations[0].field, bad.violations[0].description)
         c.text("message", request.message, max_len=4096)
-        c.raise_if_any()
         return await self._transition(
             "SucceedJob",
             request,
+            c,
             rules.Action.SUCCEED,
             artifacts=list(request.artifacts),
             message=request.message,
@@ -150,37 +161,47 @@ class JobServicer:
     async def FailJob(self, request: pb.FailJobRequest, context: Ctx) -> pb.Job:
         c = Checker()
         c.text("error_message", request.error_message, max_len=4096, required=True)
-        c.raise_if_any()
-        return await self._transition("FailJob", request, rules.Action.FAIL, message=request.error_message)
+        return await self._transition("FailJob", request, c, rules.Action.FAIL, message=request.error_message)
 
     @unary
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.Job:
         c = Checker()
         c.text("reason", request.reason, max_len=4096)
-        c.raise_if_any()
-        return await self._transition("CancelJob", request, rules.Action.CANCEL, message=request.reason)
+        return await self._transition("CancelJob", request, c, rules.Action.CANCEL, message=request.reason)
 
     @unary
     async def RetryJob(self, request: pb.RetryJobRequest, context: Ctx) -> pb.Job:
-        return await self._transition("RetryJob", request, rules.Action.RETRY)
+        return await self._transition("RetryJob", request, Checker(), rules.Action.RETRY)
 
     @unary
     async def AppendJobLog(self, request: pb.AppendJobLogRequest, context: Ctx) -> pb.AppendJobLogResponse:
-        job_id = names.parse_job_name(request.name)
         c = Checker()
-        check_lines(request.lines, "lines", c, max_items=1000)
+        job_id = c.parsed(names.parse_job_name, request.name, "name") or ""
+        check_lines(request.lines, "lines", c, max_items=MAX_LOG_LINES)
+        idem = idempotency("AppendJobLog", request, c)
         c.raise_if_any()
-        total = await self.repo.append_log(job_id, list(request.lines), idempotency("AppendJobLog", request))
+        total = await self.repo.append_log(job_id, list(request.lines), idem)
         return pb.AppendJobLogResponse(log_line_count=total)
 
     @unary
     async def ListJobLogEntries(
         self, request: pb.ListJobLogEntriesRequest, context: Ctx
     ) -> pb.ListJobLogEntriesResponse:
-        job_id = names.parse_job_name(request.parent, "parent")
-        size = page_size(request.page_size, default=100)
-        fp = fingerprint("ListJobLogEntries", job_id)
-        after = self.paging.tokens.decode(request.page_token, fp)
+        try:
+            job_id = names.parse_job_name(request.parent, "parent")
+            size = page_size(request.page_size, default=100)
+            fp = fingerprint("ListJobLogEntries", job_id)
+            after = self.paging.tokens.decode(request.page_token, fp)
+        except InvalidArgument:
+            # Name every bad field, not only the first. A token can only be checked against a
+            # well-formed parent (it is bound to the job).
+            c = Checker()
+            parent = c.parsed(names.parse_job_name, request.parent, "parent")
+            c.parsed(page_size, request.page_size)
+            if parent is not None:
+                c.parsed(self.paging.tokens.decode, request.page_token, fingerprint("ListJobLogEntries", parent))
+            c.raise_if_any()
+            raise
         start = after[0] if after and isinstance(after[0], int) and 0 <= after[0] < 2**63 else 0
         page = await self.repo.list_logs(job_id, size, start)
         return pb.ListJobLogEntriesResponse(
@@ -191,8 +212,8 @@ class JobServicer:
 
     @streaming
     async def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> AsyncGenerator[pb.JobEvent, None]:
-        job_id = names.parse_job_name(request.name)
         c = Checker()
+        job_id = c.parsed(names.parse_job_name, request.name, "name") or ""
         if request.after_sequence < 0:
             c.add("after_sequence", "must not be negative")
         c.raise_if_any()
@@ -206,8 +227,8 @@ class JobServicer:
         c = Checker()
         if request.after_sequence < 0:
             c.add("after_sequence", "must not be negative")
+        conditions = c.parsed(parse_filter, request.filter, JOB_WATCH_FIELDS) or []
         c.raise_if_any()
-        conditions = parse_filter(request.filter, JOB_WATCH_FIELDS)
         await context.send_initial_metadata(WATCH_OPEN)
 
         def accept(event: JobEvent) -> bool:
@@ -226,11 +247,12 @@ class JobServicer:
                 yield self._to_proto(event)
 
 
-def _parameters_json(msg: pb.Job) -> str:
+def _parameters_json(msg: pb.Job, c: Checker) -> str:
     try:
         return parameters_json(msg.parameters)
     except ValueError:  # NaN and Infinity have no JSON form
-        raise InvalidArgument.single("job.parameters", "numbers must be finite") from None
+        c.add("job.parameters", "numbers must be finite")
+        return "{}"
 
 
 def _apply(job: Job, now: int, *, action: rules.Action, kwargs: dict[str, object]) -> tuple[Job, object, object]:

@@ -7,27 +7,28 @@ from google.protobuf import empty_pb2
 
 from ..domain import names
 from ..domain.checks import Checker
-from ..domain.errors import InvalidArgument, NotFound
+from ..domain.errors import NotFound
 from ..domain.listing import MS_DEFAULT_ORDER, MS_FIELDS
 from ..domain.records import MS_WRITABLE_FIELDS, MSStage, MSStatus
 from ..domain.validation import check_measurement_set
 from ..repositories.protocols import MeasurementSetRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, batch_names, framed, idempotency, list_reply, require
+from .common import Paging, batch_keys, framed, idempotency, list_reply, require
 from .convert import ms_from_proto, ms_to_proto, set_fields
 from .encoded import Encoded
 from .errors import unary
 from .memo import ReplyMemo
 
 
-def _target_path(msg: pb.MeasurementSet) -> str:
+def _target_path(msg: pb.MeasurementSet, c: Checker) -> str:
+    """The MS path the request names; "" with the violation added to `c` when it names none."""
     if msg.name:
-        path = names.parse_ms_name(msg.name, "measurement_set.name")
-        if msg.path and msg.path != path:
-            raise InvalidArgument.single("measurement_set.path", "does not match measurement_set.name")
-        return path
-    return names.check_path(msg.path, "measurement_set.path")
+        path = c.parsed(names.parse_ms_name, msg.name, "measurement_set.name")
+        if path is not None and msg.path and msg.path != path:
+            c.add("measurement_set.path", "does not match measurement_set.name")
+        return path or ""
+    return c.parsed(names.check_path, msg.path, "measurement_set.path") or ""
 
 
 def _check_process_time(msg: pb.MeasurementSet, c: Checker) -> None:
@@ -57,8 +58,7 @@ class MSServicer:
     async def BatchGetMeasurementSets(
         self, request: pb.BatchGetMeasurementSetsRequest, context: Ctx
     ) -> pb.BatchGetMeasurementSetsResponse:
-        batch_names(request.names)
-        paths = [names.parse_ms_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
+        paths = batch_keys(request.names, names.parse_ms_name)
         found = await self.repo.get_many(paths)
         for path, ms in zip(paths, found, strict=True):
             if ms is None:
@@ -83,57 +83,55 @@ class MSServicer:
 
     @unary
     async def CreateMeasurementSet(self, request: pb.CreateMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
-        require(request, "measurement_set")
-        path = _target_path(request.measurement_set)
-        record = ms_from_proto(request.measurement_set, path)
         c = Checker()
-        check_measurement_set(record, MS_WRITABLE_FIELDS, "measurement_set", c)
-        _check_process_time(request.measurement_set, c)
+        present = require(request, "measurement_set", c)
+        path = _target_path(request.measurement_set, c) if present else ""
+        record = ms_from_proto(request.measurement_set, path)
+        if present:
+            check_measurement_set(record, MS_WRITABLE_FIELDS, "measurement_set", c)
+            _check_process_time(request.measurement_set, c)
+        idem = idempotency("CreateMeasurementSet", request, c)
         c.raise_if_any()
-        return ms_to_proto(await self.repo.create(record, idempotency("CreateMeasurementSet", request)))
+        return ms_to_proto(await self.repo.create(record, idem))
 
     @unary
     async def UpdateMeasurementSet(self, request: pb.UpdateMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
-        require(request, "measurement_set")
-        path = _target_path(request.measurement_set)
+        c = Checker()
+        path = _target_path(request.measurement_set, c) if require(request, "measurement_set", c) else ""
         paths = list(request.update_mask.paths)
         if not paths:
             fields = [f for f in set_fields(request.measurement_set) if f in MS_WRITABLE_FIELDS]
         elif paths == ["*"]:
             fields = list(MS_WRITABLE_FIELDS)
         else:
-            c = Checker()
             for i, p in enumerate(paths):
                 if p not in MS_WRITABLE_FIELDS:
                     c.add(f"update_mask.paths[{i}]", f"{p!r} is not a writable MeasurementSet field")
-            c.raise_if_any()
-            fields = list(dict.fromkeys(paths))
+            # The values of the valid paths are checked even when other paths are not.
+            fields = [p for p in dict.fromkeys(paths) if p in MS_WRITABLE_FIELDS]
         record = ms_from_proto(request.measurement_set, path)
-        c = Checker()
         check_measurement_set(record, fields, "measurement_set", c)
         if "process_time" in fields:
             _check_process_time(request.measurement_set, c)
+        idem = idempotency("UpdateMeasurementSet", request, c)
         c.raise_if_any()
-        updated = await self.repo.upsert(
-            record, fields, request.allow_missing, idempotency("UpdateMeasurementSet", request)
-        )
+        updated = await self.repo.upsert(record, fields, request.allow_missing, idem)
         return ms_to_proto(updated)
 
     @unary
     async def AdvanceMeasurementSetStage(
         self, request: pb.AdvanceMeasurementSetStageRequest, context: Ctx
     ) -> pb.MeasurementSet:
-        path = names.parse_ms_name(request.name)
         c = Checker()
+        path = c.parsed(names.parse_ms_name, request.name, "name") or ""
         c.enum("stage", request.stage, MSStage, required=True)
         c.enum("status", request.status, MSStatus)
+        idem = idempotency("AdvanceMeasurementSetStage", request, c)
         c.raise_if_any()
         record = ms_from_proto(pb.MeasurementSet(), path)
         record.stage = request.stage
         record.status = request.status or MSStatus.IN_PROGRESS
-        updated = await self.repo.upsert(
-            record, ["stage", "status"], False, idempotency("AdvanceMeasurementSetStage", request)
-        )
+        updated = await self.repo.upsert(record, ["stage", "status"], False, idem)
         return ms_to_proto(updated)
 
     @unary

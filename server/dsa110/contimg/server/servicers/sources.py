@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from functools import partial
 
@@ -17,7 +17,7 @@ from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_fie
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
-from .common import Paging, Planned, batch_names, idempotency, list_reply
+from .common import Paging, Planned, batch_keys, idempotency, list_reply
 from .convert import photometry_from_columns, photometry_from_proto, photometry_to_proto, source_to_proto
 from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page, reply_size
 from .errors import streaming, unary
@@ -65,8 +65,7 @@ class SourceServicer:
     async def BatchGetSources(
         self, request: pb.BatchGetSourcesRequest, context: Ctx
     ) -> Encoded[pb.BatchGetSourcesResponse]:
-        batch_names(request.names)
-        ids = [names.parse_source_name(n, f"names[{i}]") for i, n in enumerate(request.names)]
+        ids = batch_keys(request.names, names.parse_source_name)
         found = await self.repo.get_many(ids)
         for source_id, src in zip(ids, found, strict=True):
             if src is None:
@@ -97,7 +96,6 @@ class SourceServicer:
             c.ra("ra_deg", request.ra_deg)
             c.dec("dec_deg", request.dec_deg)
             c.finite("radius_deg", request.radius_deg, lo=0.0, lo_open=True, hi=MAX_RADIUS_DEG)
-            c.raise_if_any()
             return self.paging.query(
                 "SearchSources",
                 request,
@@ -105,6 +103,7 @@ class SourceServicer:
                 (),
                 sortable=False,
                 bound_to=(request.ra_deg, request.dec_deg, request.radius_deg),
+                checks=c,
             )
 
         async def build(planned: Planned, found: Page[Match[Source]]) -> Encoded[pb.SearchSourcesResponse]:
@@ -119,8 +118,8 @@ class SourceServicer:
     async def GetLightcurve(
         self, request: pb.GetLightcurveRequest, context: Ctx
     ) -> AsyncGenerator[Encoded[pb.GetLightcurveResponse], None]:
-        source_id = names.parse_source_name(request.name)
         c = Checker()
+        source_id = c.parsed(names.parse_source_name, request.name, "name") or ""
         c.mjd_range("start_mjd", request.start_mjd, "end_mjd", request.end_mjd)
         if not 0 <= request.max_points_per_message <= 10_000:
             c.add("max_points_per_message", "must be between 0 (default 1000) and 10000")
@@ -155,38 +154,39 @@ class SourceServicer:
 
     @unary
     async def RecordPhotometry(self, request: pb.RecordPhotometryRequest, context: Ctx) -> pb.RecordPhotometryResponse:
-        image_id = names.parse_image_name(request.image, "image")
         c = Checker()
+        image_id = c.parsed(names.parse_image_name, request.image, "image") or 0
         if request.HasField("columns"):
             if request.measurements:
                 c.add("columns", "set measurements or columns, not both")
             batch = _batch_from_columns(request.columns, c)
-            c.raise_if_any()
-            return await self._record(image_id, batch, request)
-        rows = []
-        for i, m in enumerate(request.measurements[:MAX_MEASUREMENTS]):
-            source_id = _source_id(m.source, i, row_field, c)
-            if m.HasField("measure_time"):
-                c.timestamp(row_field(i, "measure_time"), m.measure_time.seconds, m.measure_time.nanos)
-            rows.append(photometry_from_proto(m, source_id))
-            if len(c.violations) >= 100:
-                break
-        if len(request.measurements) > MAX_MEASUREMENTS:
-            c.add("measurements", f"at most {MAX_MEASUREMENTS} measurements per call")
-        check_measurements(rows, c)
+        else:
+            batch = _batch_from_rows(request.measurements, c)
+        idem = idempotency("RecordPhotometry", request, c)
         c.raise_if_any()
-        return await self._record(image_id, PhotometryBatch.of_rows(rows), request)
-
-    async def _record(
-        self, image_id: int, batch: PhotometryBatch, request: pb.RecordPhotometryRequest
-    ) -> pb.RecordPhotometryResponse:
-        result = await self.repo.record_photometry(image_id, batch, idempotency("RecordPhotometry", request))
+        result = await self.repo.record_photometry(image_id, batch, idem)
         return pb.RecordPhotometryResponse(
             image=f"images/{result.image_id}",
             recorded_count=result.recorded_count,
             created_source_count=result.created_source_count,
             updated_source_count=result.updated_source_count,
         )
+
+
+def _batch_from_rows(measurements: Sequence[pb.PhotometryMeasurement], c: Checker) -> PhotometryBatch:
+    """RecordPhotometryRequest.measurements as a batch, each problem reported at `measurements[i].{field}`."""
+    rows = []
+    for i, m in enumerate(measurements[:MAX_MEASUREMENTS]):
+        source_id = _source_id(m.source, i, row_field, c)
+        if m.HasField("measure_time"):
+            c.timestamp(row_field(i, "measure_time"), m.measure_time.seconds, m.measure_time.nanos)
+        rows.append(photometry_from_proto(m, source_id))
+        if len(c.violations) >= 100:
+            break
+    if len(measurements) > MAX_MEASUREMENTS:
+        c.add("measurements", f"at most {MAX_MEASUREMENTS} measurements per call")
+    check_measurements(rows, c)
+    return PhotometryBatch.of_rows(rows)
 
 
 def _batch_from_columns(columns: pb.PhotometryColumns, c: Checker) -> PhotometryBatch:

@@ -1,10 +1,141 @@
-"""Processes opening a new database together (--workers N, replicas) all get their write connection."""
+"""`contimg-server serve`, with and without --workers, as real processes that collide.
+
+* A second instance on a served port fails at once with one line naming the address, before it
+  touches a database, whatever the workers of either; the first keeps serving. Two started at the
+  same moment: exactly one serves.
+* Processes opening a new database together all get their write connection.
+
+Every wait polls a condition against a deadline; none is a timing assertion.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+
+import grpc
+import pytest
+
+from conftest import free_port
+from helpers_stress import SERVING, ServerProcess, alive, child_pids, health_status
+
+ARGS = ["--no-log-rpcs", "--synchronous", "NORMAL", "--grace-s", "2"]
+DEADLINE_S = 30.0
+
+
+async def until(condition: Callable[[], bool], what: str, wait_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {wait_s:.0f} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+class Servers:
+    """Starts servers and, whatever the test's outcome, SIGKILLs every process group it started."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def server(self, name: str, workers: int, port: int = 0) -> ServerProcess:
+        data_dir = self.tmp_path / name
+        data_dir.mkdir(exist_ok=True)
+        return ServerProcess(data_dir, name=name, args=[*ARGS, "--workers", str(workers)], port=port)
+
+    async def start(self, name: str, workers: int, port: int = 0) -> ServerProcess:
+        server = self.server(name, workers, port)
+        try:
+            await server.start()
+        finally:
+            if server.proc is not None:
+                self.started.append(server.proc)
+        return server
+
+    def spawn(self, server: ServerProcess, port: int) -> subprocess.Popen[bytes]:
+        """`server`'s command on `port`, its stderr captured; a session of its own (for killpg)."""
+        proc = subprocess.Popen(
+            server.command(port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self.started.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.started:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the parent and its workers
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
+    started = Servers(tmp_path)
+    yield started
+    started.kill_all()
+
+
+async def workers_of(server: ServerProcess, count: int) -> list[int]:
+    await until(lambda: len(child_pids(server.pid)) == count, f"{count} workers under pid {server.pid}")
+    return child_pids(server.pid)
+
+
+async def exited(proc: subprocess.Popen[bytes], what: str) -> int:
+    await until(lambda: proc.poll() is not None, what)
+    return int(proc.returncode)
+
+
+@pytest.mark.parametrize(("first_workers", "second_workers"), [(1, 1), (2, 2), (1, 2), (2, 1)])
+async def test_a_second_instance_on_a_served_port_fails_at_start(
+    servers: Servers, first_workers: int, second_workers: int
+) -> None:
+    first = await servers.start("first", workers=first_workers)
+    serving_pids = await workers_of(first, first_workers) if first_workers > 1 else [first.pid]
+
+    second = servers.server("second", workers=second_workers)
+    proc = servers.spawn(second, first.port)
+    status = await exited(proc, "the second instance exits")
+    assert proc.stderr is not None
+    message = proc.stderr.read().decode(errors="replace").strip()
+
+    assert status != 0
+    assert message.count("\n") == 0, f"not one line:\n{message}"
+    assert f"127.0.0.1:{first.port}" in message and "already serving" in message, message
+    assert not second.database.exists(), "the second instance opened a database before giving up"
+    # The first serves on, with the workers it had.
+    assert first.proc is not None and first.proc.poll() is None
+    assert await health_status(first.target) == SERVING
+    assert all(alive(pid) for pid in serving_pids)
+
+
+async def test_of_two_started_at_once_on_one_port_exactly_one_serves(servers: Servers) -> None:
+    port = free_port()
+    procs = [servers.spawn(servers.server(name, workers=2), port) for name in ("one", "two")]
+
+    await until(lambda: any(p.poll() is not None for p in procs), "one of the two exits")
+    loser = next(p for p in procs if p.poll() is not None)
+    winner = next(p for p in procs if p is not loser)
+    assert loser.returncode != 0
+    assert loser.stderr is not None and "already serving" in loser.stderr.read().decode(errors="replace")
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        assert winner.poll() is None, "the other one exited too"
+        try:
+            if await health_status(f"127.0.0.1:{port}", wait_s=1.0) == SERVING:
+                break
+        except grpc.aio.AioRpcError:
+            pass
+        assert time.monotonic() < deadline, "the other one did not serve"
+        await asyncio.sleep(0.05)
+
 
 # Workers open the database together; on a new file one of them used to fail its PRAGMA
 # journal_mode = WAL at once with "database is locked" (no busy wait: SQLite avoids a deadlock),

@@ -1,5 +1,8 @@
-"""`contimg-server serve`, with and without --workers, as real processes that collide.
+"""`contimg-server serve`, with and without --workers, as real processes that crash and collide.
 
+* Workers die with their parent, SIGKILL included (prctl PR_SET_PDEATHSIG), after draining; their
+  write processes follow; the port is free for a restart.
+* A worker that dies unexpectedly stops the service (non-zero exit) instead of leaving it short.
 * A second instance on a served port fails at once with one line naming the address, before it
   touches a database, whatever the workers of either; the first keeps serving. Two started at the
   same moment: exactly one serves.
@@ -34,6 +37,17 @@ async def until(condition: Callable[[], bool], what: str, wait_s: float = DEADLI
     while not condition():
         assert time.monotonic() < deadline, f"not within {wait_s:.0f} s: {what}"
         await asyncio.sleep(0.05)
+
+
+def write_processes_under(pid: int) -> list[int]:
+    return [child for child in child_pids(pid) if b"write_process" in _cmdline(child)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 class Servers:
@@ -88,9 +102,57 @@ async def workers_of(server: ServerProcess, count: int) -> list[int]:
     return child_pids(server.pid)
 
 
+async def write_processes_of(workers: list[int]) -> list[int]:
+    """Each worker's write process (started once it serves)."""
+    await until(lambda: all(write_processes_under(w) for w in workers), "a write process under each worker")
+    return [p for w in workers for p in write_processes_under(w)]
+
+
 async def exited(proc: subprocess.Popen[bytes], what: str) -> int:
     await until(lambda: proc.poll() is not None, what)
     return int(proc.returncode)
+
+
+async def test_sigkilled_parent_takes_its_workers_and_write_processes_along(servers: Servers) -> None:
+    server = await servers.start("first", workers=2)
+    workers = await workers_of(server, 2)
+    writers = await write_processes_of(workers)
+    assert len(writers) == 2
+
+    server.kill()  # SIGKILL: no code of the parent runs
+    everyone = workers + writers
+    await until(lambda: not any(alive(pid) for pid in everyone), f"workers and write processes {everyone} exit")
+    # They drained (the kernel's signal is SIGTERM) rather than vanished.
+    assert server.log_path.read_text().count("signal received: draining") == 2
+
+    # A restart on the same port binds it (workers 1 binds without SO_REUSEPORT: any listener left fails it).
+    again = await servers.start("again", workers=1, port=server.port)
+    assert await health_status(again.target) == SERVING
+
+
+async def test_sigterm_to_the_parent_drains_every_worker_and_exits_zero(servers: Servers) -> None:
+    server = await servers.start("first", workers=2)
+    workers = await workers_of(server, 2)
+    writers = await write_processes_of(workers)
+
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert await exited(server.proc, "the parent exits after SIGTERM") == 0
+    await until(lambda: not any(alive(pid) for pid in workers + writers), "workers and write processes exit")
+    assert server.log_path.read_text().count("signal received: draining") == 2
+
+
+async def test_a_worker_that_dies_stops_the_service_with_a_failure(servers: Servers) -> None:
+    server = await servers.start("first", workers=2)
+    doomed, other = await workers_of(server, 2)
+
+    os.kill(doomed, signal.SIGKILL)
+    assert server.proc is not None
+    assert await exited(server.proc, "the parent exits once a worker died") == 128 + signal.SIGKILL
+    await until(lambda: not alive(other), "the other worker exits")
+    log = server.log_path.read_text()
+    assert f"(pid {doomed}) exited unexpectedly (killed by SIGKILL)" in log
+    assert "signal received: draining" in log  # the other one drained
 
 
 @pytest.mark.parametrize(("first_workers", "second_workers"), [(1, 1), (2, 2), (1, 2), (2, 1)])
@@ -135,6 +197,29 @@ async def test_of_two_started_at_once_on_one_port_exactly_one_serves(servers: Se
             pass
         assert time.monotonic() < deadline, "the other one did not serve"
         await asyncio.sleep(0.05)
+
+
+def test_a_worker_kills_itself_if_its_drain_outlasts_the_limit_after_the_parent_died() -> None:
+    """The backstop behind PR_SET_PDEATHSIG: a worker that ignores SIGTERM still goes."""
+    read_end, write_end = os.pipe()
+    code = (
+        "import signal, sys, threading\n"
+        "from dsa110.contimg.server import workers\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "workers._watch_parent(int(sys.argv[1]), 0.2)\n"
+        "print('watching', flush=True)\n"
+        "threading.Event().wait()\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code, str(read_end)], pass_fds=[read_end], stdout=subprocess.PIPE)
+    os.close(read_end)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == b"watching\n"
+        os.close(write_end)  # as when the parent dies
+        assert worker.wait(DEADLINE_S) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
 
 # Workers open the database together; on a new file one of them used to fail its PRAGMA

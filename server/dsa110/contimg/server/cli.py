@@ -44,7 +44,7 @@ def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> 
     if cfg.workers > 1:
         from .workers import run_workers
 
-        run_workers(cfg, serve_one)
+        run_workers(cfg, serve_one, claim)
     else:
         serve_one()
 

@@ -42,13 +42,22 @@ def env_float(name: str, default: float) -> float:
 class ServerProcess:
     """One `contimg-server serve` subprocess on a free loopback port; stderr goes to a log file."""
 
-    def __init__(self, data_dir: Path, *, database: Path | None = None, args: Sequence[str] = (), name: str = "server"):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        database: Path | None = None,
+        args: Sequence[str] = (),
+        name: str = "server",
+        port: int = 0,
+    ):
         self.data_dir = data_dir
         self.database = database or data_dir / "contimg.sqlite3"
         self.args = list(args)
         self.log_path = data_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.fixed_port = port  # 0: a free port at each start
+        self.port = port
         self.starts = 0
 
     @property
@@ -77,7 +86,7 @@ class ServerProcess:
         ]
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         with self.log_path.open("ab") as log:
             log.write(f"---- start {self.starts} on port {self.port}\n".encode())
             self.starts += 1
@@ -145,6 +154,26 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of `pid` (all its threads'), from /proc; [] once it has gone."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.extend(int(child) for child in task.read_text().split())
+        except OSError:  # the thread or the process exited meanwhile
+            pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs; False once it has exited, zombie included (its parent may be gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 async def health_status(target: str, service: str = "", wait_s: float = 5.0) -> int:

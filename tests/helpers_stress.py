@@ -19,7 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -174,6 +174,33 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+async def until(condition: Callable[[], bool], what: str, wait_s: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {wait_s:.0f} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+def write_processes_under(pid: int) -> list[int]:
+    """The write processes (storage/sqlite/write_process.py) `pid` started, by their command lines."""
+    return [child for child in child_pids(pid) if b"write_process" in _cmdline(child)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+async def write_processes_of(pids: list[int] | int) -> list[int]:
+    """The write process of each server process in `pids` (each starts one once it serves)."""
+    servers = [pids] if isinstance(pids, int) else pids
+    await until(lambda: all(write_processes_under(p) for p in servers), "a write process under each server")
+    return [w for p in servers for w in write_processes_under(p)]
 
 
 async def health_status(target: str, service: str = "", wait_s: float = 5.0) -> int:

@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from helpers_jobs import measurement
+from helpers_stress import alive, write_processes_of
 
 SERVICES = {
     "dsa110.contimg.v1.ImageService",
@@ -97,31 +98,6 @@ async def wait_until_serving(channel: grpc.aio.Channel, proc: subprocess.Popen[b
         await asyncio.sleep(0.05)
 
 
-def write_processes(pid: int) -> list[int]:
-    """Children of `pid` running the write process module, by their command lines."""
-    return [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").glob("*/children")
-        for child in task.read_text().split()
-        if b"write_process" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ]
-
-
-def running(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
-
-
-async def write_process_of(proc: subprocess.Popen[bytes]) -> int:
-    """The server's write process: started once it serves, before the first ingest."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = write_processes(proc.pid)
-        if found:
-            return found[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("the server started no write process")
-
-
 async def list_services(channel: grpc.aio.Channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
@@ -144,7 +120,7 @@ async def test_serve_reflect_call_and_graceful_sigterm(tmp_path):
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_until_serving(channel, proc, log)
-            writer_pid = await write_process_of(proc)
+            [writer_pid] = await write_processes_of(proc.pid)
             assert SERVICES | {"grpc.health.v1.Health"} <= await list_services(channel)
             health = health_pb2_grpc.HealthStub(channel)
             for service in SERVICES:
@@ -212,7 +188,7 @@ async def test_serve_reflect_call_and_graceful_sigterm(tmp_path):
             remaining = GRACE_S + 5 - (time.monotonic() - sigterm_at)
             status = await asyncio.to_thread(proc.wait, remaining)  # TimeoutExpired fails the test
             assert status == 0, f"exit status {status}:\n{read_log(log)}"
-            assert not running(writer_pid), "the write process outlived the server"
+            assert not alive(writer_pid), "the write process outlived the server"
             # The open watch was ended by the shutdown rather than keeping the process alive.
             try:
                 leftover = await watch.read()

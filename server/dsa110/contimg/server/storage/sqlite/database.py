@@ -96,7 +96,7 @@ class Database:
         # A read opens the WAL index (the -shm file) for this process's connections first.
         self._inline.execute("PRAGMA data_version").fetchall()
         self._wal = WalIndexHeader.open(self.settings.path)
-        if self._wal is None:
+        if self._wal is None or not self._wal.mapped:
             log.warning("WAL index of %s not readable: reused results are checked with a pragma", self.settings.path)
 
     async def start_write_process(self) -> None:
@@ -106,18 +106,18 @@ class Database:
             await self._writer.call(lambda _conn: offload.start())
 
     async def close(self) -> None:
+        wal, self._wal = self._wal, None  # no more reads of it; closed last (wal_index.py: why)
         if self._writer.is_open:
             await self._writer.call(lambda conn: conn.execute("PRAGMA optimize").fetchall())
             await self._writer.close()
-        if self._wal is not None:  # before the connections that keep its file valid
-            self._wal.close()
-            self._wal = None
         if self._inline is not None:
             self._inline.close()
             self._inline = None
         for conn in self._all_readers:
             await conn.close()
         self._all_readers.clear()
+        if wal is not None:
+            wal.close()
 
     async def schema_version(self) -> int:
         rows = await self.fetchall("SELECT max(version) FROM schema_migrations")

@@ -157,7 +157,6 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Any]:
             f"--redis-url={redis_url}",
             "--synchronous=NORMAL",
             "--allow-anonymous-writes",
-            "--no-log-rpcs",
             "--grace-s=1",
         ]
         proc = _spawn(args, log_path, env)
@@ -674,13 +673,14 @@ async def test_server_starts_and_serves_while_redis_is_down(replicas: Any, redis
 
 def in_process_config(database: Path, redis_url: str) -> ServerConfig:
     return ServerConfig(
-        host="127.0.0.1", port=0, database=str(database), log_rpcs=False, synchronous="NORMAL",
+        host="127.0.0.1", port=0, database=str(database), synchronous="NORMAL",
         allow_anonymous_writes=True, redis_url=redis_url,
     )  # fmt: skip
 
 
 async def test_events_are_pushed_through_redis_not_polled(redis_proc: RedisProcess, tmp_path: Path) -> None:
-    """With the fallback poll set to a minute, events still cross replicas at once: Redis woke the tailer.
+    """With the tailer's own wake-ups (database change check, fallback poll) set to a minute, events
+    still cross replicas at once: Redis woke the tailer.
 
     In-process replicas (one SQLite file, one Redis) so the poll interval can be set; the same
     again after Redis was killed and restarted on its port.
@@ -688,7 +688,7 @@ async def test_events_are_pushed_through_redis_not_polled(redis_proc: RedisProce
     servers = [ContimgServer(in_process_config(tmp_path / "shared.sqlite3", redis_proc.url)) for _ in range(2)]
     for server in servers:
         assert server.redis is not None
-        server.redis.tailer.poll_s = 60.0
+        server.tailer.poll_s = server.tailer.check_s = 60.0
         await server.start()
     a, b = servers
     try:
@@ -729,7 +729,7 @@ async def _assert_up(servers: list[ContimgServer]) -> None:
 
 async def test_without_redis_the_in_process_bus_serves_a_single_server(tmp_path: Path) -> None:
     config = ServerConfig(
-        host="127.0.0.1", port=0, database=str(tmp_path / "solo.sqlite3"), log_rpcs=False,
+        host="127.0.0.1", port=0, database=str(tmp_path / "solo.sqlite3"),
         synchronous="NORMAL", allow_anonymous_writes=True,
     )  # fmt: skip
     server = ContimgServer(config)

@@ -7,6 +7,7 @@
   touches a database, whatever the workers of either; the first keeps serving. Two started at the
   same moment: exactly one serves.
 * Processes opening a new database together all get their write connection.
+* Without Redis, watchers on any worker see the transitions made through every other one.
 
 Every wait polls a condition against a deadline; none is a timing assertion.
 """
@@ -19,35 +20,26 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from dsa110.contimg.v1 import jobs_pb2, jobs_pb2_grpc
 
 from conftest import free_port
-from helpers_stress import SERVING, ServerProcess, alive, child_pids, health_status
+from helpers_stress import (
+    SERVING,
+    ServerProcess,
+    alive,
+    child_pids,
+    health_status,
+    until,
+    write_processes_of,
+)
 
-ARGS = ["--no-log-rpcs", "--synchronous", "NORMAL", "--grace-s", "2"]
+ARGS = ["--synchronous", "NORMAL", "--grace-s", "2"]
 DEADLINE_S = 30.0
-
-
-async def until(condition: Callable[[], bool], what: str, wait_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + wait_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {wait_s:.0f} s: {what}"
-        await asyncio.sleep(0.05)
-
-
-def write_processes_under(pid: int) -> list[int]:
-    return [child for child in child_pids(pid) if b"write_process" in _cmdline(child)]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 class Servers:
@@ -100,12 +92,6 @@ async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
 async def workers_of(server: ServerProcess, count: int) -> list[int]:
     await until(lambda: len(child_pids(server.pid)) == count, f"{count} workers under pid {server.pid}")
     return child_pids(server.pid)
-
-
-async def write_processes_of(workers: list[int]) -> list[int]:
-    """Each worker's write process (started once it serves)."""
-    await until(lambda: all(write_processes_under(w) for w in workers), "a write process under each worker")
-    return [p for w in workers for p in write_processes_under(w)]
 
 
 async def exited(proc: subprocess.Popen[bytes], what: str) -> int:
@@ -261,3 +247,69 @@ def test_processes_opening_a_new_database_together_all_get_a_write_connection(tm
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _connections(worker: int, port: int) -> int:
+    """Established TCP connections to `port` whose server side `worker` holds (/proc, no tools)."""
+    inodes = set()
+    for fd in Path(f"/proc/{worker}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                    count += 1
+    return count
+
+
+async def test_without_redis_every_worker_delivers_every_transition_to_its_watchers(servers: Servers) -> None:
+    """Watchers on one worker see the transitions made through another (they once hung to their
+    deadline, 4 of 8: each worker published only its own commits): the event log in the shared
+    database is the stream (events/tail.py)."""
+    server = await servers.start("events", workers=2)
+    workers = await workers_of(server, 2)
+    # One channel per watcher, each its own TCP connection: the kernel spreads them over the workers.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    writer = grpc.aio.insecure_channel(server.target, options=options)
+    channels: list[grpc.aio.Channel] = []
+    calls = []
+    try:
+        while len(channels) < 64:
+            channel = grpc.aio.insecure_channel(server.target, options=options)
+            channels.append(channel)
+            call = jobs_pb2_grpc.JobServiceStub(channel).WatchJobs(jobs_pb2.WatchJobsRequest())
+            await call.read()  # the first heartbeat: subscribed
+            calls.append(call)
+            held = [_connections(w, server.port) for w in workers]
+            if len(channels) >= 8 and min(held) >= 3:  # a watcher or more on each worker, whichever has the writer
+                break
+        assert min(held) >= 3, f"connections per worker: {held}"
+        stub = jobs_pb2_grpc.JobServiceStub(writer)
+        job = await stub.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)))
+        await stub.StartJob(jobs_pb2.StartJobRequest(name=job.name))
+        await stub.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name))
+
+        async def three_events(call: grpc.aio.UnaryStreamCall) -> list[int]:  # type: ignore[type-arg]
+            seen: list[int] = []
+            while len(seen) < 3:
+                event = await call.read()
+                if event.type != jobs_pb2.JobEvent.TYPE_HEARTBEAT and event.job.name == job.name:
+                    seen.append(event.type)
+            return seen
+
+        got = await asyncio.wait_for(asyncio.gather(*(three_events(c) for c in calls)), DEADLINE_S)
+        created, changed = jobs_pb2.JobEvent.TYPE_CREATED, jobs_pb2.JobEvent.TYPE_STATE_CHANGED
+        assert all(seen == [created, changed, changed] for seen in got), got
+    finally:
+        for call in calls:
+            call.cancel()
+        for channel in [writer, *channels]:
+            await channel.close()

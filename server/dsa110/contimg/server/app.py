@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 
 from .config import ServerConfig, token_sets
 from .events.local import LocalEventBus
+from .events.tail import EventTailer
 from .events.watch import JobWatcher
 from .interceptors.logging import LoggingInterceptor
 from .reflection import enable_server_reflection
@@ -69,8 +70,10 @@ class ContimgServer:
 
     def __post_init__(self) -> None:
         self.bus = LocalEventBus()
-        # With Redis, committed job events reach the bus through the event tailer (all replicas' events, once).
-        self.redis = RedisFeatures(self.config.redis_url, self.bus) if self.config.redis_url else None
+        self.redis = RedisFeatures(self.config.redis_url) if self.config.redis_url else None
+        # Committed job events reach the bus through the tailer, from the database's event log: every
+        # process sharing the database (workers, replicas) delivers every event to its watchers, once.
+        self.tailer = EventTailer(self.bus, self.redis.link if self.redis is not None else None)
         self.storage = SQLiteStorage(
             SQLiteSettings(
                 path=self.config.database_path,
@@ -79,8 +82,9 @@ class ContimgServer:
                 statement_timeout_s=self.config.statement_timeout_s,
                 write_process=self.config.write_process,
             ),
-            self.redis.tailer if self.redis is not None else self.bus,
+            self.tailer,
         )
+        self.tailer.version = self.storage.db.version
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.servicers: dict[str, object] = {}  # service name -> servicer, once started
@@ -90,6 +94,7 @@ class ContimgServer:
         repos = Repositories.of(self.storage)
         if self.redis is not None:
             repos = await self.redis.start(self.storage, self.health)
+        await self.tailer.start(self.storage.jobs)
         paging = Paging(self.storage.page_token_secret)
         write_tokens, read_tokens = token_sets(self.config)
         policy = TokenPolicy(
@@ -122,6 +127,7 @@ class ContimgServer:
             self.port = 0
         if self.port == 0:
             # Close storage before raising: its threads would otherwise keep the process alive.
+            await self.tailer.stop()
             if self.redis is not None:
                 await self.redis.stop()
             await self.storage.close()
@@ -156,6 +162,7 @@ class ContimgServer:
         self.bus.close()  # watch streams end now (UNAVAILABLE, resumable) instead of holding the grace period
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self._server = None
+        await self.tailer.stop()
         if self.redis is not None:
             await self.redis.stop()
         await self.storage.close()

@@ -1,7 +1,8 @@
-"""What `--redis-url` adds to a server: cross-replica job events, the query cache, Redis health.
+"""What `--redis-url` adds to a server: job-event wake-ups across replicas, the query cache, Redis health.
 
-Without a Redis URL none of this exists: the storage publishes committed job events straight to
-the in-process bus and no read is cached, so a single server needs nothing but the package.
+Without a Redis URL none of this exists: job events still reach every process's watchers through
+the database's event log (events/tail.py), and no read is cached in Redis, so a server needs
+nothing but the package.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from grpc_health.v1._async import HealthServicer
 
 from .cache.query_cache import QueryCache
 from .cache.repositories import CachedImages, CachedJobs, CachedMeasurementSets, CachedSources
-from .events.local import LocalEventBus
-from .events.redis_tail import EventTailer
 from .redislink import RedisLink
 from .repositories.protocols import ImageRepository, JobRepository, MeasurementSetRepository, SourceRepository
 from .storage.sqlite.storage import SQLiteStorage
@@ -40,13 +39,12 @@ class Repositories:
 
 
 class RedisFeatures:
-    def __init__(self, url: str, bus: LocalEventBus, *, poll_s: float = 0.5):
+    def __init__(self, url: str):
         self.link = RedisLink(url)
-        self.tailer = EventTailer(bus, self.link, poll_s=poll_s)
         self.cache: QueryCache | None = None
 
     async def start(self, storage: SQLiteStorage, health: HealthServicer) -> Repositories:
-        """Connect (without waiting long for a Redis that is down), start the tailer, wrap the repositories."""
+        """Connect (without waiting long for a Redis that is down), wrap the repositories."""
         self.cache = cache = QueryCache(self.link, storage.db.invalidate)
 
         async def report(up: bool) -> None:
@@ -56,7 +54,6 @@ class RedisFeatures:
         await health.set(HEALTH_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.link.on_state(report)
         await self.link.start()
-        await self.tailer.start(storage.jobs)
         return Repositories(
             CachedMeasurementSets(storage.measurement_sets, cache),
             CachedImages(storage.images, cache),
@@ -65,7 +62,6 @@ class RedisFeatures:
         )
 
     async def stop(self) -> None:
-        await self.tailer.stop()
         await self.link.close()
         if self.cache is not None:
             log.info("query cache: %s", self.cache.describe())

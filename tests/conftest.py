@@ -1,4 +1,9 @@
-"""Shared fixtures: a real server on an ephemeral port over a real SQLite file, real channels."""
+"""Shared fixtures: a real server on an ephemeral port over a real SQLite file, real channels.
+
+Servers run as users run them: one log line per RPC (pytest's log_level is INFO, so the logging
+wrapper really formats every line), the write process on, and everything on uvloop (every test's
+event loop is a uvloop one: `pytest_asyncio_loop_factories` below), as `contimg-server serve` does.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+import uvloop
 from dsa110.contimg.server.app import ContimgServer
 from dsa110.contimg.server.config import ServerConfig
 from dsa110.contimg.server.storage.sqlite.database import Database, SQLiteSettings
 from dsa110.contimg.v1 import images_pb2_grpc, jobs_pb2_grpc, measurement_sets_pb2_grpc, sources_pb2_grpc
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], object]]:
+    """Every async test and fixture runs on uvloop, the loop `contimg-server serve` runs on."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @dataclasses.dataclass
@@ -69,7 +80,7 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
             port=port,
             data_dir=tmp_path,
             database=str(database or tmp_path / "contimg.sqlite3"),
-            **{"log_rpcs": False, "synchronous": "NORMAL", "allow_anonymous_writes": True, **overrides},  # type: ignore[arg-type]
+            **{"allow_anonymous_writes": True, **overrides},  # type: ignore[arg-type]
         )
         srv = ContimgServer(cfg)
         await srv.start()

@@ -109,7 +109,7 @@ async def _writer(k: int, targets: list[Stubs], ms_name: str) -> dict[str, int]:
 
 async def test_two_processes_share_one_database(tmp_path: Path) -> None:
     database = tmp_path / "contimg.sqlite3"
-    servers = [ServerProcess(tmp_path, database=database, name=f"server{n}", args=["--no-log-rpcs"]) for n in range(2)]
+    servers = [ServerProcess(tmp_path, database=database, name=f"server{n}", ) for n in range(2)]
     try:
         for server in servers:
             await server.start()
@@ -207,7 +207,7 @@ async def _expect_deadline(call: Awaitable[Any]) -> None:
 
 
 async def test_deadline_on_a_slow_read_leaves_nothing_behind(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, args=["--no-log-rpcs", "--readers", "4"])
+    server = ServerProcess(tmp_path, args=["--readers", "4"])
     try:
         await server.start()  # creates the schema
         assert server.terminate() == 0
@@ -318,7 +318,7 @@ async def _watch_all_or_nothing(database: Path, image_id: int, n: int, stop: asy
 
 @pytest.mark.parametrize("interruption", ["deadline", "cancel"])
 async def test_interrupted_record_photometry_is_all_or_nothing(tmp_path: Path, interruption: str) -> None:
-    server = ServerProcess(tmp_path, args=["--no-log-rpcs"])
+    server = ServerProcess(tmp_path)
     try:
         await server.start()
         async with grpc.aio.insecure_channel(server.target) as channel:

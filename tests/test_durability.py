@@ -247,7 +247,7 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     assert ServerConfig().synchronous == "FULL", "the README documents FULL as the default; this test relies on it"
     seed = int(os.environ.get("CONTIMG_SEED", time.time_ns() % 2**32))
     rng = random.Random(seed)
-    server = ServerProcess(tmp_path, args=["--no-log-rpcs"])  # default --synchronous FULL
+    server = ServerProcess(tmp_path)  # the defaults: --synchronous FULL, request logging
     ledger = Ledger()
     report: list[str] = []
     try:

@@ -454,7 +454,6 @@ async def dataset(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dat
         port=0,
         data_dir=root,
         database=str(root / "contimg.sqlite3"),
-        log_rpcs=False,
         synchronous="NORMAL",
         allow_anonymous_writes=True,
     )

@@ -29,6 +29,8 @@ from dsa110.contimg.server.storage.sqlite.sources import _ingest, _update_source
 from dsa110.contimg.server.storage.sqlite.writer import Txn, run_group
 from dsa110.contimg.v1 import images_pb2, sources_pb2
 
+from conftest import RunningServer
+from helpers import violation_fields
 from helpers_jobs import Epoch, assert_stats, make_images, measurement, record
 
 
@@ -117,6 +119,33 @@ async def test_a_failing_finish_fails_the_whole_group(db: Database):
     assert all(isinstance(r, RuntimeError) for r in results)
     assert rows(db.settings.path) == {"first": 1}
     assert await db.write(insert("next")) == "next"  # the writer goes on
+
+
+async def test_a_finish_that_fails_on_one_writes_data_fails_that_write_alone(db: Database):
+    """The group's shared step (here: a sum over what every body left) cannot take one write's data:
+    the group runs again write by write, and only that write fails (photometry's statistics are
+    such a step: one absurd value once failed 15-18 of 30 concurrent batches)."""
+
+    def finish(txn: Txn) -> None:
+        for key in txn.scratch.pop("keys"):
+            if key == "poison":
+                raise ZeroDivisionError("float division by zero")
+            txn.execute("UPDATE t SET v = v + 1 WHERE k = ?", (key,))
+
+    def body(key: str):
+        def run(txn: Txn) -> str:
+            txn.execute("INSERT INTO t VALUES (?, 0)", (key,))
+            txn.scratch.setdefault("keys", []).append(key)
+            return key
+
+        return run
+
+    blocker = asyncio.ensure_future(db.write(insert("first")))  # the rest queue up behind it, as one group
+    keys = ["a", "b", "poison", "c", "d"]
+    results = await asyncio.gather(*(db.write(body(k), finish=finish) for k in keys), return_exceptions=True)
+    await blocker
+    assert [type(r).__name__ for r in results] == ["str", "str", "ZeroDivisionError", "str", "str"]
+    assert rows(db.settings.path) == {"first": 1, "a": 1, "b": 1, "c": 1, "d": 1}  # each finished once
 
 
 async def test_a_cancelled_caller_still_gets_its_write_committed(db: Database):
@@ -297,3 +326,58 @@ def test_a_batch_with_uneven_columns_is_refused_before_it_is_written() -> None:
             pass
         else:
             raise AssertionError(f"{uneven} was accepted")
+
+
+async def test_an_absurd_error_is_refused_and_fails_no_other_batch(stubs):
+    """30 concurrent batches on the same sources, one of them with a peak_flux_err_jy of 1.4e154
+    (its weight 1/err^2 underflowed to 0 and the statistics divided by it: 15-18 of the other
+    callers' batches failed with INTERNAL)."""
+    tag = uuid.uuid4().hex[:8]
+    mjds = [60600.0 + i for i in range(30)]
+    images = await make_images(stubs, mjds, f"absurd-{tag}")
+    sources = [f"A{tag}-{j}" for j in range(5)]
+    history: dict[str, list[Epoch]] = {s: [] for s in sources}
+    calls = []
+    for i, (img, mjd) in enumerate(zip(images, mjds, strict=True)):
+        err = 1.4e154 if i == 7 else 0.001
+        batch = [measurement(s, 210.0 + j * 0.01, 30.0, flux=0.05 + i * 0.001, err=err) for j, s in enumerate(sources)]
+        if i != 7:
+            for s in sources:
+                history[s].append(Epoch(0.05 + i * 0.001, err, mjd))
+        calls.append(record(stubs, img.name, batch))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    bad = results.pop(7)
+    assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "measurements[0].peak_flux_err_jy" in violation_fields(bad)
+    assert all(isinstance(r, sources_pb2.RecordPhotometryResponse) for r in results), results
+    got = await stubs.sources.BatchGetSources(
+        sources_pb2.BatchGetSourcesRequest(names=[f"sources/{s}" for s in sources])
+    )
+    for src in got.sources:
+        assert_stats(src, history[src.name.removeprefix("sources/")])
+
+
+async def test_measurements_stored_before_the_bounds_fail_no_write(server: RunningServer, stubs):
+    """A source whose stored measurements divide by zero (errors of 1.4e154 Jy, weights of 0, as the
+    old bounds let through) still takes new measurements in a group with other batches, and its
+    images can be deleted (which recomputes its statistics from what remains: that divided by zero,
+    so the image could not be deleted)."""
+    tag = uuid.uuid4().hex[:8]
+    images = await make_images(stubs, [60700.0 + i for i in range(5)], f"stored-{tag}")
+    poisoned, other = f"P{tag}", f"Q{tag}"
+    for image in images[:3]:
+        await record(stubs, image.name, [measurement(poisoned, 1.0, 2.0), measurement(other, 1.1, 2.0)])
+    with sqlite3.connect(server.config.database_path) as conn:
+        [(sid,)] = conn.execute("SELECT sid FROM sources WHERE id = ?", (poisoned,)).fetchall()
+        conn.execute("UPDATE photometry SET peak_flux_err_jy = 1.4e154 WHERE source_sid = ?", (sid,))
+        conn.execute("UPDATE sources SET sum_w = 0, sum_wf = 0, sum_wf2 = 0 WHERE sid = ?", (sid,))
+    conn.close()
+    results = await asyncio.gather(
+        record(stubs, images[3].name, [measurement(poisoned, 1.0, 2.0), measurement(other, 1.1, 2.0)]),
+        record(stubs, images[4].name, [measurement(other, 1.1, 2.0)]),
+    )
+    assert [r.recorded_count for r in results] == [2, 1]
+    await stubs.images.DeleteImage(images_pb2.DeleteImageRequest(name=images[3].name, force=True))
+    await stubs.images.DeleteImage(images_pb2.DeleteImageRequest(name=images[2].name, force=True))
+    src = await stubs.sources.GetSource(sources_pb2.GetSourceRequest(name=f"sources/{poisoned}"))
+    assert src.detection_count == 2 and src.variability.eta == 0.0 and src.variability.mean_flux_jy == 0.05

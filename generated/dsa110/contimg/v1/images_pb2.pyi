@@ -115,15 +115,15 @@ class Image(_message.Message):
     Otherwise in [15000, 100000] (years 1900 to 2132: anything else is a unit mistake).
     """
     beam_major_arcsec: _builtins.float
-    """Restoring beam major axis FWHM, arcseconds; finite, >= 0."""
+    """Restoring beam major axis FWHM, arcseconds; in [0, 648000] (180 degrees)."""
     beam_minor_arcsec: _builtins.float
-    """Restoring beam minor axis FWHM, arcseconds; finite, >= 0."""
+    """Restoring beam minor axis FWHM, arcseconds; in [0, 648000] (180 degrees)."""
     beam_pa_deg: _builtins.float
     """Restoring beam position angle, degrees east of north, in [-360, 360]."""
     noise_jy: _builtins.float
-    """Image noise (rms), Jy/beam; finite, >= 0."""
+    """Image noise (rms), Jy/beam; in [0, 1e9]."""
     dynamic_range: _builtins.float
-    """Dynamic range: peak over noise (dimensionless); finite, >= 0."""
+    """Dynamic range: peak over noise (dimensionless); in [0, 1e12]."""
     pbcor: _builtins.bool
     """True when primary-beam corrected."""
     field_name: _builtins.str
@@ -137,13 +137,13 @@ class Image(_message.Message):
     size_y_px: _builtins.int
     """Height, pixels, 0 to 1000000."""
     cell_size_arcsec: _builtins.float
-    """Pixel size, arcseconds; finite, >= 0."""
+    """Pixel size, arcseconds; in [0, 36000] (10 degrees)."""
     frequency_ghz: _builtins.float
-    """Centre frequency, GHz; finite, >= 0."""
+    """Centre frequency, GHz; in [0, 1e6]."""
     bandwidth_mhz: _builtins.float
-    """Bandwidth, MHz; finite, >= 0."""
+    """Bandwidth, MHz; in [0, 1e9]."""
     integration_s: _builtins.float
-    """Integration time, seconds; finite, >= 0."""
+    """Integration time, seconds; in [0, 1e9]."""
     photometry_count: _builtins.int
     """Number of photometry measurements recorded on this image. Output only."""
     @_builtins.property
@@ -260,7 +260,7 @@ class QualityAssessment(_message.Message):
     source_count: _builtins.int
     """Number of sources found in the image; >= 0."""
     peak_flux_jy: _builtins.float
-    """Brightest pixel, Jy/beam; finite."""
+    """Brightest pixel, Jy/beam; at most 1e9 in magnitude."""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Named QA metrics (e.g. `rms_ratio`, `beam_ellipticity`), dimensionless unless the key ends with

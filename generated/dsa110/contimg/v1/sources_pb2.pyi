@@ -190,27 +190,29 @@ class PhotometryMeasurement(_message.Message):
     dec_deg: _builtins.float
     """Declination of the measurement position, degrees in [-90, 90]."""
     catalog_flux_mjy: _builtins.float
-    """Reference catalog (NVSS) flux density, mJy; finite."""
+    """Reference catalog (NVSS) flux density, mJy; at most 1e12 in magnitude."""
     peak_flux_jy: _builtins.float
     """Peak flux density, Jy/beam. Required; finite, at most 1e9 in magnitude."""
     peak_flux_err_jy: _builtins.float
-    """Error of the peak flux density, Jy/beam; finite and >= 1e-12 (its weight 1/err^2 stays
-    finite).
+    """Error of the peak flux density, Jy/beam; in [1e-12, 1e9] (its weight 1/err^2 is then
+    neither zero nor infinite).
     """
     integrated_flux_jy: _builtins.float
-    """Integrated flux density, Jy; finite."""
+    """Integrated flux density, Jy; at most 1e9 in magnitude."""
     integrated_flux_err_jy: _builtins.float
-    """Error of the integrated flux density, Jy; finite, >= 0."""
+    """Error of the integrated flux density, Jy; in [0, 1e9]."""
     normalized_flux: _builtins.float
-    """Flux normalised by the image's reference-source ensemble (dimensionless); finite."""
+    """Flux normalised by the image's reference-source ensemble (dimensionless); at most 1e9 in
+    magnitude.
+    """
     normalized_flux_err: _builtins.float
-    """Error of the normalised flux (dimensionless); finite, >= 0."""
+    """Error of the normalised flux (dimensionless); in [0, 1e9]."""
     snr: _builtins.float
-    """Signal-to-noise ratio (dimensionless); finite."""
+    """Signal-to-noise ratio (dimensionless); at most 1e9 in magnitude."""
     local_rms_jy: _builtins.float
-    """Local rms noise around the source, Jy/beam; finite, >= 0."""
+    """Local rms noise around the source, Jy/beam; in [0, 1e9]."""
     separation_from_center_deg: _builtins.float
-    """Angular distance from the image centre, degrees; finite, >= 0."""
+    """Angular distance from the image centre, degrees; in [0, 180]."""
     quality_flag: _builtins.str
     """Quality flag from the photometry stage (e.g. `good`, `edge`, `blended`); at most 32 bytes."""
     observation_mjd: _builtins.float
@@ -660,7 +662,7 @@ class PhotometryColumns(_message.Message):
 
     @_builtins.property
     def catalog_flux_mjy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Reference catalog (NVSS) flux density, mJy."""
+        """Reference catalog (NVSS) flux density, mJy; at most 1e12 in magnitude."""
 
     @_builtins.property
     def peak_flux_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -668,35 +670,37 @@ class PhotometryColumns(_message.Message):
 
     @_builtins.property
     def peak_flux_err_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Required. Error of the peak flux density, Jy/beam; >= 1e-12."""
+        """Required. Error of the peak flux density, Jy/beam; in [1e-12, 1e9]."""
 
     @_builtins.property
     def integrated_flux_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Integrated flux density, Jy."""
+        """Integrated flux density, Jy; at most 1e9 in magnitude."""
 
     @_builtins.property
     def integrated_flux_err_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Error of the integrated flux density, Jy."""
+        """Error of the integrated flux density, Jy; in [0, 1e9]."""
 
     @_builtins.property
     def normalized_flux(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Flux normalised by the image's reference-source ensemble (dimensionless)."""
+        """Flux normalised by the image's reference-source ensemble (dimensionless); at most 1e9 in
+        magnitude.
+        """
 
     @_builtins.property
     def normalized_flux_err(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Error of the normalised flux (dimensionless)."""
+        """Error of the normalised flux (dimensionless); in [0, 1e9]."""
 
     @_builtins.property
     def snr(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Signal-to-noise ratio (dimensionless)."""
+        """Signal-to-noise ratio (dimensionless); at most 1e9 in magnitude."""
 
     @_builtins.property
     def local_rms_jy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Local rms noise around each source, Jy/beam."""
+        """Local rms noise around each source, Jy/beam; in [0, 1e9]."""
 
     @_builtins.property
     def separation_from_center_deg(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Angular distance from the image centre, degrees."""
+        """Angular distance from the image centre, degrees; in [0, 180]."""
 
     @_builtins.property
     def quality_flag(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -101,29 +101,36 @@ def add_rows(
 
 
 def derive(s: FluxSums) -> Variability:
+    """The statistics of the sums: total, for any sums. Validation bounds what a caller can record
+    (domain/validation.py: with those bounds nothing here overflows or divides by zero), but sums
+    stored before those bounds, or a future change to them, must not make a write fail: a division
+    that cannot be made, or a result that is not finite, gives 0 for that statistic."""
     if s.n == 0:
         return Variability()
     n = s.n
-    mean = s.sum_f / n
+    mean = _finite(s.sum_f / n)
+    std = eta = chi2 = 0.0
     if n > 1:
-        var = max(s.sum_f2 - n * mean * mean, 0.0) / (n - 1)
-        std = math.sqrt(var)
-        eta = max(s.sum_wf2 - s.sum_wf * s.sum_wf / s.sum_w, 0.0) / (n - 1)
-        chi2 = max(s.sum_wf2 - 2.0 * mean * s.sum_wf + mean * mean * s.sum_w, 0.0) / (n - 1)
-    else:
-        std = eta = chi2 = 0.0
-    v = std / mean if mean > 0 else 0.0
-    sigma = max(s.max_f - mean, mean - s.min_f) / std if std > 0 else 0.0
+        std = _finite(math.sqrt(max(_finite(s.sum_f2 - n * mean * mean), 0.0) / (n - 1)))
+        if s.sum_w > 0:
+            eta = max(_finite(s.sum_wf2 - s.sum_wf * s.sum_wf / s.sum_w), 0.0) / (n - 1)
+        chi2 = max(_finite(s.sum_wf2 - 2.0 * mean * s.sum_wf + mean * mean * s.sum_w), 0.0) / (n - 1)
+    v = _finite(std / mean) if mean > 0 else 0.0
+    sigma = _finite(max(s.max_f - mean, mean - s.min_f) / std) if std > 0 else 0.0
     return Variability(
         epoch_count=n,
         mean_flux_jy=mean,
         std_flux_jy=std,
-        min_flux_jy=s.min_f,
-        max_flux_jy=s.max_f,
-        chi2_reduced=chi2,
-        eta=eta,
+        min_flux_jy=_finite(s.min_f),
+        max_flux_jy=_finite(s.max_f),
+        chi2_reduced=_finite(chi2),
+        eta=_finite(eta),
         v=v,
         sigma_deviation=sigma,
-        last_mjd=s.last_mjd,
+        last_mjd=_finite(s.last_mjd),
         is_variable=n >= MIN_EPOCHS and (eta > VARIABLE_ETA or v > VARIABLE_V),
     )
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0

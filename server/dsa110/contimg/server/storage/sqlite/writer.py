@@ -227,28 +227,42 @@ class Writer:
 
 
 def run_group(conn: sqlite3.Connection, work: list[Work], translate: Callable[[Exception], Exception]) -> list[Outcome]:
-    """Run a group of bodies in one transaction and commit it; each body's outcome, in order."""
-    if len(work) > 1:
-        # Optimistically without savepoints (each costs a copy of every page its body touches);
-        # if a body fails, the group is rolled back and run again with one savepoint per body.
-        outcomes = _run_in_transaction(conn, work, translate, isolate=False)
-        if all(ok for ok, _ in outcomes):
-            return outcomes
-    return _run_in_transaction(conn, work, translate, isolate=len(work) > 1)
+    """Run a group of bodies in one transaction and commit it; each body's outcome, in order.
+
+    One body's failure never fails another's: a body that raises is rolled back alone (its
+    savepoint), and when what fails is the group's shared part (a finish step over what every body
+    left, or the COMMIT), each body is run again in a transaction of its own, so that only the
+    write whose data the step could not take fails."""
+    if len(work) == 1:
+        return _run_in_transaction(conn, work, translate, isolate=False)[0]
+    # Optimistically without savepoints (each costs a copy of every page its body touches);
+    # if anything fails, the group is rolled back and run again with one savepoint per body.
+    outcomes, _ = _run_in_transaction(conn, work, translate, isolate=False)
+    if all(ok for ok, _ in outcomes):
+        return outcomes
+    outcomes, shared_part_failed = _run_in_transaction(conn, work, translate, isolate=True)
+    if not shared_part_failed:
+        return outcomes
+    log.warning("a write group's shared step failed: running its %d writes one by one", len(work))
+    return [_run_in_transaction(conn, [one], translate, isolate=False)[0][0] for one in work]
 
 
 def _run_in_transaction(
     conn: sqlite3.Connection, work: list[Work], translate: Callable[[Exception], Exception], *, isolate: bool
-) -> list[Outcome]:
+) -> tuple[list[Outcome], bool]:
+    """The outcomes, and whether what failed was outside every body (BEGIN, a finish step, COMMIT:
+    then every outcome is that failure)."""
     txn = Txn(conn)
     try:
         conn.execute("BEGIN IMMEDIATE")
     except conn.Error as exc:  # the connection's own classes: the write process may link another SQLite
-        return [(False, translate(exc))] * len(work)
+        return [(False, translate(exc))] * len(work), True
     outcomes: list[Outcome] = []
+    in_bodies = True
     try:
         for body, _ in work:
             outcomes.append(_in_savepoint(conn, txn, body, translate) if isolate else (True, body(txn)))
+        in_bodies = False
         finishes: list[Finish] = []
         for (_, finish), (ok, _) in zip(work, outcomes, strict=True):
             if ok and finish is not None and finish not in finishes:
@@ -261,8 +275,8 @@ def _run_in_transaction(
             conn.execute("ROLLBACK")
         except conn.Error:
             log.exception("rollback failed")
-        return [(False, translate(exc))] * len(work)
-    return outcomes
+        return [(False, translate(exc))] * len(work), isolate or not in_bodies
+    return outcomes, False
 
 
 def _in_savepoint(

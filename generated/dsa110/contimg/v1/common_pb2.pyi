@@ -59,6 +59,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The job's current state does not allow the requested transition."""
     ERROR_REASON_RETRIES_EXHAUSTED: _ErrorReason.ValueType  # 43
     """RetryJob was called on a job that has used all of its attempts."""
+    ERROR_REASON_SEQUENCE_OUT_OF_RANGE: _ErrorReason.ValueType  # 44
+    """A watch's `after_sequence` is beyond the newest event the server has (e.g. a position from
+    before the database was restored from a backup): resume from 0 (WatchJobs: from the newest event).
+    The newest sequence is in ErrorInfo.metadata `last_sequence`.
+    """
     ERROR_REASON_REQUEST_ID_MISMATCH: _ErrorReason.ValueType  # 50
     """A request_id was reused with a request whose content differs from the first one."""
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 60
@@ -73,6 +78,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The server is shutting down: open streams end with UNAVAILABLE; reconnect (and resume from
     the last sequence seen) to another replica or after the restart.
     """
+    ERROR_REASON_STORAGE_FULL: _ErrorReason.ValueType  # 72
+    """The disk holding the database is full (RESOURCE_EXHAUSTED): the write was not stored. Health
+    reports NOT_SERVING until a write succeeds again.
+    """
+    ERROR_REASON_DATABASE_REPLACED: _ErrorReason.ValueType  # 73
+    """The database file was removed or replaced while the server ran (UNAVAILABLE): every write is
+    refused until the server is restarted, so none is acknowledged into a file nobody will read.
+    """
+    ERROR_REASON_QUERY_TIMEOUT: _ErrorReason.ValueType  # 74
+    """A read ran past the server's statement timeout (DEADLINE_EXCEEDED)."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 99
     """An unexpected server error; details are only in the server log."""
 
@@ -94,6 +109,11 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     * ABORTED: a `request_id` was reused with a different request (reason `REQUEST_ID_MISMATCH`).
     * UNAUTHENTICATED / PERMISSION_DENIED: missing or insufficient credentials.
     * DEADLINE_EXCEEDED / CANCELLED: the client's deadline passed or it cancelled; no partial write remains.
+      DEADLINE_EXCEEDED with reason `QUERY_TIMEOUT`: a read ran past the server's statement timeout
+      (`--statement-timeout-s`); retrying the same request would take as long again.
+    * OUT_OF_RANGE: a position the server does not have (`SEQUENCE_OUT_OF_RANGE`).
+    * RESOURCE_EXHAUSTED: a limit was reached (`RESOURCE_EXHAUSTED`), or the disk holding the
+      database is full (`STORAGE_FULL`: nothing of the refused write was stored; retry once space is freed).
     * UNAVAILABLE: the server is shutting down or storage is temporarily unavailable; safe to retry
       reads, and writes that carry a `request_id`.
     * INTERNAL: a bug; the message is generic and the details are only in the server log.
@@ -135,6 +155,11 @@ ERROR_REASON_INVALID_JOB_TRANSITION: ErrorReason.ValueType  # 42
 """The job's current state does not allow the requested transition."""
 ERROR_REASON_RETRIES_EXHAUSTED: ErrorReason.ValueType  # 43
 """RetryJob was called on a job that has used all of its attempts."""
+ERROR_REASON_SEQUENCE_OUT_OF_RANGE: ErrorReason.ValueType  # 44
+"""A watch's `after_sequence` is beyond the newest event the server has (e.g. a position from
+before the database was restored from a backup): resume from 0 (WatchJobs: from the newest event).
+The newest sequence is in ErrorInfo.metadata `last_sequence`.
+"""
 ERROR_REASON_REQUEST_ID_MISMATCH: ErrorReason.ValueType  # 50
 """A request_id was reused with a request whose content differs from the first one."""
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 60
@@ -149,6 +174,16 @@ ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 71
 """The server is shutting down: open streams end with UNAVAILABLE; reconnect (and resume from
 the last sequence seen) to another replica or after the restart.
 """
+ERROR_REASON_STORAGE_FULL: ErrorReason.ValueType  # 72
+"""The disk holding the database is full (RESOURCE_EXHAUSTED): the write was not stored. Health
+reports NOT_SERVING until a write succeeds again.
+"""
+ERROR_REASON_DATABASE_REPLACED: ErrorReason.ValueType  # 73
+"""The database file was removed or replaced while the server ran (UNAVAILABLE): every write is
+refused until the server is restarted, so none is acknowledged into a file nobody will read.
+"""
+ERROR_REASON_QUERY_TIMEOUT: ErrorReason.ValueType  # 74
+"""A read ran past the server's statement timeout (DEADLINE_EXCEEDED)."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 99
 """An unexpected server error; details are only in the server log."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -18,9 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from .config import ServerConfig, token_sets
+from .domain.errors import StartupError
 from .events.local import LocalEventBus
 from .events.tail import EventTailer
 from .events.watch import JobWatcher
+from .health import StorageHealth
 from .interceptors.logging import LoggingInterceptor
 from .reflection import enable_server_reflection
 from .replicas import RedisFeatures, Repositories
@@ -59,7 +61,7 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-class BindError(RuntimeError):
+class BindError(StartupError):
     """The server could not bind its address; nothing is left open."""
 
 
@@ -86,6 +88,7 @@ class ContimgServer:
         )
         self.tailer.version = self.storage.db.version
         self.health = HealthServicer()
+        self.storage_health = StorageHealth(self.storage.db, self.health)
         self._server: grpc.aio.Server | None = None
         self.servicers: dict[str, object] = {}  # service name -> servicer, once started
 
@@ -134,8 +137,9 @@ class ContimgServer:
             raise BindError(f"cannot serve {self.config.address}: could not bind it (gRPC's log line above says why)")
         await server.start()
         self._server = server
-        for name in ("", *SERVICE_NAMES):
+        for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.storage_health.start()  # "" SERVING while the database takes writes
         log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.config.database_path)
         return self.port
 
@@ -158,6 +162,7 @@ class ContimgServer:
         """NOT_SERVING first (load balancers drain), then let in-flight RPCs finish, then close storage."""
         if self._server is None:
             return
+        await self.storage_health.stop()
         await self.health.enter_graceful_shutdown()
         self.bus.close()  # watch streams end now (UNAVAILABLE, resumable) instead of holding the grace period
         await self._server.stop(self.config.grace_s if grace is None else grace)

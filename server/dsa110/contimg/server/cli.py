@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import config as config_mod
+from .domain.errors import StartupError
 from .portclaim import AddressTaken, PortClaim, claim_port
 
 
@@ -25,8 +26,15 @@ def _run(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
         asyncio.run(coro)
 
 
+def _start(coro: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
+    try:
+        _run(coro, use_uvloop)
+    except StartupError as exc:
+        raise SystemExit(f"contimg-server: {exc}") from None
+
+
 def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> None:
-    from .app import BindError, serve
+    from .app import serve
 
     async def run() -> None:
         if demo_images:
@@ -38,7 +46,7 @@ def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> 
     def serve_one() -> None:
         try:
             _run(run(), cfg.uvloop)
-        except BindError as exc:
+        except StartupError as exc:  # a clear line, not a traceback (database unwritable, port taken, ...)
             raise SystemExit(f"contimg-server: {exc}") from None
 
     if cfg.workers > 1:
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         async def run_demo() -> None:
             await fill(cfg, args.images, seed=args.seed, catalog_sources=args.catalog_sources)
 
-        _run(run_demo(), cfg.uvloop)
+        _start(run_demo(), cfg.uvloop)
     else:
         from .storage.sqlite.database import Database, SQLiteSettings
 
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"schema version {await db.schema_version()} at {cfg.database_path}")
             await db.close()
 
-        _run(run_migrate(), False)
+        _start(run_migrate(), False)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,44 @@ class StorageUnavailable(DomainError):
     reason = "STORAGE_UNAVAILABLE"
 
 
+class StorageFailure(StorageUnavailable):
+    """The machine under the database failed a write (an I/O error, a file or disk turned
+    read-only): UNAVAILABLE, and health NOT_SERVING until a write succeeds again."""
+
+
+class StorageFull(DomainError):
+    """The disk holding the database is full: RESOURCE_EXHAUSTED until space is freed (nothing of the
+    refused write was stored); health NOT_SERVING meanwhile."""
+
+    reason = "STORAGE_FULL"
+
+
+class DatabaseReplaced(StorageFailure):
+    """The database file was removed or replaced under the running server: UNAVAILABLE for every
+    write until a restart, so that no write is acknowledged into a file nobody will read again."""
+
+    reason = "DATABASE_REPLACED"
+
+
+class QueryTimeout(DomainError):
+    """A query ran past the server's statement timeout: DEADLINE_EXCEEDED, which clients do not
+    retry (the same query would take as long again)."""
+
+    reason = "QUERY_TIMEOUT"
+
+
+class OutOfRange(DomainError):
+    """A position past the end of what the server has (e.g. a watch's after_sequence): OUT_OF_RANGE."""
+
+    reason = "OUT_OF_RANGE"
+
+
 class ShuttingDown(StorageUnavailable):
     """The server is draining: streams end so clients reconnect and resume elsewhere (UNAVAILABLE)."""
 
     reason = "SHUTTING_DOWN"
+
+
+class StartupError(Exception):
+    """The server cannot start (its database cannot be opened for writing, or has a newer schema):
+    the message is the one line an operator sees, without a traceback."""

@@ -18,7 +18,10 @@ from ..domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
+    QueryTimeout,
     RequestIdMismatch,
+    StorageFull,
     StorageUnavailable,
 )
 from ..rpc_types import Ctx
@@ -36,6 +39,9 @@ _CODES: list[tuple[type[DomainError], int]] = [
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (RequestIdMismatch, code_pb2.ABORTED),
     (StorageUnavailable, code_pb2.UNAVAILABLE),
+    (StorageFull, code_pb2.RESOURCE_EXHAUSTED),
+    (QueryTimeout, code_pb2.DEADLINE_EXCEEDED),
+    (OutOfRange, code_pb2.OUT_OF_RANGE),
 ]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import cast
 
-from ...domain.errors import StorageUnavailable
+from ...domain.errors import StorageFailure, StorageFull, StorageUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,8 @@ def _enable_wal(conn: sqlite3.Connection, settings: SQLiteSettings, driver: Modu
 
 
 def translate(exc: Exception) -> Exception:
-    """A write's exception as the caller should see it (a busy or locked file is UNAVAILABLE)."""
+    """A write's exception as the caller should see it: a busy or locked file is UNAVAILABLE, a full
+    disk RESOURCE_EXHAUSTED; never INTERNAL with a traceback for what the machine did."""
     return storage_error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
 
 
@@ -85,4 +86,10 @@ def storage_error(exc: sqlite3.OperationalError) -> Exception:
     text = str(exc)
     if "locked" in text or "busy" in text or "interrupted" in text:
         return StorageUnavailable(f"storage busy: {text}")
+    if "disk is full" in text:  # SQLITE_FULL
+        return StorageFull("the disk holding the database is full: writes are refused until space is freed")
+    if "disk I/O error" in text:  # SQLITE_IOERR_*
+        return StorageFailure("the database's disk failed a read or write (I/O error); retry later")
+    if "readonly database" in text:  # SQLITE_READONLY: the file, its directory or the disk turned read-only
+        return StorageFailure("the database cannot be written (its file or disk is read-only)")
     return exc

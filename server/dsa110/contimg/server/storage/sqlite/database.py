@@ -22,9 +22,17 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from ...domain.errors import RequestIdMismatch, StorageUnavailable
+from ...domain.errors import (
+    DomainError,
+    QueryTimeout,
+    RequestIdMismatch,
+    StartupError,
+    StorageFull,
+    StorageUnavailable,
+)
 from ...repositories.protocols import Idempotency
 from .connect import SQLiteSettings, connect_writer, pragmas, storage_error, translate
+from .guard import FAULTS, FREE_AFTER_FULL_BYTES, DatabaseFile, WriteState, free_bytes
 from .migrations import MIGRATIONS
 from .wal_index import WalIndexHeader
 from .write_process import WriteProcess
@@ -56,7 +64,9 @@ class Database:
     def __init__(self, settings: SQLiteSettings):
         self.settings = settings
         self._offload = WriteProcess(settings) if settings.write_process else None
-        self._writer = Writer(partial(connect_writer, settings), translate, self._offload)
+        self._writer = Writer(partial(connect_writer, settings), translate, self._offload, check=self._check_file)
+        self.file: DatabaseFile | None = None  # set once open (guard.py)
+        self.writes = WriteState()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self.page_token_secret = b""
@@ -77,9 +87,18 @@ class Database:
         return conn
 
     async def open(self) -> None:
-        self.settings.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._writer.open()
-        self.page_token_secret = await self._writer.call(_migrate)
+        path = self.settings.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            await self._writer.open()
+            self.page_token_secret = await self._writer.call(_migrate)
+        except StartupError:
+            await self._writer.close()
+            raise
+        except (sqlite3.Error, OSError, RuntimeError) as exc:
+            await self._writer.close()
+            raise StartupError(f"cannot open the database {path} for writing: {exc}") from exc
+        self.file = DatabaseFile(path)
         for _ in range(max(1, self.settings.readers)):
             conn = await self._connect()
             self._all_readers.append(conn)
@@ -230,7 +249,10 @@ class Database:
                     return list(await conn.execute_fetchall(sql, params))
             except TimeoutError:
                 await conn.interrupt()
-                raise StorageUnavailable("the query took too long") from None
+                raise QueryTimeout(
+                    f"the query ran past the server's statement timeout ({self.settings.statement_timeout_s:g} s): "
+                    "narrow it (a filter, a smaller page or radius)"
+                ) from None
             except asyncio.CancelledError:
                 # The caller gave up (deadline or cancel): stop the statement instead of finishing it.
                 await conn.interrupt()
@@ -257,7 +279,35 @@ class Database:
         """
         if not self._writer.is_open:
             raise StorageUnavailable("the database is closed")
-        return await self._writer.write(body, finish, after_commit, offload=offload)
+        try:
+            result = await self._writer.write(body, finish, after_commit, offload=offload)
+        except FAULTS as exc:
+            self.writes.failed(exc)
+            raise
+        if self.writes.fault is not None:
+            self.writes.succeeded()
+        return result
+
+    def _check_file(self) -> Exception | None:
+        """For the writer, before and after each group (guard.py)."""
+        return self.file.check() if self.file is not None else None
+
+    def fault(self) -> DomainError | None:
+        """Why writes fail now, if they do: the file replaced (checked now), else the fault the last
+        write met (a full disk, an I/O error, a read-only file) until a write succeeds again."""
+        replaced = self._check_file()
+        if replaced is not None:
+            self.writes.failed(replaced)
+        return self.writes.fault
+
+    async def probe(self) -> None:
+        """A small real write: whether writes succeed again (the health monitor, while they fail).
+        After a full disk, only once there is room for real writes again (guard.py)."""
+        if isinstance(self.writes.fault, StorageFull) and free_bytes(self.settings.path.parent) < FREE_AFTER_FULL_BYTES:
+            return
+        await self.write(
+            lambda txn: txn.execute("INSERT OR REPLACE INTO settings VALUES ('health_probe', ?)", (now_us(),))
+        )
 
     def invalidate(self) -> None:
         """Forget every reused read result (another replica says it wrote; benchmarks of misses)."""
@@ -312,6 +362,13 @@ def _migrate(conn: sqlite3.Connection) -> bytes:
             "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_time INTEGER NOT NULL)"
         )
         done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        known = max(version for version, _, _ in MIGRATIONS)
+        if done and max(done) > known:
+            # Migrated by a newer release: its tables may mean things this code would get wrong.
+            raise StartupError(
+                f"the database has schema version {max(done)}, newer than this server's {known} "
+                "(a newer release migrated it): run that release, or a copy of the database made for this one"
+            )
         for version, name, sql in MIGRATIONS:
             if version in done:
                 continue

@@ -258,6 +258,7 @@ class _Checkpoints(threading.Thread):
         conn = self._driver.connect(str(self._settings.path), isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._settings.busy_timeout_ms)}").fetchall()
+            failing = False
             while True:
                 self._due.wait()
                 self._due.clear()
@@ -266,7 +267,13 @@ class _Checkpoints(threading.Thread):
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except self._driver.Error as exc:  # the writer's backstop checkpoints meanwhile
-                    log.warning("background checkpoint failed: %s", exc)
+                    if not failing:  # once, not after every group while the disk is full
+                        log.warning("background checkpoints fail: %s", exc)
+                    failing = True
+                    continue
+                if failing:
+                    log.warning("background checkpoints succeed again")
+                    failing = False
         finally:
             conn.close()
 

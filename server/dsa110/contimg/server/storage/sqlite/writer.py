@@ -102,10 +102,14 @@ class Writer:
         connect: Callable[[], sqlite3.Connection],
         translate: Callable[[Exception], Exception],
         offload: Offload | None = None,
+        check: Callable[[], Exception | None] | None = None,
     ):
         self._connect = connect
         self._translate = translate
         self._offload = offload
+        # Asked before and after each group, on the writer thread: an error when the database can no
+        # longer take writes (its file replaced), which every write of the group then gets.
+        self._check = check or (lambda: None)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="contimg-sqlite-writer")
         self._conn: sqlite3.Connection | None = None
         self._queue: deque[_Pending[Any]] = deque()
@@ -182,11 +186,18 @@ class Writer:
         186-259 ms to 155-157 ms; bench/README.md)."""
         while self._queue:
             group = self._take_group()
+            refused = self._check()
+            if refused is not None:
+                loop.call_soon_threadsafe(self._settle, group, [(False, refused)] * len(group))
+                continue
             try:
                 outcomes = self._run_group(group)
             except Exception as exc:  # run_group answers for its bodies; this is a bug, not theirs
                 log.exception("write group failed")
                 outcomes = [(False, exc)] * len(group)
+            refused = self._check()
+            if refused is not None:  # committed, but maybe into a file nobody will read: not acknowledged
+                outcomes = [(False, refused)] * len(group)
             loop.call_soon_threadsafe(self._settle, group, outcomes)
 
     def _settle(self, group: list[_Pending[Any]], outcomes: list[Outcome]) -> None:
@@ -271,10 +282,12 @@ def _run_in_transaction(
             finish(txn)
         conn.execute("COMMIT")
     except Exception as exc:
-        try:
-            conn.execute("ROLLBACK")
-        except conn.Error:
-            log.exception("rollback failed")
+        # SQLite has already rolled back after some errors (a full disk or an I/O error at COMMIT).
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except conn.Error:
+                log.exception("rollback failed")
         return [(False, translate(exc))] * len(work), isolate or not in_bodies
     return outcomes, False
 

@@ -236,8 +236,9 @@ async def test_ids_are_not_reused_so_a_retry_never_returns_another_image(stubs: 
     await stubs.images.DeleteImage(pb.DeleteImageRequest(name=first.name))
     other = await make_image(stubs, ms.name)
     assert image_id(other.name) > image_id(first.name)
-    # A late retry of the first create must not answer with the unrelated newer image.
-    await expect_error(stubs.images.CreateImage(request), Code.NOT_FOUND, "IMAGE_NOT_FOUND", resource=first.name)
+    # A late retry of the first create answers with its first result (AIP-155), never with the
+    # unrelated newer image, and does not create the deleted one again.
+    assert await stubs.images.CreateImage(request) == first
     assert [i.name for i in await list_all_images(stubs)] == [other.name]
 
 

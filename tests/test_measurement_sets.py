@@ -564,8 +564,9 @@ async def test_update_with_request_id(stubs: Any) -> None:
     first = await _update(stubs, MS(path=before.path, field_name="first"), request_id=rid)
     await _update(stubs, MS(path=before.path, field_name="someone else"))
     retry = await _update(stubs, MS(path=before.path, field_name="first"), request_id=rid)
-    assert retry.field_name == "someone else"  # the retry did not write again
-    assert first.field_name == "first"
+    assert retry == first and first.field_name == "first"  # the first result, as it was then (AIP-155)
+    got = await stubs.ms.GetMeasurementSet(pb.GetMeasurementSetRequest(name=before.name))
+    assert got.field_name == "someone else"  # the retry did not write again
     await expect_error(
         _update(stubs, MS(path=before.path, field_name="third"), request_id=rid), Code.ABORTED, "REQUEST_ID_MISMATCH"
     )
@@ -729,21 +730,25 @@ async def test_force_delete_without_images(stubs: Any) -> None:
     assert await list_all_ms(stubs) == []
 
 
-async def test_replaying_a_request_after_the_delete_is_not_found(stubs: Any) -> None:
-    """A request_id replayed after its MS was deleted answers NOT_FOUND and recreates nothing."""
+async def test_replaying_a_request_after_the_delete_recreates_nothing(stubs: Any) -> None:
+    """A request_id replayed after its MS was deleted answers with its first result (AIP-155: the
+    client most likely never received it) and recreates nothing."""
     create = pb.CreateMeasurementSetRequest(measurement_set=ms_message(), request_id=new_request_id())
     created = await stubs.ms.CreateMeasurementSet(create)
     upsert_rid, advance_rid = new_request_id(), new_request_id()
-    await _update(stubs, ms_message(created.path, field_name="x"), ["field_name"], request_id=upsert_rid)
-    await _advance(stubs, created.name, MS.STAGE_FLAGGED, request_id=advance_rid)
+    upserted = await _update(stubs, ms_message(created.path, field_name="x"), ["field_name"], request_id=upsert_rid)
+    advanced = await _advance(stubs, created.name, MS.STAGE_FLAGGED, request_id=advance_rid)
     await _delete(stubs, created.name)
     replays = [
-        lambda: stubs.ms.CreateMeasurementSet(create),
-        lambda: _update(stubs, ms_message(created.path, field_name="x"), ["field_name"], request_id=upsert_rid),
-        lambda: _advance(stubs, created.name, MS.STAGE_FLAGGED, request_id=advance_rid),
+        (lambda: stubs.ms.CreateMeasurementSet(create), created),
+        (
+            lambda: _update(stubs, ms_message(created.path, field_name="x"), ["field_name"], request_id=upsert_rid),
+            upserted,
+        ),
+        (lambda: _advance(stubs, created.name, MS.STAGE_FLAGGED, request_id=advance_rid), advanced),
     ]
-    for replay in replays:
-        await expect_error(replay(), Code.NOT_FOUND, "MEASUREMENT_SET_NOT_FOUND", resource=created.name)
+    for replay, first in replays:
+        assert await replay() == first
     assert created.path not in {m.path for m in await list_all_ms(stubs)}
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from dsa110.contimg.server.storage.sqlite.migrations import MIGRATIONS
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, sources_pb2
 from grpc_health.v1 import health_pb2
 
@@ -31,6 +32,7 @@ from helpers_jobs import make_images, measurement
 from helpers_stress import CONSOLE_SCRIPT, SERVING, ServerProcess, health_status, until
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LATEST = max(version for version, _, _ in MIGRATIONS)
 IS_ROOT = os.geteuid() == 0
 
 
@@ -220,7 +222,7 @@ def test_a_database_migrated_by_a_newer_release_is_refused(tmp_path: Path) -> No
         conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
     conn.close()
     for command in ("serve", "migrate"):
-        _one_clear_line(_serve_once(database, command), "schema version 99", "this server's 2")
+        _one_clear_line(_serve_once(database, command), "schema version 99", f"this server's {LATEST}")
     with sqlite3.connect(database) as conn:  # and nothing was changed
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (99,)
     conn.close()

@@ -441,8 +441,8 @@ class CreateImageRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result. At most 64
-    characters of `A-Z a-z 0-9 - _`.
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
     @_builtins.property
     def image(self) -> Global___Image:
@@ -472,7 +472,9 @@ class UpdateImageRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     @_builtins.property
     def image(self) -> Global___Image:
         """Required. New values; `image.name` identifies the image."""

@@ -514,8 +514,8 @@ class CreateJobRequest(_message.Message):
     empty.
     """
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result. At most 64
-    characters of `A-Z a-z 0-9 - _`.
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
     @_builtins.property
     def job(self) -> Global___Job:
@@ -547,7 +547,9 @@ class StartJobRequest(_message.Message):
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     def __init__(
         self,
         *,
@@ -582,7 +584,9 @@ class ReportJobProgressRequest(_message.Message):
     message: _builtins.str
     """Optional note, at most 4096 bytes."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     def __init__(
         self,
         *,
@@ -615,7 +619,9 @@ class SucceedJobRequest(_message.Message):
     message: _builtins.str
     """Optional note, at most 4096 bytes."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Outputs produced, at most 1000: resource names of this API (e.g. `images/42`) or normalized
@@ -652,7 +658,9 @@ class FailJobRequest(_message.Message):
     error_message: _builtins.str
     """Required. What went wrong, at most 4096 bytes."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     def __init__(
         self,
         *,
@@ -682,7 +690,9 @@ class CancelJobRequest(_message.Message):
     reason: _builtins.str
     """Optional reason, at most 4096 bytes."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     def __init__(
         self,
         *,
@@ -709,7 +719,9 @@ class RetryJobRequest(_message.Message):
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     def __init__(
         self,
         *,
@@ -736,8 +748,8 @@ class AppendJobLogRequest(_message.Message):
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retry does not append twice. At most 64
-    characters of `A-Z a-z 0-9 - _`.
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days does not append twice and
+    returns the first result. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
     @_builtins.property
     def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -449,8 +449,8 @@ class CreateMeasurementSetRequest(_message.Message):
     MEASUREMENT_SET_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retried request with the same id returns the
-    first result instead of ALREADY_EXISTS. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then, instead of ALREADY_EXISTS. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
     @_builtins.property
     def measurement_set(self) -> Global___MeasurementSet:
@@ -483,7 +483,9 @@ class UpdateMeasurementSetRequest(_message.Message):
     allow_missing: _builtins.bool
     """When true and the measurement set does not exist, create it (upsert)."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     @_builtins.property
     def measurement_set(self) -> Global___MeasurementSet:
         """Required. The new values; `measurement_set.name` or `measurement_set.path` identifies it."""
@@ -527,7 +529,9 @@ class AdvanceMeasurementSetStageRequest(_message.Message):
     status: Global___MeasurementSet.Status.ValueType
     """Status at the target stage; default STATUS_IN_PROGRESS."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: at most 64 characters of `A-Z a-z 0-9 - _`."""
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
     def __init__(
         self,
         *,

@@ -587,8 +587,8 @@ class RecordPhotometryRequest(_message.Message):
     image: _builtins.str
     """Required. The image measured, `images/{image_id}`."""
     request_id: _builtins.str
-    """Optional idempotency key (AIP-155), a UUID: a retry returns the first result. At most 64
-    characters of `A-Z a-z 0-9 - _`.
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
     @_builtins.property
     def measurements(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhotometryMeasurement]:

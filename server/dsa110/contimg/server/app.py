@@ -23,6 +23,7 @@ from .events.local import LocalEventBus
 from .events.tail import EventTailer
 from .events.watch import JobWatcher
 from .health import StorageHealth
+from .housekeeping import Housekeeping
 from .interceptors.logging import LoggingInterceptor
 from .reflection import enable_server_reflection
 from .replicas import RedisFeatures, Repositories
@@ -89,6 +90,7 @@ class ContimgServer:
         self.tailer.version = self.storage.db.version
         self.health = HealthServicer()
         self.storage_health = StorageHealth(self.storage.db, self.health)
+        self.housekeeping = Housekeeping(self.storage.db)
         self._server: grpc.aio.Server | None = None
         self.servicers: dict[str, object] = {}  # service name -> servicer, once started
 
@@ -140,6 +142,7 @@ class ContimgServer:
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.storage_health.start()  # "" SERVING while the database takes writes
+        self.housekeeping.start()
         log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.config.database_path)
         return self.port
 
@@ -163,6 +166,7 @@ class ContimgServer:
         if self._server is None:
             return
         await self.storage_health.stop()
+        await self.housekeeping.stop()
         await self.health.enter_graceful_shutdown()
         self.bus.close()  # watch streams end now (UNAVAILABLE, resumable) instead of holding the grace period
         await self._server.stop(self.config.grace_s if grace is None else grace)

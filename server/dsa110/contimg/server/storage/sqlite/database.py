@@ -9,6 +9,7 @@ them run beside the writer) and, when quick, to one connection on the event loop
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -54,6 +55,11 @@ INLINE_BUDGET_TICKS = 100
 # and apart from them (so that many single reads do not push pages out) records read by key.
 RESULT_CACHE_ENTRIES = 2048
 RECORD_CACHE_ENTRIES = 4096
+# How long a request_id is remembered (common.proto: "request_id"): a retry of a write within this
+# time returns the first result; later, the request is new. Long past any client's retries and a
+# pipeline's restart, short enough that the table stays small.
+REQUEST_ID_RETENTION_US = 7 * 24 * 3600 * 1_000_000
+_EXPIRE_BATCH = 5000
 
 
 def now_us() -> int:
@@ -314,6 +320,17 @@ class Database:
         self._results.clear()
         self._records.clear()
 
+    async def expire_request_ids(self, retention_us: int = REQUEST_ID_RETENTION_US) -> int:
+        """Forget request_ids older than the retention, a batch per write so that no write waits
+        long behind it; how many were forgotten."""
+        before = now_us() - retention_us
+        total = 0
+        while True:
+            removed = await self.write(partial(_expire_batch, before_us=before))
+            total += removed
+            if removed < _EXPIRE_BATCH:
+                return total
+
     async def count(self, sql: str, params: Sequence[Any]) -> int:
         """A COUNT query, reused until the next commit by anyone (see `cached`)."""
 
@@ -321,6 +338,16 @@ class Database:
             return int((await self.lookup(sql, params))[0][0])
 
         return await self.cached(("count", sql, tuple(params)), run)
+
+
+def _expire_batch(txn: Txn, before_us: int) -> int:
+    """Forget up to a batch of request_ids stored before `before_us`, oldest first; how many."""
+    cursor = txn.execute(
+        "DELETE FROM request_ids WHERE request_id IN "
+        "(SELECT request_id FROM request_ids WHERE create_time < ? ORDER BY create_time LIMIT ?)",
+        (before_us, _EXPIRE_BATCH),
+    )
+    return int(cursor.rowcount)
 
 
 def check_request_id(txn: Txn, idem: Idempotency | None) -> Any | None:
@@ -337,7 +364,11 @@ def check_request_id(txn: Txn, idem: Idempotency | None) -> Any | None:
 
 
 def remember_request_id(txn: Txn, idem: Idempotency | None, result: Any) -> None:
+    """Keep the first result of a request with a request_id: JSON, a record as {"record": fields}
+    (rows.*_remembered rebuild it)."""
     if idem is not None:
+        if dataclasses.is_dataclass(result) and not isinstance(result, type):
+            result = {"record": dataclasses.asdict(result)}
         txn.execute(
             "INSERT INTO request_ids VALUES (?, ?, ?, ?, ?)",
             (idem.request_id, idem.method, idem.fingerprint, json.dumps(result), now_us()),

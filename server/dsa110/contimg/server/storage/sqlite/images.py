@@ -102,7 +102,10 @@ class SQLiteImages:
         def body(txn: Txn) -> Image:
             earlier = check_request_id(txn, idem)
             if earlier is not None:
-                stored = _load(txn, int(earlier))
+                first = rows.image_remembered(earlier)
+                if first is not None:
+                    return first
+                stored = _load(txn, int(earlier))  # stored before first results were kept
                 if stored is None:
                     raise NotFound("IMAGE", f"images/{earlier}")
                 return stored
@@ -131,17 +134,22 @@ class SQLiteImages:
                 "UPDATE measurement_sets SET image_count = image_count + 1, update_time = ? WHERE path = ?",
                 (now, image.ms_path),
             )
-            remember_request_id(txn, idem, new.id)
+            remember_request_id(txn, idem, new)
             return new
 
         return await self.db.write(body)
 
     async def update(self, image: Image, fields: Sequence[str], idem: Idempotency | None) -> Image:
         def body(txn: Txn) -> Image:
+            earlier = check_request_id(txn, idem)
+            if earlier is not None:
+                first = rows.image_remembered(earlier)
+                if first is not None:
+                    return first
             current = _load(txn, image.id)
             if current is None:
                 raise NotFound("IMAGE", f"images/{image.id}")
-            if check_request_id(txn, idem) is not None:
+            if earlier is not None:
                 return current
             now = now_us()
             sets = [f"{c} = ?" for c in fields] + ["update_time = ?"]
@@ -153,7 +161,7 @@ class SQLiteImages:
             assert updated is not None
             if any(f in _GEOMETRY for f in fields):
                 _set_footprint(txn, updated)
-            remember_request_id(txn, idem, image.id)
+            remember_request_id(txn, idem, updated)
             return updated
 
         return await self.db.write(body)

@@ -10,7 +10,7 @@ from ...domain.names import ms_name
 from ...domain.records import Job, JobEvent, JobEventType, JobLogEntry, JobState, JobTransition, Page
 from ...repositories.protocols import EventPublisher, Idempotency, JobMutation, ListQuery
 from . import rows
-from .database import Database, check_request_id, now_us, placeholders, remember_request_id
+from .database import Database, Row, check_request_id, now_us, placeholders, remember_request_id
 from .sql import page_query
 from .writer import Txn
 
@@ -23,6 +23,21 @@ _COLUMNS["measurement_set"] = "ms_path"
 def _load(txn: Txn, job_id: str) -> Job | None:
     found = txn.fetchall(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (job_id,))
     return rows.job_from_row(found[0]) if found else None
+
+
+_TRANSITIONS = (
+    "SELECT sequence, from_state, to_state, stage, message, time FROM job_events WHERE job_id = ? ORDER BY sequence"
+)
+
+
+def _transitions(found: list[Row]) -> list[JobTransition]:
+    return [JobTransition(f, t, stage, msg, when, seq) for seq, f, t, stage, msg, when in found]
+
+
+def _committed(txn: Txn, job: Job) -> Job:
+    """`job` with its transitions as this transaction sees them: what the call that made it returns
+    (a read after the commit could show a later call's state)."""
+    return replace(job, transitions=_transitions(txn.fetchall(_TRANSITIONS, (job.id,))))
 
 
 def _record_event(txn: Txn, job: Job, etype: JobEventType, transition: JobTransition) -> JobEvent:
@@ -59,14 +74,7 @@ class SQLiteJobs:
             return None
         job = rows.job_from_row(found[0])
         if with_transitions:
-            job.transitions = [
-                JobTransition(f, t, stage, msg, when, seq)
-                for seq, f, t, stage, msg, when in await self.db.lookup(
-                    "SELECT sequence, from_state, to_state, stage, message, time FROM job_events "
-                    "WHERE job_id = ? ORDER BY sequence",
-                    (job_id,),
-                )
-            ]
+            job.transitions = _transitions(await self.db.lookup(_TRANSITIONS, (job_id,)))
         return job
 
     async def list_page(self, query: ListQuery) -> Page[Job]:
@@ -84,10 +92,13 @@ class SQLiteJobs:
         def body(txn: Txn) -> tuple[Job, JobEvent | None]:
             earlier = check_request_id(txn, idem)
             if earlier is not None:
-                stored = _load(txn, str(earlier))
+                first = rows.job_remembered(earlier)
+                if first is not None:
+                    return first, None
+                stored = _load(txn, str(earlier))  # stored before first results were kept
                 if stored is None:
                     raise NotFound("JOB", f"jobs/{earlier}")
-                return stored, None
+                return _committed(txn, stored), None
             if _load(txn, job.id) is not None:
                 raise AlreadyExists("JOB", f"jobs/{job.id}")
             if job.ms_path and not txn.fetchall("SELECT 1 FROM measurement_sets WHERE path = ?", (job.ms_path,)):
@@ -113,33 +124,34 @@ class SQLiteJobs:
                 rows.job_values(new),
             )
             event = _record_event(txn, new, JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", now))
-            remember_request_id(txn, idem, new.id)
-            return new, event
+            created = _committed(txn, new)
+            remember_request_id(txn, idem, created)
+            return created, event
 
-        job_out, _ = await self.db.write(body, self._publish)
-        stored = await self.get(job_out.id)
-        assert stored is not None
-        return stored
+        created, _ = await self.db.write(body, self._publish)
+        return created
 
     async def transition(self, job_id: str, mutate: JobMutation, idem: Idempotency | None) -> Job:
         def body(txn: Txn) -> tuple[Job, JobEvent | None]:
+            earlier = check_request_id(txn, idem)
+            first = rows.job_remembered(earlier)
+            if first is not None:
+                return first, None
             current = _load(txn, job_id)
             if current is None:
                 raise NotFound("JOB", f"jobs/{job_id}")
-            if check_request_id(txn, idem) is not None:
-                return current, None
+            if earlier is not None:  # stored before first results were kept
+                return _committed(txn, current), None
             new, transition, etype = mutate(current, now_us())
             sets = ", ".join(f"{c} = ?" for c in rows.JOB_COLUMNS[1:])
             txn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*rows.job_values(new)[1:], job_id])
             event = _record_event(txn, new, etype, transition)
-            remember_request_id(txn, idem, job_id)
-            return new, event
+            changed = _committed(txn, new)
+            remember_request_id(txn, idem, changed)
+            return changed, event
 
-        await self.db.write(body, self._publish)
-        stored = await self.get(job_id)
-        if stored is None:
-            raise NotFound("JOB", f"jobs/{job_id}")
-        return stored
+        changed, _ = await self.db.write(body, self._publish)
+        return changed
 
     async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int:
         def body(txn: Txn) -> int:

@@ -63,7 +63,11 @@ class SQLiteMeasurementSets:
 
     async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet:
         def body(txn: Txn) -> MeasurementSet:
-            if check_request_id(txn, idem) is None:
+            earlier = check_request_id(txn, idem)
+            first = rows.ms_remembered(earlier)
+            if first is not None:
+                return first
+            if earlier is None:
                 if _load(txn, ms.path) is not None:
                     raise AlreadyExists("MEASUREMENT_SET", ms_name(ms.path))
                 now = now_us()
@@ -80,7 +84,9 @@ class SQLiteMeasurementSets:
                     f"INSERT INTO measurement_sets ({rows.MS_SELECT}) VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                     rows.ms_values(new),
                 )
-                remember_request_id(txn, idem, ms.path)
+                stored = _stored(txn, ms.path)
+                remember_request_id(txn, idem, stored)
+                return stored
             return _stored(txn, ms.path)
 
         return await self.db.write(body)
@@ -89,7 +95,11 @@ class SQLiteMeasurementSets:
         self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool, idem: Idempotency | None
     ) -> MeasurementSet:
         def body(txn: Txn) -> MeasurementSet:
-            if check_request_id(txn, idem) is None:
+            earlier = check_request_id(txn, idem)
+            first = rows.ms_remembered(earlier)
+            if first is not None:
+                return first
+            if earlier is None:
                 current = _load(txn, ms.path)
                 now = now_us()
                 if current is None:
@@ -137,7 +147,9 @@ class SQLiteMeasurementSets:
                         "UPDATE images SET mid_mjd = ?, update_time = ? WHERE ms_path = ? AND mid_mjd = 0",
                         (updated.mid_mjd, now, ms.path),
                     )
-                remember_request_id(txn, idem, ms.path)
+                stored = _stored(txn, ms.path)
+                remember_request_id(txn, idem, stored)
+                return stored
             return _stored(txn, ms.path)
 
         return await self.db.write(body)

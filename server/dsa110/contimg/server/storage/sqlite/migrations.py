@@ -242,4 +242,13 @@ DROP TABLE photometry;
 ALTER TABLE photometry_new RENAME TO photometry;
 """,
     ),
+    (
+        3,
+        "request ids expire",
+        """
+-- request_ids kept every write's request_id forever; they now expire after a retention period
+-- (database.REQUEST_ID_RETENTION_US), removed oldest first through this index.
+CREATE INDEX request_ids_by_time ON request_ids (create_time);
+""",
+    ),
 ]

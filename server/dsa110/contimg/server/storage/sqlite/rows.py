@@ -207,3 +207,37 @@ def event_from_row(r: Sequence[Any]) -> JobEvent:
         job=job,
         transition=JobTransition(from_state, to_state, stage, message, when, seq),
     )
+
+
+# ---- first results of requests with a request_id (request_ids.result) ------------------------------
+# A write with a request_id stores the record it returned (database.remember_request_id), so that a
+# replay returns that first result (AIP-155), not the resource as it is now. Results stored before
+# this form existed hold only the key (an image id, an MS path, a job id): `*_remembered` answer
+# None for them and the caller reads the current record, as it did then.
+
+
+def _record(result: Any) -> dict[str, Any] | None:
+    return result.get("record") if isinstance(result, dict) else None
+
+
+def image_remembered(result: Any) -> Image | None:
+    data = _record(result)
+    return Image(**data) if data is not None else None
+
+
+def ms_remembered(result: Any) -> MeasurementSet | None:
+    data = _record(result)
+    if data is None:
+        return None
+    ms = MeasurementSet(**data)
+    ms.calibration_tables = [CalibrationTable(**t) for t in data["calibration_tables"]]
+    return ms
+
+
+def job_remembered(result: Any) -> Job | None:
+    data = _record(result)
+    if data is None:
+        return None
+    job = Job(**data)
+    job.transitions = [JobTransition(**t) for t in data["transitions"]]
+    return job

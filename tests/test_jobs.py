@@ -872,3 +872,23 @@ async def test_deleting_its_measurement_set_changes_the_job(stubs):
     assert micros(after.update_time) > micros(job.update_time)
     assert after.state == job.state and list(after.transitions) == list(job.transitions)
     assert await get(stubs, unrelated.name) == unrelated
+
+
+async def test_a_watch_resumed_past_the_newest_event_is_out_of_range(stubs):
+    """A position past the end of the event log (a client's from before the database was restored,
+    say): WatchJob used to send nothing and never end, even for a CANCELLED job; WatchJobs echoed
+    the position in its heartbeat and then dropped every new event."""
+    job = await create(stubs)
+    await ACTIONS["cancel"](stubs, job.name, "")
+    newest = (await get(stubs, job.name)).transitions[-1].sequence
+    for call in (
+        stubs.jobs.WatchJob(jobs_pb2.WatchJobRequest(name=job.name, after_sequence=newest + 1000)),
+        stubs.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(after_sequence=newest + 1000)),
+    ):
+        err = await expect_error(read(call), grpc.StatusCode.OUT_OF_RANGE, "SEQUENCE_OUT_OF_RANGE")
+        assert int(err.metadata["last_sequence"]) >= newest
+    # The newest position itself is one the server has: resuming there is fine.
+    at_end = stubs.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(after_sequence=newest))
+    heartbeat = await asyncio.wait_for(at_end.read(), READ_TIMEOUT)
+    assert heartbeat.type == JobEvent.TYPE_HEARTBEAT and heartbeat.sequence >= newest
+    at_end.cancel()

@@ -868,7 +868,9 @@ class WatchJobRequest(_message.Message):
     """Required. `jobs/{job_id}`."""
     after_sequence: _builtins.int
     """Resume point: when > 0, replay this job's recorded events with a larger sequence instead of
-    sending a snapshot. Negative is INVALID_ARGUMENT.
+    sending a snapshot. Negative is INVALID_ARGUMENT; past the newest event the server has (e.g. a
+    position from before the database was restored) is OUT_OF_RANGE (`SEQUENCE_OUT_OF_RANGE`,
+    the newest in ErrorInfo.metadata `last_sequence`).
     """
     def __init__(
         self,
@@ -898,7 +900,8 @@ class WatchJobsRequest(_message.Message):
     """
     after_sequence: _builtins.int
     """Resume point: when > 0, replay recorded events with a larger sequence first. Negative is
-    INVALID_ARGUMENT.
+    INVALID_ARGUMENT; past the newest event the server has is OUT_OF_RANGE
+    (`SEQUENCE_OUT_OF_RANGE`, the newest in ErrorInfo.metadata `last_sequence`).
     """
     def __init__(
         self,

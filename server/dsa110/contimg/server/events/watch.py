@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 from ..domain import jobs as job_rules
-from ..domain.errors import NotFound, ShuttingDown
+from ..domain.errors import NotFound, OutOfRange, ShuttingDown
 from ..domain.records import Heartbeat, JobEvent, JobEventType
 from ..repositories.protocols import JobRepository
 from .local import LocalEventBus, Subscription
@@ -29,12 +29,25 @@ class JobWatcher:
         self.jobs = jobs
         self.bus = bus
 
+    async def _check_position(self, after_sequence: int) -> None:
+        """A position past the newest event (one from before a restore, say) is refused: waiting for
+        it would wait for events that are numbered below it already, and report none of them."""
+        newest = await self.jobs.last_sequence()
+        if after_sequence > newest:
+            raise OutOfRange(
+                f"after_sequence {after_sequence} is past the newest job event ({newest}): resume from 0, "
+                "or from a sequence this server sent",
+                reason="SEQUENCE_OUT_OF_RANGE",
+                metadata={"last_sequence": str(newest), "after_sequence": str(after_sequence)},
+            )
+
     async def watch_job(self, job_id: str, after_sequence: int) -> AsyncGenerator[JobEvent, None]:
         with self.bus.subscribe(job_id) as sub:
             if after_sequence > 0:
                 current = await self.jobs.get(job_id, with_transitions=False)
                 if current is None:
                     raise NotFound("JOB", f"jobs/{job_id}")
+                await self._check_position(after_sequence)
                 last = after_sequence
                 async with aclosing(self._replay(job_id, last, lambda e: True)) as replayed:
                     async for event in replayed:
@@ -69,6 +82,7 @@ class JobWatcher:
         with self.bus.subscribe(None) as sub:
             last = after_sequence
             if after_sequence > 0:
+                await self._check_position(after_sequence)
                 async with aclosing(self._replay(None, last, accept)) as replayed:
                     async for event in replayed:
                         yield event

@@ -82,6 +82,11 @@ def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subpr
     return proc
 
 
+# The WatchJob case's 1,000 watchers all come from this one address: past the default of 100
+# watch streams per caller (README: Limits).
+WATCH_FLAGS = ("--max-watch-streams", "5000", "--max-watch-streams-per-caller", "5000")
+
+
 def serve_cmd(data_dir: Path, port: int, *extra: str) -> list[str]:
     return [str(BIN / "contimg-server"), "serve", "--port", str(port), "--data-dir", str(data_dir),
             "--no-log-rpcs", "--allow-anonymous-writes", *extra]
@@ -283,7 +288,7 @@ def main() -> None:
     print(f"database: {json.dumps(targets)}", flush=True)
 
     port, ref_port = free_port(), free_port()
-    server = start(serve_cmd(data_dir, port), port)
+    server = start(serve_cmd(data_dir, port, *WATCH_FLAGS), port)
     responses = Path(tempfile.mkdtemp(prefix="contimg-bench-responses-"))
     cases = unary_cases(targets)
     expected: dict[str, int] = {}

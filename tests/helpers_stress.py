@@ -50,7 +50,11 @@ class ServerProcess:
         args: Sequence[str] = (),
         name: str = "server",
         port: int = 0,
+        write_token: str = "",
     ):
+        """`write_token`: writes need it (the server's production stance); without one, anonymous
+        writes are allowed (--allow-anonymous-writes, as scripts/serve.sh runs)."""
+        self.write_token = write_token
         self.data_dir = data_dir
         self.database = database or data_dir / "contimg.sqlite3"
         self.args = list(args)
@@ -81,7 +85,7 @@ class ServerProcess:
             str(self.data_dir),
             "--database",
             str(self.database),
-            "--allow-anonymous-writes",
+            *(["--write-tokens", self.write_token] if self.write_token else ["--allow-anonymous-writes"]),
             *self.args,
         ]
 

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from dsa110.contimg.server.servicers.encoded import (
     Encoded,
+    EncodedCache,
     ReplyCache,
     double_field,
     field_bytes,
@@ -334,3 +335,15 @@ async def test_encoded_methods_fail_with_rich_status(stubs):
 
     await expect_error(lightcurve(name="sources/NOPE"), NOT_FOUND, "SOURCE_NOT_FOUND")
     await expect_error(lightcurve(name="sources/X", start_mjd=2.0, end_mjd=1.0), INVALID, "INVALID_ARGUMENT", "end_mjd")
+
+
+def test_encoded_cache_is_bounded_by_bytes():
+    """Entries count their bytes and a fixed overhead; the oldest go first (200,000 encoded images,
+    the cache's old count bound, were ~300 MB)."""
+    item = images_pb2.Image(name="x" * 995)
+    entry = len(field_bytes(1, item.SerializeToString())) + EncodedCache.ENTRY_OVERHEAD
+    cache = EncodedCache(capacity=1_000_000, max_bytes=100 * entry)
+    for i in range(250):
+        cache.get("image", 1, i, 1, lambda _: item, None)
+    assert cache.size == 100 * entry and len(cache._items) == 100
+    assert ("image", 1, 249, 1) in cache._items and ("image", 1, 0, 1) not in cache._items

@@ -30,9 +30,11 @@ from typing import Any
 
 import grpc
 import pytest
+from dsa110.contimg.server.config import ServerConfig
 from dsa110.contimg.server.domain.listing import IMAGE_FIELDS, JOB_FIELDS, MS_FIELDS, SOURCE_FIELDS
 from dsa110.contimg.server.domain.query import Kind, PageTokens, fingerprint
 from dsa110.contimg.server.domain.records import IMAGE_UPDATABLE_FIELDS, MS_WRITABLE_FIELDS
+from dsa110.contimg.server.servicers.handlers import request_limit
 from dsa110.contimg.v1 import (
     images_pb2,
     jobs_pb2,
@@ -47,6 +49,8 @@ from hypothesis import strategies as st
 
 from conftest import RunningServer, ServerFactory, Stubs, make_stubs
 from helpers_stress import db_digest, env_int
+
+MAX_MESSAGE_MB = ServerConfig().max_message_mb
 
 EXAMPLES = env_int("CONTIMG_FUZZ_EXAMPLES", 30)
 FD = descriptor.FieldDescriptor
@@ -796,8 +800,10 @@ async def call_rpc(
         assert err.code() not in BAD_CODES, f"{service}.{method.name} -> {err.code()}: {err.details()!r}"
         assert err.code() != grpc.StatusCode.DEADLINE_EXCEEDED, f"{service}.{method.name} took over {UNARY_TIMEOUT_S} s"
         if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            # Only a request over the 64 MiB limit may get it here (one client, far below max_concurrent_rpcs).
-            assert request.ByteSize() > 64 << 20, f"{service}.{method.name}: {err.details()!r}"
+            # Only a request over its method's size limit may get it here (one client, far below the
+            # capacity limits): the server's message limit, or a read's own (servicers/handlers.py).
+            limit = request_limit(method.name) or MAX_MESSAGE_MB << 20
+            assert request.ByteSize() > limit, f"{service}.{method.name}: {err.details()!r}"
         return err.code()  # type: ignore[no-any-return]
     return grpc.StatusCode.OK
 
@@ -974,13 +980,16 @@ _KNOWN_BAD_IDS = [case[0] for case in _known_bad(World.example())]
 
 @pytest.mark.parametrize("case", _KNOWN_BAD_IDS)
 async def test_known_bad_input_is_invalid_argument(fuzz_env: Fixture, case: str) -> None:
-    """Each is INVALID_ARGUMENT with error details small enough for any client to read."""
+    """Each is INVALID_ARGUMENT with error details small enough for any client to read; one larger
+    than its method takes is refused before it is decoded (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE)."""
     [(_, stub, method, request)] = [c for c in _known_bad(fuzz_env.world) if c[0] == case]
     before = db_digest(fuzz_env.database)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await getattr(getattr(fuzz_env.stubs, stub), method)(request, timeout=30)
     err = caught.value
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{err.code()}: {(err.details() or '')[:300]!r}"
+    oversized = 0 < request_limit(method) < request.ByteSize()
+    expected = grpc.StatusCode.RESOURCE_EXHAUSTED if oversized else grpc.StatusCode.INVALID_ARGUMENT
+    assert err.code() == expected, f"{err.code()}: {(err.details() or '')[:300]!r}"
     trailers = sum(len(k) + len(v) for k, v in err.trailing_metadata() or ())
     assert trailers < MAX_TRAILER_BYTES and len((err.details() or "").encode()) < 2048, trailers
     assert any(k == "grpc-status-details-bin" for k, _ in err.trailing_metadata() or ())

@@ -18,6 +18,7 @@ import pytest
 from dsa110.contimg.v1 import jobs_pb2, jobs_pb2_grpc, measurement_sets_pb2
 from google.protobuf import struct_pb2
 
+from conftest import make_stubs
 from helpers_jobs import expect_error, make_ms
 
 Job = jobs_pb2.Job
@@ -787,7 +788,11 @@ async def test_watch_jobs_live_without_replay(stubs):
         await asyncio.gather(pumping, return_exceptions=True)
 
 
-async def test_many_concurrent_watchers(server, stubs):
+async def test_many_concurrent_watchers(server_factory):
+    # 200 watchers from one address: past the default of 100 streams per caller.
+    server = await server_factory(max_watch_streams_per_caller=1000)
+    channel = grpc.aio.insecure_channel(server.target)
+    stubs = make_stubs(channel)
     job = await create(stubs, Job.TYPE_PIPELINE)
     channels = [grpc.aio.insecure_channel(server.target) for _ in range(4)]
     try:
@@ -816,8 +821,8 @@ async def test_many_concurrent_watchers(server, stubs):
             await asyncio.sleep(0.01)
         assert server.server.bus.subscriber_count == 0
     finally:
-        for channel in channels:
-            await channel.close()
+        for each in [*channels, channel]:
+            await each.close()
 
 
 async def test_watch_jobs_replay_overlapping_live_events(server, stubs):

@@ -3,8 +3,9 @@
 Each client has its own channel and loops over a mix of reads (Get, BatchGet, List with filters,
 Search, lightcurve streams) until the time is up.
 
-* With a small `--max-concurrent-rpcs`, every call ends OK or RESOURCE_EXHAUSTED (and both occur).
-* With the default limit, every call ends OK, and the server's RSS (VmRSS from /proc, sampled
+* With a small `--max-concurrent-reads`, every call ends OK or RESOURCE_EXHAUSTED (and both occur);
+  replies that no client reads hold their slots, and give them back when the client goes.
+* With a reads limit above the number of clients, every call ends OK, and the server's RSS (VmRSS from /proc, sampled
   every second) stays within 10 % of its value after warm-up (medians of a few samples at each
   end, since in-flight calls make single samples swing).
 
@@ -29,7 +30,9 @@ from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, source
 from google.rpc import error_details_pb2, status_pb2
 
 from conftest import Stubs, make_stubs
+from helpers import error_info
 from helpers_stress import ServerProcess, env_float, env_int
+from hostile import RawClient
 
 pytestmark = pytest.mark.slow
 
@@ -208,72 +211,66 @@ def _summary(label: str, tally: Tally, elapsed: float) -> str:
     )
 
 
-async def _slots_are_released(target: str) -> None:
-    """Calls ended by a deadline (streams included) give their slot back: LIMIT calls fit again."""
+async def _refused_when_full_then_released(port: int) -> None:
+    """LIMIT ListJobs calls whose replies nobody reads (a zero flow-control window) hold every read
+    slot: the next read is RESOURCE_EXHAUSTED with ErrorInfo; once their client goes, LIMIT reads
+    fit again."""
+    target = f"127.0.0.1:{port}"
+    listing = jobs_pb2.ListJobsRequest(page_size=1000)
+    holder = RawClient("127.0.0.1", port, window=0)
+    await holder.__aenter__()
+    try:
+        for _ in range(LIMIT):
+            await holder.call("/dsa110.contimg.v1.JobService/ListJobs", listing.SerializeToString())
+        async with grpc.aio.insecure_channel(target) as channel:
+            stubs = make_stubs(channel)
+            for _ in range(200):  # until the server has taken every held call
+                try:
+                    await stubs.jobs.ListJobs(listing, timeout=10)
+                except grpc.aio.AioRpcError as refused:
+                    assert refused.code() == EXHAUSTED
+                    info = error_info(refused)
+                    assert info.reason == "RESOURCE_EXHAUSTED" and info.metadata["limit"] == "reads"
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("reads were never refused")
+    finally:
+        await holder.close()
     async with grpc.aio.insecure_channel(target) as channel:
         stubs = make_stubs(channel)
-
-        async def watch() -> None:
+        for _ in range(200):  # the server notices the closed connection, then every slot is free
             try:
-                async for _ in stubs.jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), timeout=0.3):
-                    pass
+                await asyncio.gather(*(stubs.jobs.ListJobs(listing, timeout=10) for _ in range(LIMIT)))
+                return
             except grpc.aio.AioRpcError as err:
-                assert err.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, EXHAUSTED), err.code()
-
-        await asyncio.gather(*(watch() for _ in range(2 * LIMIT)))
-        await asyncio.sleep(0.2)
-        listing = measurement_sets_pb2.ListMeasurementSetsRequest(page_size=1)
-        await asyncio.gather(*(stubs.ms.ListMeasurementSets(listing, timeout=10) for _ in range(LIMIT)))
-
-
-async def _refused_when_full(target: str) -> None:
-    """LIMIT open WatchJobs streams hold every slot: the next call is RESOURCE_EXHAUSTED with ErrorInfo."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        stubs = make_stubs(channel)
-        streams = [stubs.jobs.WatchJobs(jobs_pb2.WatchJobsRequest()) for _ in range(LIMIT)]
-        try:
-            for call in streams:  # the first message (a heartbeat) means the handler holds its slot
-                first = await asyncio.wait_for(call.read(), 10)
-                assert first is not grpc.aio.EOF
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stubs.jobs.ListJobs(jobs_pb2.ListJobsRequest(), timeout=10)
-            assert refused.value.code() == EXHAUSTED
-            details = dict(refused.value.trailing_metadata() or ()).get("grpc-status-details-bin")
-            assert details is not None
-            reasons = set()
-            for detail in status_pb2.Status.FromString(details).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    reasons.add(info.reason)
-            assert reasons == {"RESOURCE_EXHAUSTED"}
-        finally:
-            for call in streams:
-                call.cancel()
+                assert err.code() == EXHAUSTED
+                await asyncio.sleep(0.05)
+        raise AssertionError("the slots of a client that went away were not given back")
 
 
 async def test_load_with_a_small_concurrency_limit(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, args=["--max-concurrent-rpcs", str(LIMIT)])
+    server = ServerProcess(tmp_path, args=["--max-concurrent-reads", str(LIMIT)])
     try:
         await server.start()
         tally, elapsed = await _run(server, max(3.0, SECONDS / 2), None)
-        print("\n" + _summary(f"max_concurrent_rpcs={LIMIT}", tally, elapsed))
+        print("\n" + _summary(f"max_concurrent_reads={LIMIT}", tally, elapsed))
         unexpected = {c: n for c, n in tally.codes.items() if c not in (OK, EXHAUSTED)}
         assert not unexpected, f"{unexpected}; {tally.details.most_common(5)}"
         # Whether random load overlaps more than LIMIT calls depends on timing (fast handlers finish
         # before the next call starts); refusal itself is proven below by holding every slot.
         assert tally.codes[OK] > 0, tally.codes
-        await _refused_when_full(server.target)
         assert tally.exhausted_without_info == 0, (
             f"{tally.exhausted_without_info} RESOURCE_EXHAUSTED without ErrorInfo reason RESOURCE_EXHAUSTED"
         )
-        await _slots_are_released(server.target)
+        await _refused_when_full_then_released(server.port)
         assert server.terminate() == 0, server.log_tail()
     finally:
         server.kill()
 
 
-async def test_load_and_soak_with_the_default_limit(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path)
+async def test_load_and_soak_with_room_for_every_client(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, args=["--max-concurrent-reads", str(max(256, 2 * CLIENTS))])
     rss: list[tuple[float, int]] = []
     try:
         await server.start()
@@ -287,7 +284,7 @@ async def test_load_and_soak_with_the_default_limit(tmp_path: Path) -> None:
         growth = final / baseline - 1.0
         print(
             "\n"
-            + _summary("default limit", tally, elapsed)
+            + _summary("reads limit above the clients", tally, elapsed)
             + f"\n  RSS MiB: start {rss[0][1] / 1024:.1f}, after warm-up ({WARMUP_S:.0f} s) {baseline / 1024:.1f}, "
             f"end {final / 1024:.1f} (medians of {RSS_WINDOW} samples), range after warm-up "
             f"{min(after_warmup) / 1024:.1f}-{max(after_warmup) / 1024:.1f}; change {growth * 100:+.1f} %"

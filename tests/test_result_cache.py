@@ -9,9 +9,11 @@ image searches.
 from __future__ import annotations
 
 import grpc
+from dsa110.contimg.server.domain.records import Page
+from dsa110.contimg.server.storage.sqlite import database
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 
-from conftest import ServerFactory, make_stubs
+from conftest import ServerFactory, make_stubs, open_scratch_database
 from helpers_jobs import make_image, make_ms, measurement, record
 
 
@@ -172,3 +174,25 @@ async def test_repeated_pages_reuse_their_reply_until_a_commit(server_factory: S
                 assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
             else:
                 raise AssertionError("a negative radius was accepted")
+
+
+async def test_reused_results_are_bounded_by_bytes(tmp_path) -> None:
+    """Pages of records count ~1.5 KB an item: wide pages push out older ones well before the entry
+    bound (2,048 cones of 1,000 sources once held ~2.8 GB); one result over a sixteenth of the
+    bound is not kept at all."""
+    db = await open_scratch_database(tmp_path / "bytes.sqlite3")
+    try:
+        page = Page([object()] * 1000, None, 1000)  # ~1.5 MB as counted
+        for i in range(100):
+            await db.cached(("page", i), lambda page=page: _value(page))
+        assert 0 < db._result_bytes <= database.RESULT_CACHE_BYTES
+        assert len(db._results) == database.RESULT_CACHE_BYTES // (256 + 1536 * 1000)
+        huge = Page([object()] * 10_000, None, 10_000)
+        await db.cached(("huge",), lambda: _value(huge))
+        assert ("huge",) not in db._results
+    finally:
+        await db.close()
+
+
+async def _value(page: Page[object]) -> Page[object]:
+    return page

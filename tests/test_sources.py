@@ -14,8 +14,10 @@ import uuid
 import grpc
 import pytest
 from dsa110.contimg.server.domain.sky import separation_deg
+from dsa110.contimg.server.storage.sqlite import database
 from dsa110.contimg.v1 import images_pb2, sources_pb2
 
+from conftest import make_stubs
 from helpers_jobs import (
     Epoch,
     assert_stats,
@@ -645,3 +647,23 @@ async def test_search_sources_pagination_and_errors(stubs):
         "INVALID_FILTER",
         "filter",
     )
+
+
+async def test_cone_search_without_sqlites_math_functions(server_factory, monkeypatch, tmp_path):
+    """Some SQLite builds lack cos/sin/radians (SQLITE_ENABLE_MATH_FUNCTIONS), which the cone
+    search's SQL uses: Python's stand in, and the answer is the same. (Failure injection: this
+    machine's SQLite has them, so the server is told it has not.)"""
+    answers = []
+    for has_math in (True, False):
+        monkeypatch.setattr(database, "has_math", lambda _conn, has_math=has_math: has_math)
+        server = await server_factory(database=tmp_path / f"math-{has_math}.sqlite3")
+        assert server.server.storage.db._math is has_math
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stubs = make_stubs(channel)
+            [img] = await make_images(stubs, [61000.0], "math")
+            sky = random_sky(random.Random(7), 300, 40.0, 70.0, 100.0, 160.0)
+            await record(stubs, img.name, [measurement(f"M{i:04d}", ra, dec) for i, (ra, dec) in enumerate(sky)])
+            matches, total = await search_all(stubs, page_size=30, ra_deg=130.0, dec_deg=55.0, radius_deg=8.0)
+            answers.append(([(m.source.name, m.separation_deg) for m in matches], total))
+        await server.stop()
+    assert answers[0] == answers[1] and answers[0][1] > 30

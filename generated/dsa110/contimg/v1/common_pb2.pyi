@@ -71,7 +71,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 61
     """The token is valid but may not call this method (e.g. a read-only token on a write)."""
     ERROR_REASON_RESOURCE_EXHAUSTED: _ErrorReason.ValueType  # 62
-    """A configured concurrency limit was reached; retry with backoff."""
+    """A configured capacity limit was reached (ErrorInfo.metadata `limit` and `max`); retry with backoff."""
+    ERROR_REASON_REQUEST_TOO_LARGE: _ErrorReason.ValueType  # 63
+    """The request is larger than its method takes (ErrorInfo.metadata `max_bytes`); it was not decoded."""
     ERROR_REASON_STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 70
     """Storage is temporarily unavailable (e.g. the database is locked for longer than the timeout)."""
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 71
@@ -112,8 +114,11 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
       DEADLINE_EXCEEDED with reason `QUERY_TIMEOUT`: a read ran past the server's statement timeout
       (`--statement-timeout-s`); retrying the same request would take as long again.
     * OUT_OF_RANGE: a position the server does not have (`SEQUENCE_OUT_OF_RANGE`).
-    * RESOURCE_EXHAUSTED: a limit was reached (`RESOURCE_EXHAUSTED`), or the disk holding the
-      database is full (`STORAGE_FULL`: nothing of the refused write was stored; retry once space is freed).
+    * RESOURCE_EXHAUSTED: a limit was reached (`RESOURCE_EXHAUSTED`; ErrorInfo.metadata `limit` names
+      it: `reads`, `writes`, `watches`, `watches_per_caller`; retry with backoff), the request is
+      larger than its method takes (`REQUEST_TOO_LARGE`: 64 KiB for reads, 4 MiB for BatchGet, the
+      server's message limit for writes, 32 MiB by default), or the disk holding the database is
+      full (`STORAGE_FULL`: nothing of the refused write was stored; retry once space is freed).
     * UNAVAILABLE: the server is shutting down or storage is temporarily unavailable; safe to retry
       reads, and writes that carry a `request_id`.
     * INTERNAL: a bug; the message is generic and the details are only in the server log.
@@ -167,7 +172,9 @@ ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 60
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 61
 """The token is valid but may not call this method (e.g. a read-only token on a write)."""
 ERROR_REASON_RESOURCE_EXHAUSTED: ErrorReason.ValueType  # 62
-"""A configured concurrency limit was reached; retry with backoff."""
+"""A configured capacity limit was reached (ErrorInfo.metadata `limit` and `max`); retry with backoff."""
+ERROR_REASON_REQUEST_TOO_LARGE: ErrorReason.ValueType  # 63
+"""The request is larger than its method takes (ErrorInfo.metadata `max_bytes`); it was not decoded."""
 ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 70
 """Storage is temporarily unavailable (e.g. the database is locked for longer than the timeout)."""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 71

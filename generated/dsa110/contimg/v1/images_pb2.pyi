@@ -544,8 +544,8 @@ class SearchImagesRequest(_message.Message):
     filter: _builtins.str
     """Optional further restriction, same syntax, fields and limits as ListImagesRequest.filter."""
     page_size: _builtins.int
-    """Maximum items per page: default 50, maximum 1000 (larger values are coerced to 1000);
-    negative is INVALID_ARGUMENT.
+    """Maximum items per page: default 50, maximum 100 (larger values are coerced to 100: each page
+    of a search is built afresh); negative is INVALID_ARGUMENT.
     """
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""

@@ -229,6 +229,9 @@ class JobServiceServicer:
         the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND). Once the watch is
         set up the server sends initial metadata `contimg-watch: open`, before any event: a client
         can tell a server that answered from one it cannot reach even when no event comes for hours.
+        Watch streams have capacity of their own: a server holds at most `--max-watch-streams` (1000)
+        open, `--max-watch-streams-per-caller` (100) per caller (its token, or its IP address without
+        one); beyond, RESOURCE_EXHAUSTED (reason RESOURCE_EXHAUSTED, metadata `limit`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,7 +242,7 @@ class JobServiceServicer:
         The first message is a HEARTBEAT carrying the current position.
         With `after_sequence` set, recorded events after it are replayed first, so a client that
         reconnects with the last sequence it saw misses and repeats nothing. Initial metadata
-        `contimg-watch: open` as for WatchJob.
+        `contimg-watch: open` as for WatchJob; the same limits on open streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

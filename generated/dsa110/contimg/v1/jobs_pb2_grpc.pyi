@@ -89,13 +89,16 @@ class JobServiceStub:
     the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND). Once the watch is
     set up the server sends initial metadata `contimg-watch: open`, before any event: a client
     can tell a server that answered from one it cannot reach even when no event comes for hours.
+    Watch streams have capacity of their own: a server holds at most `--max-watch-streams` (1000)
+    open, `--max-watch-streams-per-caller` (100) per caller (its token, or its IP address without
+    one); beyond, RESOURCE_EXHAUSTED (reason RESOURCE_EXHAUSTED, metadata `limit`).
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]
     """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
     The first message is a HEARTBEAT carrying the current position.
     With `after_sequence` set, recorded events after it are replayed first, so a client that
     reconnects with the last sequence it saw misses and repeats nothing. Initial metadata
-    `contimg-watch: open` as for WatchJob.
+    `contimg-watch: open` as for WatchJob; the same limits on open streams.
     """
 
 @_typing.type_check_only
@@ -158,13 +161,16 @@ class JobServiceAsyncStub(JobServiceStub):
     the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND). Once the watch is
     set up the server sends initial metadata `contimg-watch: open`, before any event: a client
     can tell a server that answered from one it cannot reach even when no event comes for hours.
+    Watch streams have capacity of their own: a server holds at most `--max-watch-streams` (1000)
+    open, `--max-watch-streams-per-caller` (100) per caller (its token, or its IP address without
+    one); beyond, RESOURCE_EXHAUSTED (reason RESOURCE_EXHAUSTED, metadata `limit`).
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
     """Streams the events of all jobs (optionally filtered), in sequence order, until cancelled.
     The first message is a HEARTBEAT carrying the current position.
     With `after_sequence` set, recorded events after it are replayed first, so a client that
     reconnects with the last sequence it saw misses and repeats nothing. Initial metadata
-    `contimg-watch: open` as for WatchJob.
+    `contimg-watch: open` as for WatchJob; the same limits on open streams.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -296,6 +302,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         the event that enters a final state. Errors: NOT_FOUND (JOB_NOT_FOUND). Once the watch is
         set up the server sends initial metadata `contimg-watch: open`, before any event: a client
         can tell a server that answered from one it cannot reach even when no event comes for hours.
+        Watch streams have capacity of their own: a server holds at most `--max-watch-streams` (1000)
+        open, `--max-watch-streams-per-caller` (100) per caller (its token, or its IP address without
+        one); beyond, RESOURCE_EXHAUSTED (reason RESOURCE_EXHAUSTED, metadata `limit`).
         """
 
     @_abc_1.abstractmethod
@@ -308,7 +317,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         The first message is a HEARTBEAT carrying the current position.
         With `after_sequence` set, recorded events after it are replayed first, so a client that
         reconnects with the last sequence it saw misses and repeats nothing. Initial metadata
-        `contimg-watch: open` as for WatchJob.
+        `contimg-watch: open` as for WatchJob; the same limits on open streams.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -421,8 +421,8 @@ class SearchSourcesRequest(_message.Message):
     filter: _builtins.str
     """Optional further restriction, same syntax, fields and limits as ListSourcesRequest.filter."""
     page_size: _builtins.int
-    """Maximum items per page: default 50, maximum 1000 (larger values are coerced to 1000);
-    negative is INVALID_ARGUMENT.
+    """Maximum items per page: default 50, maximum 100 (larger values are coerced to 100: each page
+    of a search is built afresh); negative is INVALID_ARGUMENT.
     """
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""
@@ -594,7 +594,8 @@ class RecordPhotometryRequest(_message.Message):
     def measurements(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhotometryMeasurement]:
         """Every measurement on the image, 1 to 100000; each names a distinct source. Required unless
         `columns` holds them instead. The whole request must also fit the server's message size
-        limit (64 MiB by default; RESOURCE_EXHAUSTED otherwise).
+        limit (`--max-message-mb`, 32 MiB by default: 100,000 measurements are ~17 MiB;
+        RESOURCE_EXHAUSTED otherwise).
         """
 
     @_builtins.property

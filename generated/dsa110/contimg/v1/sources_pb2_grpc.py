@@ -112,8 +112,9 @@ class SourceServiceServicer:
 
     def SearchSources(self, request, context):
         """Cone search: sources within `radius_deg` of a position, nearest first, with the separation.
-        Correct across RA 0/360 and at the poles. Errors: INVALID_ARGUMENT (position out of range,
-        radius not in (0, 10]).
+        Correct across RA 0/360 and at the poles. Pages of at most 100. Errors: INVALID_ARGUMENT
+        (position out of range, radius not in (0, 10]), DEADLINE_EXCEEDED (QUERY_TIMEOUT: the search
+        ran past the server's statement timeout).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

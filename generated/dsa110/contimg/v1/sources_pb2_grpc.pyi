@@ -56,8 +56,9 @@ class SourceServiceStub:
     """
     SearchSources: _grpc.UnaryUnaryMultiCallable[_sources_pb2.SearchSourcesRequest, _sources_pb2.SearchSourcesResponse]
     """Cone search: sources within `radius_deg` of a position, nearest first, with the separation.
-    Correct across RA 0/360 and at the poles. Errors: INVALID_ARGUMENT (position out of range,
-    radius not in (0, 10]).
+    Correct across RA 0/360 and at the poles. Pages of at most 100. Errors: INVALID_ARGUMENT
+    (position out of range, radius not in (0, 10]), DEADLINE_EXCEEDED (QUERY_TIMEOUT: the search
+    ran past the server's statement timeout).
     """
     GetLightcurve: _grpc.UnaryStreamMultiCallable[_sources_pb2.GetLightcurveRequest, _sources_pb2.GetLightcurveResponse]
     """Streams a source's lightcurve, ordered by observation MJD (the time of the observation, not
@@ -100,8 +101,9 @@ class SourceServiceAsyncStub(SourceServiceStub):
     """
     SearchSources: _aio.UnaryUnaryMultiCallable[_sources_pb2.SearchSourcesRequest, _sources_pb2.SearchSourcesResponse]  # type: ignore[assignment]
     """Cone search: sources within `radius_deg` of a position, nearest first, with the separation.
-    Correct across RA 0/360 and at the poles. Errors: INVALID_ARGUMENT (position out of range,
-    radius not in (0, 10]).
+    Correct across RA 0/360 and at the poles. Pages of at most 100. Errors: INVALID_ARGUMENT
+    (position out of range, radius not in (0, 10]), DEADLINE_EXCEEDED (QUERY_TIMEOUT: the search
+    ran past the server's statement timeout).
     """
     GetLightcurve: _aio.UnaryStreamMultiCallable[_sources_pb2.GetLightcurveRequest, _sources_pb2.GetLightcurveResponse]  # type: ignore[assignment]
     """Streams a source's lightcurve, ordered by observation MJD (the time of the observation, not
@@ -165,8 +167,9 @@ class SourceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sources_pb2.SearchSourcesResponse, _abc.Awaitable[_sources_pb2.SearchSourcesResponse]]:
         """Cone search: sources within `radius_deg` of a position, nearest first, with the separation.
-        Correct across RA 0/360 and at the poles. Errors: INVALID_ARGUMENT (position out of range,
-        radius not in (0, 10]).
+        Correct across RA 0/360 and at the poles. Pages of at most 100. Errors: INVALID_ARGUMENT
+        (position out of range, radius not in (0, 10]), DEADLINE_EXCEEDED (QUERY_TIMEOUT: the search
+        ran past the server's statement timeout).
         """
 
     @_abc_1.abstractmethod

@@ -24,10 +24,10 @@ from .events.tail import EventTailer
 from .events.watch import JobWatcher
 from .health import StorageHealth
 from .housekeeping import Housekeeping
-from .interceptors.logging import LoggingInterceptor
+from .interceptors.logging import LoggingInterceptor, quiet_departures
 from .reflection import enable_server_reflection
 from .replicas import RedisFeatures, Repositories
-from .servicers.admission import Admission, TokenPolicy
+from .servicers.admission import Admission, Limits, TokenPolicy
 from .servicers.common import Paging
 from .servicers.handlers import add_service
 from .servicers.images import ImageServicer
@@ -46,11 +46,25 @@ MS_SERVICE = measurement_sets_pb2.DESCRIPTOR.services_by_name["MSService"]
 SERVICE_NAMES = tuple(s.full_name for s in (IMAGE_SERVICE, SOURCE_SERVICE, JOB_SERVICE, MS_SERVICE))
 
 
+PENDING_CALLS_SOFT_LIMIT = 10_000
+
+
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     size = config.max_message_mb * 1024 * 1024
     return [
         ("grpc.max_send_message_length", size),
         ("grpc.max_receive_message_length", size),
+        # One connection cannot hold more than this many calls open at once (HTTP/2 streams), well
+        # above what one client process runs at once (a burst beyond it at a connection's start is
+        # refused as REFUSED_STREAM before the client has the limit). Memory is bounded by the
+        # admission pools (servicers/admission.py), which hold a read's slot until its reply is taken.
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        # Calls that arrive faster than the server takes them wait in gRPC's core; past a soft limit
+        # of pending calls (1,000 by default) core sheds them at random, with CANCELLED, the
+        # pipeline's writes among them (seen in 1 of 15 floods of 2,000 calls). The admission
+        # pools refuse a flood cheaply once the calls are taken, so let the queue be deeper.
+        ("grpc.server.max_pending_requests", PENDING_CALLS_SOFT_LIMIT),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS_SOFT_LIMIT),
         ("grpc.keepalive_time_ms", config.keepalive_time_s * 1000),
         ("grpc.keepalive_timeout_ms", config.keepalive_timeout_s * 1000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -107,10 +121,18 @@ class ContimgServer:
         )
         if not write_tokens and not self.config.allow_anonymous_writes:
             log.warning("no write token configured: every write will be refused (see --write-tokens)")
-        # Tokens and the concurrency limit are checked inside each RPC (servicers/admission.py: an
-        # interceptor costs every call ~7 us); logging stays an interceptor, and is off by default.
-        # Not grpc's maximum_concurrent_rpcs: its refusals carry no ErrorInfo.
-        admission = Admission(policy, self.config.max_concurrent_rpcs)
+        # Tokens and capacity are checked inside each RPC (servicers/admission.py: an interceptor
+        # costs every call ~7 us); logging stays an interceptor. Not grpc's maximum_concurrent_rpcs:
+        # its refusals carry no ErrorInfo, and it cannot keep reads from taking writers' capacity.
+        cfg = self.config
+        limits = Limits(
+            reads=cfg.max_concurrent_reads,
+            writes=cfg.max_concurrent_writes,
+            watches=cfg.max_watch_streams,
+            watches_per_caller=cfg.max_watch_streams_per_caller,
+        )
+        admission = Admission(policy, limits)
+        quiet_departures()
         interceptors: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor()] if self.config.log_rpcs else []
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
         servicers: list[tuple[ServiceDescriptor, ImageServicer | SourceServicer | JobServicer | MSServicer]] = [

@@ -33,10 +33,24 @@ class ServerConfig:
         metadata={"help": "write photometry from a helper process beside the server (its own core and GIL)"},
     )
     statement_timeout_s: float = field(default=30.0, metadata={"help": "cap on one storage query, seconds"})
-    max_message_mb: int = field(default=64, metadata={"help": "max send/receive message size, MiB"})
-    max_concurrent_rpcs: int = field(
-        default=2000,
-        metadata={"help": "RPCs in flight before new ones get RESOURCE_EXHAUSTED (0 = unlimited)"},
+    max_message_mb: int = field(
+        default=32,
+        metadata={"help": "max message size, MiB: RecordPhotometry's 100,000 measurements are ~17 MiB"},
+    )
+    max_concurrent_reads: int = field(
+        default=256,
+        metadata={"help": "reads in progress (reply not yet taken by the client included) before RESOURCE_EXHAUSTED"},
+    )
+    max_concurrent_writes: int = field(
+        default=1000, metadata={"help": "writes in progress, kept apart from reads' (authorized callers only)"}
+    )
+    max_watch_streams: int = field(default=1000, metadata={"help": "open WatchJob/WatchJobs streams in all"})
+    max_watch_streams_per_caller: int = field(
+        default=100, metadata={"help": "open watch streams per caller (its token, or its IP address)"}
+    )
+    max_streams_per_connection: int = field(
+        default=1000,
+        metadata={"help": "concurrent HTTP/2 streams one connection may open (SETTINGS_MAX_CONCURRENT_STREAMS)"},
     )
     keepalive_time_s: int = field(default=30, metadata={"help": "server keepalive ping interval, seconds"})
     keepalive_timeout_s: int = field(default=10, metadata={"help": "keepalive ping ack timeout, seconds"})

@@ -30,16 +30,26 @@ def separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
     return math.degrees(math.atan2(num, den))
 
 
+def chord(radius_deg: float) -> float:
+    """Straight-line distance between two unit vectors `radius_deg` apart (at most 2)."""
+    return 2.0 * math.sin(math.radians(min(radius_deg, 180.0)) / 2.0)
+
+
+def chord_to_deg(length: float) -> float:
+    """The angle between two unit vectors `length` apart: the inverse of `chord`."""
+    return math.degrees(2.0 * math.asin(min(length / 2.0, 1.0)))
+
+
 def cap_box(ra_deg: float, dec_deg: float, radius_deg: float, pad: float = _PAD) -> Box:
     x, y, z = unit_vector(ra_deg, dec_deg)
-    chord = 2.0 * math.sin(math.radians(min(radius_deg, 180.0)) / 2.0) + pad
+    half = chord(radius_deg) + pad
     return (
-        max(x - chord, -1.0),
-        min(x + chord, 1.0),
-        max(y - chord, -1.0),
-        min(y + chord, 1.0),
-        max(z - chord, -1.0),
-        min(z + chord, 1.0),
+        max(x - half, -1.0),
+        min(x + half, 1.0),
+        max(y - half, -1.0),
+        min(y + half, 1.0),
+        max(z - half, -1.0),
+        min(z + half, 1.0),
     )
 
 

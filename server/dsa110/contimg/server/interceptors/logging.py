@@ -88,3 +88,26 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
             ms = (time.perf_counter() - start) * 1000
             extra = f" messages={counting.sent}" if counting is not None else ""
             log.info("rpc method=%s code=%s duration_ms=%.2f peer=%s%s", method, code, ms, peer, extra)
+
+
+class _Departures(logging.Filter):
+    """grpc.aio logs "ExecuteBatchError raised in core by servicer method" with a traceback when a
+    unary reply cannot be sent because its client has gone, if it has not yet noticed the client's
+    departure (a race inside grpc): normal life, already in the call's own log line. Kept at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("ExecuteBatchError raised in core"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_DEPARTURES = _Departures()
+
+
+def quiet_departures() -> None:
+    """Install the filter on grpc's server logger (once)."""
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    if _DEPARTURES not in grpc_log.filters:
+        grpc_log.addFilter(_DEPARTURES)

@@ -1,23 +1,35 @@
-"""Admission of every contract RPC: bearer-token authorization and the concurrency limit.
+"""Admission of every contract RPC: bearer-token authorization and the capacity each kind may use.
 
 Tokens: writes need a write token; reads need a token only when configured; a token that is
-presented must be valid. Compared in constant time and never logged. The limit
-(--max-concurrent-rpcs): at most that many RPCs in flight (streams count while open), the rest
-refused at once with RESOURCE_EXHAUSTED and ErrorInfo (gRPC's own maximum_concurrent_rpcs refuses
-with a bare status). Health and reflection are neither checked nor limited: load balancers and
-grpcurl keep working, and an overloaded server is still a live one.
+presented must be valid. Compared in constant time and never logged.
+
+Capacity: three pools, so that no kind of caller can take another's. Unary reads (and lightcurve
+streams) share `reads`; writes, which only authorized callers reach, have `writes` to themselves
+(2,000 idle anonymous watch streams once took every slot, and the pipeline's writes got
+RESOURCE_EXHAUSTED); watch streams, which live for hours, have `watches` in all and
+`watches_per_caller` each (a caller is its token, or without one its IP address). A slot is held
+until the call is done, reply sent or client gone, not only until the handler returns: a reply
+waiting for a client that stopped reading holds memory, so it holds its slot (2,000 such replies
+held ~1 GB). A call over its pool's limit gets RESOURCE_EXHAUSTED with ErrorInfo (gRPC's own
+maximum_concurrent_rpcs refuses with a bare status and cannot tell callers apart). Health and
+reflection are neither checked nor limited: load balancers and grpcurl keep working, and an
+overloaded server is still a live one.
 
 Checked inside each servicer method's wrapper (servicers/errors.py), not by interceptors: grpc.aio
 runs every server interceptor as its own step of every call, measured at ~7 us each (a third of a
-GetImage's own work); the checks themselves cost ~1 us.
+GetImage's own work); the checks themselves cost ~1 us. Writes are registered so that this check
+runs before their request is read (servicers/handlers.py): a refused caller's body is not read,
+let alone decoded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import grpc
 from google.rpc import code_pb2
@@ -75,32 +87,103 @@ def bearer_token(metadata: Any) -> str | None:
     return None
 
 
-_BUSY = rich_status(
-    code_pb2.RESOURCE_EXHAUSTED,
-    "too many concurrent requests; retry with backoff",
-    "RESOURCE_EXHAUSTED",
-)
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Capacity per kind of call (0: unlimited); see the module docstring."""
+
+    reads: int = 256
+    writes: int = 1000
+    watches: int = 1000
+    watches_per_caller: int = 100
+
+
+def _busy(pool: str, limit: int, what: str) -> grpc.Status:
+    return rich_status(
+        code_pb2.RESOURCE_EXHAUSTED,
+        f"too many {what} in progress (at most {limit}); retry with backoff",
+        "RESOURCE_EXHAUSTED",
+        metadata={"limit": pool, "max": str(limit)},
+    )
+
+
+class _Pool:
+    __slots__ = ("active", "busy", "limit")
+
+    def __init__(self, name: str, limit: int, what: str):
+        self.limit = limit
+        self.active = 0  # the server runs on one event loop: a plain counter is race-free
+        self.busy = _busy(name, limit, what)
+
+    def leave(self, _context: Ctx) -> None:
+        self.active -= 1
+
+
+def caller_of(token: str | None, context: Ctx) -> str:
+    """Who a call comes from, for per-caller limits: its token if it has one, else its IP address."""
+    if token:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    peer: str = context.peer()  # "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:..."
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
+def _when_done(context: Ctx, callback: Callable[[Ctx], None]) -> None:
+    """`callback(context)` once the call is done (grpc runs it when the RPC's task ends)."""
+    context.add_done_callback(cast(Any, callback))  # the stubs' _DoneCallback is a class, not a Protocol
 
 
 class Admission:
-    def __init__(self, policy: TokenPolicy, limit: int = 0):
+    def __init__(self, policy: TokenPolicy, limits: Limits | None = None):
         self.policy = policy
-        self.limit = limit
-        self.active = 0  # the server runs on one event loop: a plain counter is race-free
+        self.limits = limits or Limits(0, 0, 0, 0)
+        self.reads = _Pool("reads", self.limits.reads, "reads")
+        self.writes = _Pool("writes", self.limits.writes, "writes")
+        self.watches = _Pool("watches", self.limits.watches, "watch streams")
+        self._per_caller_busy = _busy("watches_per_caller", self.limits.watches_per_caller, "watch streams of yours")
+        self.watchers: dict[str, int] = {}  # caller -> open watch streams
 
     def admit(self, method: str, context: Ctx) -> grpc.Status | None:
-        """None when the call may run (then `leave` must follow), else the status to abort it with."""
-        denied = self.policy.decide(method, bearer_token(context.invocation_metadata()))
+        """None when the call may run (its slot is given back when the call is done), else the
+        status to abort it with."""
+        token = bearer_token(context.invocation_metadata())
+        denied = self.policy.decide(method, token)
         if denied is not None:
             code, reason, message = denied
             return rich_status(code, message, reason)
-        if self.limit and self.active >= self.limit:
-            return _BUSY
-        self.active += 1
+        if method.startswith("Watch"):
+            return self._admit_watch(token, context)
+        pool = self.reads if is_read(method) else self.writes
+        if pool.limit:
+            if pool.active >= pool.limit:
+                return pool.busy
+            pool.active += 1
+            _when_done(context, pool.leave)
         return None
 
-    def leave(self) -> None:
-        self.active -= 1
+    def _admit_watch(self, token: str | None, context: Ctx) -> grpc.Status | None:
+        pool = self.watches
+        per_caller = self.limits.watches_per_caller
+        if not pool.limit and not per_caller:
+            return None
+        if pool.limit and pool.active >= pool.limit:
+            return pool.busy
+        caller = caller_of(token, context) if per_caller else ""
+        if per_caller:
+            if self.watchers.get(caller, 0) >= per_caller:
+                return self._per_caller_busy
+            self.watchers[caller] = self.watchers.get(caller, 0) + 1
+        pool.active += 1
+        _when_done(context, partial(self._leave_watch, caller))
+        return None
+
+    def _leave_watch(self, caller: str, _context: Ctx) -> None:
+        self.watches.active -= 1
+        if caller:
+            left = self.watchers[caller] - 1
+            if left:
+                self.watchers[caller] = left
+            else:
+                del self.watchers[caller]
 
 
 # For servicers built without a server (tests of a servicer alone): everything is allowed.

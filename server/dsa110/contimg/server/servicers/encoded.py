@@ -22,6 +22,8 @@ from typing import Any, Generic, TypeVar, cast
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from ..slices import map_in_slices
+
 M = TypeVar("M", bound=Message)
 K = TypeVar("K", int, str)
 R = TypeVar("R")
@@ -137,18 +139,29 @@ def page(cls: type[M], items: Iterable[bytes], next_page_token: str, total_size:
 
 
 class EncodedCache:
-    """A bounded LRU of serialized messages, each framed as a field of its parent message."""
+    """An LRU of serialized messages, each framed as a field of its parent message, bounded by
+    entries and by bytes (each entry counted as its bytes plus `ENTRY_OVERHEAD` for its key and
+    slot: 200,000 encoded images, its old count bound, were ~300 MB)."""
 
-    def __init__(self, capacity: int = 200_000):
+    ENTRY_OVERHEAD = 160
+
+    def __init__(self, capacity: int = 200_000, max_bytes: int = 64 << 20):
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.size = 0
         self._items: OrderedDict[Hashable, bytes] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def _put(self, key: Hashable, data: bytes) -> bytes:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.size -= len(old) + self.ENTRY_OVERHEAD
         self._items[key] = data
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        self.size += len(data) + self.ENTRY_OVERHEAD
+        while len(self._items) > self.capacity or self.size > self.max_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self.size -= len(evicted) + self.ENTRY_OVERHEAD
         return data
 
     def get(
@@ -188,11 +201,15 @@ class EncodedCache:
         for r in await fetch(missing):
             if r is not None:
                 fetched[ident(r)[0]] = r
-        for n, ((i, _), b) in enumerate(zip(refs, out, strict=True)):
-            if b is None and i in fetched:
+
+        def built(n: int) -> None:
+            i = refs[n][0]
+            if out[n] is None and i in fetched:
                 item: R = fetched[i]
                 row_id, version = ident(item)
                 out[n] = self.get(kind, number, row_id, version, build, item)
+
+        await map_in_slices(built, range(len(refs)))
         return [b for b in out if b is not None]
 
 

@@ -26,7 +26,7 @@ from ..domain.errors import (
 )
 from ..rpc_types import Ctx
 from ..streams import send_all
-from .decoding import UNDECODABLE
+from .decoding import UNDECODABLE, Oversized, Unread
 
 log = logging.getLogger("contimg.errors")
 DOMAIN = "contimg.dsa110.org"
@@ -118,22 +118,34 @@ def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitabl
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> R:
-        admission = self.admission
-        refused = admission.admit(name, context)
+        refused = self.admission.admit(name, context)  # its slot is given back when the call is done
         if refused is not None:
             await context.abort_with_status(refused)
         try:
-            if request is UNDECODABLE:
-                await context.abort_with_status(_UNDECODABLE_STATUS)
+            if request.__class__ is Unread:  # a write, admitted before its body was read
+                request = await request.read()
+            await _refuse_unreadable(request, context)
             return await fn(self, request, context)
         except (DomainError, Exception) as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await abort(context, exc, fn.__qualname__)
-        finally:
-            admission.leave()
 
     return wrapper
+
+
+async def _refuse_unreadable(request: Any, context: Ctx) -> None:
+    if request is UNDECODABLE:
+        await context.abort_with_status(_UNDECODABLE_STATUS)
+    if request.__class__ is Oversized:
+        await context.abort_with_status(
+            rich_status(
+                code_pb2.RESOURCE_EXHAUSTED,
+                f"the request is {request.size} bytes; this method takes at most {request.limit}",
+                "REQUEST_TOO_LARGE",
+                metadata={"max_bytes": str(request.limit)},
+            )
+        )
 
 
 def streaming(
@@ -147,19 +159,15 @@ def streaming(
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> None:
-        admission = self.admission
-        refused = admission.admit(name, context)
+        refused = self.admission.admit(name, context)  # its slot is given back when the call is done
         if refused is not None:
             await context.abort_with_status(refused)
         try:
-            if request is UNDECODABLE:
-                await context.abort_with_status(_UNDECODABLE_STATUS)
+            await _refuse_unreadable(request, context)
             await send_all(context, fn(self, request, context))
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await abort(context, exc, fn.__qualname__)
-        finally:
-            admission.leave()
 
     return wrapper

@@ -13,8 +13,9 @@ from ..domain.records import IMAGE_UPDATABLE_FIELDS, Image, Match, Page
 from ..domain.validation import check_image
 from ..repositories.protocols import ImageRepository
 from ..rpc_types import Ctx
+from ..slices import map_in_slices
 from .admission import OPEN, Admission
-from .common import Paging, Planned, batch_keys, idempotency, list_reply, require
+from .common import SEARCH_MAX_PAGE_SIZE, Paging, Planned, batch_keys, idempotency, list_reply, require
 from .convert import image_from_proto, image_to_proto
 from .encoded import Encoded, EncodedCache, double_field, field_bytes, page, reply_size, unframe
 from .errors import unary
@@ -63,7 +64,7 @@ class ImageServicer:
         for image_id, img in zip(ids, found, strict=True):
             if img is None:
                 raise NotFound("IMAGE", names.image_name(image_id))
-        return Encoded(pb.BatchGetImagesResponse, b"".join([self._encoded(i) for i in found if i]))
+        return Encoded(pb.BatchGetImagesResponse, b"".join(await map_in_slices(self._encoded, [i for i in found if i])))
 
     @unary
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> Encoded[pb.ListImagesResponse]:
@@ -95,6 +96,7 @@ class ImageServicer:
                 (),
                 sortable=False,
                 bound_to=(request.ra_deg, request.dec_deg),
+                max_page_size=SEARCH_MAX_PAGE_SIZE,
                 checks=c,
             )
 

@@ -16,14 +16,18 @@ from ..domain.records import Match, Page, PhotometryBatch, Source
 from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field, columns_plainly_valid, row_field
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
+from ..slices import map_in_slices
 from .admission import OPEN, Admission
-from .common import Paging, Planned, batch_keys, idempotency, list_reply
+from .common import SEARCH_MAX_PAGE_SIZE, Paging, Planned, batch_keys, idempotency, list_reply
 from .convert import photometry_from_columns, photometry_from_proto, photometry_to_proto, source_to_proto
 from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page, reply_size
 from .errors import streaming, unary
 from .memo import ReplyMemo
 
 MAX_RADIUS_DEG = 10.0
+# Page tokens of cones are keyed by squared chord distance since 2026-12 (by separation before):
+# bound to this too, so that an older token is refused rather than misread.
+SEARCH_KEYSET = "chord2"
 
 
 def _version(src: Source) -> tuple[str, int]:
@@ -49,6 +53,10 @@ class SourceServicer:
         self.lightcurves = lightcurves or ReplyCache()
         self.replies = replies or ReplyMemo()
 
+    def _match(self, match: Match[Source]) -> bytes:
+        """A SourceMatch as field 1 of SearchSourcesResponse."""
+        return field_bytes(1, self._encoded(match.item) + double_field(2, match.separation_deg))
+
     def _encoded(self, src: Source) -> bytes:
         """The source as field 1 (of BatchGet/List responses, SourceMatch and GetLightcurveResponse)."""
         return self.cache.get("source", 1, src.id, src.update_time, source_to_proto, src)
@@ -70,7 +78,9 @@ class SourceServicer:
         for source_id, src in zip(ids, found, strict=True):
             if src is None:
                 raise NotFound("SOURCE", names.source_name(source_id))
-        return Encoded(pb.BatchGetSourcesResponse, b"".join([self._encoded(s) for s in found if s]))
+        return Encoded(
+            pb.BatchGetSourcesResponse, b"".join(await map_in_slices(self._encoded, [s for s in found if s]))
+        )
 
     @unary
     async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> Encoded[pb.ListSourcesResponse]:
@@ -102,12 +112,13 @@ class SourceServicer:
                 SOURCE_FIELDS,
                 (),
                 sortable=False,
-                bound_to=(request.ra_deg, request.dec_deg, request.radius_deg),
+                bound_to=(request.ra_deg, request.dec_deg, request.radius_deg, SEARCH_KEYSET),
+                max_page_size=SEARCH_MAX_PAGE_SIZE,
                 checks=c,
             )
 
         async def build(planned: Planned, found: Page[Match[Source]]) -> Encoded[pb.SearchSourcesResponse]:
-            matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
+            matches = await map_in_slices(self._match, found.items)
             return page(pb.SearchSourcesResponse, matches, self.paging.next_token(found, planned[1]), found.total_size)
 
         key = ("SearchSources", request.SerializeToString())

@@ -3,8 +3,10 @@ its write process (write_process.py), which opens the same file with the same pr
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -74,6 +76,26 @@ def _enable_wal(conn: sqlite3.Connection, settings: SQLiteSettings, driver: Modu
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(0.005)  # the winner converts the file meanwhile
+
+
+# SQL functions the queries use (the cone search's distances) that SQLite builds without
+# SQLITE_ENABLE_MATH_FUNCTIONS lack; Debian's and pysqlite3's have them. Where missing, Python's
+# stand in (correct, but each call takes the GIL: slower, and no longer off the event loop's GIL).
+MATH_FUNCTIONS: dict[str, Callable[[float], float]] = {"cos": math.cos, "sin": math.sin, "radians": math.radians}
+
+
+def has_math(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT cos(0.0), sin(0.0), radians(0.0)").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def add_math(conn: sqlite3.Connection) -> None:
+    """Python's math functions under SQLite's names, on a connection whose SQLite lacks them."""
+    for name, fn in MATH_FUNCTIONS.items():
+        conn.create_function(name, 1, fn, deterministic=True)
 
 
 def translate(exc: Exception) -> Exception:

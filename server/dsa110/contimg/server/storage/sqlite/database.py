@@ -32,7 +32,16 @@ from ...domain.errors import (
     StorageUnavailable,
 )
 from ...repositories.protocols import Idempotency
-from .connect import SQLiteSettings, connect_writer, pragmas, storage_error, translate
+from .connect import (
+    MATH_FUNCTIONS,
+    SQLiteSettings,
+    add_math,
+    connect_writer,
+    has_math,
+    pragmas,
+    storage_error,
+    translate,
+)
 from .guard import FAULTS, FREE_AFTER_FULL_BYTES, DatabaseFile, WriteState, free_bytes
 from .migrations import MIGRATIONS
 from .wal_index import WalIndexHeader
@@ -53,8 +62,14 @@ INLINE_TICK_OPS = 1000
 INLINE_BUDGET_TICKS = 100
 # Read results kept until the database changes (see Database.cached): pages, counts and searches,
 # and apart from them (so that many single reads do not push pages out) records read by key.
+# Bounded by bytes as well as entries: 2,048 distinct cones of 1,000 sources each once held ~2.8 GB.
+# Bytes are estimates by kind (tracemalloc of records as read: a Source in a Match ~0.9 KB, an Image
+# ~1.5 KB, an (id, update_time) ref ~0.12 KB), so the bound holds to within those estimates.
 RESULT_CACHE_ENTRIES = 2048
+RESULT_CACHE_BYTES = 48 << 20
 RECORD_CACHE_ENTRIES = 4096
+_RECORD_BYTES = 1536
+_REF_BYTES = 128
 # How long a request_id is remembered (common.proto: "request_id"): a retry of a write within this
 # time returns the first result; later, the request is new. Long past any client's retries and a
 # pipeline's restart, short enough that the table stays small.
@@ -76,11 +91,13 @@ class Database:
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self.page_token_secret = b""
+        self._math = True  # whether SQLite has its math functions (connect.py: MATH_FUNCTIONS)
         self._inline: sqlite3.Connection | None = None
         self._inline_ticks = 0
         self.inline_fallbacks = 0
         self._wal: WalIndexHeader | None = None
         self._results: OrderedDict[Hashable, tuple[Hashable, Any]] = OrderedDict()
+        self._result_bytes = 0  # estimated (_weight)
         self._records: OrderedDict[Hashable, tuple[Hashable, Any]] = OrderedDict()
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -90,6 +107,9 @@ class Database:
             # unfetched stays an active statement, and then the interrupt() that stops a cancelled
             # query is never cleared: every later statement on the connection fails "interrupted".
             await conn.execute_fetchall(f"PRAGMA {pragma}")
+        if not self._math:
+            for name, fn in MATH_FUNCTIONS.items():
+                await conn.create_function(name, 1, fn, deterministic=True)
         return conn
 
     async def open(self) -> None:
@@ -105,12 +125,19 @@ class Database:
             await self._writer.close()
             raise StartupError(f"cannot open the database {path} for writing: {exc}") from exc
         self.file = DatabaseFile(path)
+        probe = sqlite3.connect(":memory:")
+        self._math = has_math(probe)
+        probe.close()
+        if not self._math:
+            log.warning("this SQLite has no math functions: Python's stand in (cone searches are slower)")
         for _ in range(max(1, self.settings.readers)):
             conn = await self._connect()
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
         self._inline = sqlite3.connect(str(self.settings.path), isolation_level=None, check_same_thread=False)
         self._inline.set_progress_handler(self._inline_budget, INLINE_TICK_OPS)
+        if not self._math:
+            add_math(self._inline)
         for pragma in (
             "query_only = ON",
             f"busy_timeout = {INLINE_BUSY_MS}",
@@ -228,9 +255,22 @@ class Database:
             kept.move_to_end(key)
             return cast(T, hit[1])
         value = await compute()
+        if record:
+            kept[key] = (version, value)
+            if len(kept) > limit:
+                kept.popitem(last=False)
+            return value
+        weight = _weight(value)
+        if weight > RESULT_CACHE_BYTES // 16:  # one result may not push out a sixteenth of the rest
+            return value
+        old = kept.pop(key, None)
+        if old is not None:
+            self._result_bytes -= _weight(old[1])
         kept[key] = (version, value)
-        if len(kept) > limit:
-            kept.popitem(last=False)
+        self._result_bytes += weight
+        while len(kept) > limit or self._result_bytes > RESULT_CACHE_BYTES:
+            _, (_, evicted) = kept.popitem(last=False)
+            self._result_bytes -= _weight(evicted)
         return value
 
     async def record(self, key: Hashable, sql: str, params: Sequence[Any], convert: Callable[[Row], T]) -> T | None:
@@ -318,6 +358,7 @@ class Database:
     def invalidate(self) -> None:
         """Forget every reused read result (another replica says it wrote; benchmarks of misses)."""
         self._results.clear()
+        self._result_bytes = 0
         self._records.clear()
 
     async def expire_request_ids(self, retention_us: int = REQUEST_ID_RETENTION_US) -> int:
@@ -338,6 +379,15 @@ class Database:
             return int((await self.lookup(sql, params))[0][0])
 
         return await self.cached(("count", sql, tuple(params)), run)
+
+
+def _weight(value: Any) -> int:
+    """Estimated bytes a cached result holds (a Page of refs or records, or a count)."""
+    items = getattr(value, "items", None)
+    if not isinstance(items, list):
+        return 64
+    per = _REF_BYTES if items and isinstance(items[0], tuple) else _RECORD_BYTES
+    return 256 + per * len(items)
 
 
 def _expire_batch(txn: Txn, before_us: int) -> int:

@@ -9,6 +9,7 @@ from ...domain.errors import InvalidArgument
 from ...domain.query import Condition, OrderKey
 from ...domain.records import Page
 from ...repositories.protocols import ListQuery, query_key
+from ...slices import map_in_slices
 
 T = TypeVar("T")
 
@@ -84,7 +85,7 @@ async def page_query(
 
     async def load() -> Page[T]:
         found, after, total = await _page(db, select, table, columns, tiebreak, query)
-        return Page([row(r) for r in found], after, total)
+        return Page(await map_in_slices(row, found), after, total)
 
     return await db.cached(key, load)  # type: ignore[no-any-return]
 

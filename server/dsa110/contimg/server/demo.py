@@ -1155,8 +1155,7 @@ class _JobSim:
     """One job moved through the server's state machine, recording what the repository would."""
 
     def __init__(self, job: Job, created: int):
-        job.create_time = job.update_time = created
-        self.job = job
+        self.job = job._replace(create_time=created, update_time=created)
         self.events: list[tuple[int, tuple[object, ...]]] = []
         self.logs: list[tuple[int, str]] = []
         self._record(JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", created))
@@ -1178,7 +1177,7 @@ class _JobSim:
 
     def log(self, when: int, text: str) -> None:
         self.logs.append((when, text))
-        self.job.log_line_count += 1
+        self.job = self.job._replace(log_line_count=self.job.log_line_count + 1)
 
     def _record(self, etype: JobEventType, tr: JobTransition) -> None:
         self.events.append(

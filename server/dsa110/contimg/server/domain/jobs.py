@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
 from enum import Enum
+from typing import Any
 
 from .errors import FailedPrecondition
 from .records import Job, JobEventType, JobStage, JobState, JobTransition
@@ -44,7 +45,7 @@ def apply(
     stage: int = 0,
     progress: float | None = None,
     message: str = "",
-    artifacts: list[str] | None = None,
+    artifacts: Sequence[str] | None = None,
 ) -> tuple[Job, JobTransition, JobEventType]:
     """The job after `action`, the transition to record and the event type; or FAILED_PRECONDITION."""
     allowed, target = TRANSITIONS[action]
@@ -67,32 +68,25 @@ def apply(
             reason="RETRIES_EXHAUSTED",
             metadata={"resource": f"jobs/{job.id}", "attempt": str(job.attempt)},
         )
-    new = replace(job, state=target, update_time=now, transitions=[])
+    changes: dict[str, Any] = {}
     if action is Action.START:
-        new.attempt += 1
-        new.start_time = now
-        new.end_time = 0
-        new.progress_percent = 0.0
-        new.error_message = ""
+        changes = {"attempt": job.attempt + 1, "start_time": now, "end_time": 0, "progress_percent": 0.0,
+                   "error_message": ""}  # fmt: skip
     elif action is Action.PROGRESS:
         if stage:
-            new.stage = stage
+            changes["stage"] = stage
         if progress is not None:
-            new.progress_percent = progress
+            changes["progress_percent"] = progress
     elif action is Action.SUCCEED:
-        new.stage = JobStage.DONE
-        new.progress_percent = 100.0
-        new.end_time = now
-        new.artifacts = list(artifacts or [])
+        changes = {"stage": JobStage.DONE, "progress_percent": 100.0, "end_time": now,
+                   "artifacts": tuple(artifacts or ())}  # fmt: skip
     elif action is Action.FAIL:
-        new.error_message = message
-        new.end_time = now
+        changes = {"error_message": message, "end_time": now}
     elif action is Action.CANCEL:
-        new.end_time = now
+        changes = {"end_time": now}
     elif action is Action.RETRY:
-        new.stage = JobStage.UNSPECIFIED
-        new.progress_percent = 0.0
-        new.end_time = 0
+        changes = {"stage": JobStage.UNSPECIFIED, "progress_percent": 0.0, "end_time": 0}
+    new = job._replace(state=target, update_time=now, transitions=(), **changes)
     event_type = JobEventType.PROGRESS if action is Action.PROGRESS else JobEventType.STATE_CHANGED
     transition = JobTransition(
         from_state=int(current), to_state=int(target), stage=new.stage, message=message, time=now

@@ -3,14 +3,20 @@
 Times are integer microseconds since the Unix epoch (0 = not set); observation times are MJD
 floats. Enum numbers mirror the contract's enums exactly (a test checks it), so translation is an
 int copy.
+
+Records are immutable (NamedTuples; their sequences are tuples, QA metrics a read-only mapping):
+the read cache shares one record among every caller, so nobody may change it; a changed record is
+a new one (`_replace`). NamedTuples, not frozen dataclasses: those build through object.__setattr__,
+2.7 us for an Image against 0.4 us, on every row read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from itertools import repeat
+from types import MappingProxyType
 from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -101,16 +107,17 @@ class JobEventType(IntEnum):
     PROGRESS = 4
 
 
-@dataclass(slots=True)
-class CalibrationTable:
+NO_METRICS: Mapping[str, float] = MappingProxyType({})
+
+
+class CalibrationTable(NamedTuple):
     path: str
     type: int = 0
     valid_start_mjd: float = 0.0
     valid_end_mjd: float = 0.0
 
 
-@dataclass(slots=True)
-class MeasurementSet:
+class MeasurementSet(NamedTuple):
     path: str
     group_id: str = ""
     field_name: str = ""
@@ -124,7 +131,7 @@ class MeasurementSet:
     stage: int = 0
     status: int = 0
     cal_applied: bool = False
-    calibration_tables: list[CalibrationTable] = field(default_factory=list)
+    calibration_tables: tuple[CalibrationTable, ...] = ()
     create_time: int = 0
     update_time: int = 0
     stage_update_time: int = 0
@@ -151,8 +158,7 @@ MS_WRITABLE_FIELDS = (
 )
 
 
-@dataclass(slots=True)
-class Image:
+class Image(NamedTuple):
     id: int
     path: str
     ms_path: str
@@ -178,7 +184,7 @@ class Image:
     integration_s: float = 0.0
     qa_grade: int = 0
     qa_summary: str = ""
-    qa_metrics: dict[str, float] = field(default_factory=dict)
+    qa_metrics: Mapping[str, float] = NO_METRICS
     qa_source_count: int = 0
     qa_peak_flux_jy: float = 0.0
     photometry_count: int = 0
@@ -213,8 +219,7 @@ IMAGE_UPDATABLE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(slots=True)
-class Variability:
+class Variability(NamedTuple):
     epoch_count: int = 0
     mean_flux_jy: float = 0.0
     std_flux_jy: float = 0.0
@@ -228,8 +233,7 @@ class Variability:
     is_variable: bool = False
 
 
-@dataclass(slots=True)
-class Source:
+class Source(NamedTuple):
     id: str
     designation: str = ""
     ra_deg: float = 0.0
@@ -239,7 +243,7 @@ class Source:
     first_detection_mjd: float = 0.0
     last_detection_mjd: float = 0.0
     detection_count: int = 0
-    variability: Variability = field(default_factory=Variability)
+    variability: Variability = Variability()
     create_time: int = 0
     update_time: int = 0
 
@@ -306,16 +310,14 @@ class PhotometryBatch:
         return [tuple.__new__(Photometry, row) for row in zip(*columns, strict=False)]
 
 
-@dataclass(slots=True)
-class PhotometryResult:
+class PhotometryResult(NamedTuple):
     image_id: int
     recorded_count: int
     created_source_count: int
     updated_source_count: int
 
 
-@dataclass(slots=True)
-class JobTransition:
+class JobTransition(NamedTuple):
     from_state: int
     to_state: int
     stage: int
@@ -324,8 +326,7 @@ class JobTransition:
     sequence: int = 0
 
 
-@dataclass(slots=True)
-class Job:
+class Job(NamedTuple):
     id: str
     type: int = 0
     ms_path: str = ""
@@ -341,28 +342,25 @@ class Job:
     end_time: int = 0
     update_time: int = 0
     error_message: str = ""
-    artifacts: list[str] = field(default_factory=list)
+    artifacts: tuple[str, ...] = ()
     log_line_count: int = 0
-    transitions: list[JobTransition] = field(default_factory=list)
+    transitions: tuple[JobTransition, ...] = ()
 
 
-@dataclass(slots=True)
-class JobEvent:
+class JobEvent(NamedTuple):
     sequence: int
     type: int
     job: Job
     transition: JobTransition | None = None
 
 
-@dataclass(slots=True)
-class Heartbeat:
+class Heartbeat(NamedTuple):
     """A stream position with no event: lets a watcher resume even before its first event."""
 
     sequence: int
 
 
-@dataclass(slots=True)
-class JobLogEntry:
+class JobLogEntry(NamedTuple):
     line_number: int
     time: int
     text: str
@@ -370,12 +368,11 @@ class JobLogEntry:
 
 @dataclass(slots=True, weakref_slot=True)  # weakref: servicers/memo.py recognises a page without keeping it
 class Page(Generic[T]):
-    items: list[T]
+    items: list[T]  # never modified: shared like the records
     next_after: list[object] | None  # keyset of the last item when more may follow
     total_size: int
 
 
-@dataclass(slots=True)
-class Match(Generic[T]):
+class Match(NamedTuple, Generic[T]):
     item: T
     separation_deg: float

@@ -64,8 +64,8 @@ class JobWatcher:
                 if job is None:
                     raise NotFound("JOB", f"jobs/{job_id}")
                 last = job.transitions[-1].sequence if job.transitions else 0
-                job.transitions = []
-                yield JobEvent(sequence=last, type=JobEventType.SNAPSHOT, job=job)
+                # A snapshot carries the job, not its history (the repository's record is shared: a copy).
+                yield JobEvent(sequence=last, type=JobEventType.SNAPSHOT, job=job._replace(transitions=()))
                 if job_rules.is_final(job):
                     return
             async with aclosing(self._follow(sub, job_id, last, lambda e: True)) as followed:

@@ -94,9 +94,9 @@ def ms_from_proto(msg: measurement_sets_pb2.MeasurementSet, path: str) -> Measur
         stage=_enum(msg.stage),
         status=_enum(msg.status),
         cal_applied=msg.cal_applied,
-        calibration_tables=[
+        calibration_tables=tuple(
             CalibrationTable(t.path, t.type, t.valid_start_mjd, t.valid_end_mjd) for t in msg.calibration_tables
-        ],
+        ),
         process_time=micros(msg.process_time) if msg.HasField("process_time") else 0,
     )
 

@@ -120,8 +120,7 @@ class ImageServicer:
                 c.add("image.measurement_set", "required")
             else:
                 ms_path = c.parsed(names.parse_ms_name, msg.measurement_set, "image.measurement_set") or ""
-        record = image_from_proto(msg, 0, ms_path)
-        record.path = path
+        record = image_from_proto(msg, 0, ms_path)._replace(path=path)
         if present:
             check_image(record, _ALL_FIELDS, "image", c)
         idem = idempotency("CreateImage", request, c)

@@ -128,9 +128,9 @@ class MSServicer:
         c.enum("status", request.status, MSStatus)
         idem = idempotency("AdvanceMeasurementSetStage", request, c)
         c.raise_if_any()
-        record = ms_from_proto(pb.MeasurementSet(), path)
-        record.stage = request.stage
-        record.status = request.status or MSStatus.IN_PROGRESS
+        record = ms_from_proto(pb.MeasurementSet(), path)._replace(
+            stage=request.stage, status=request.status or MSStatus.IN_PROGRESS
+        )
         updated = await self.repo.upsert(record, ["stage", "status"], False, idem)
         return ms_to_proto(updated)
 

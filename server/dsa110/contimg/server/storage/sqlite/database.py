@@ -9,7 +9,6 @@ them run beside the writer) and, when quick, to one connection on the event loop
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import secrets
@@ -386,7 +385,7 @@ def _weight(value: Any) -> int:
     items = getattr(value, "items", None)
     if not isinstance(items, list):
         return 64
-    per = _REF_BYTES if items and isinstance(items[0], tuple) else _RECORD_BYTES
+    per = _REF_BYTES if items and type(items[0]) is tuple else _RECORD_BYTES  # a ref, not a record
     return 256 + per * len(items)
 
 
@@ -414,11 +413,11 @@ def check_request_id(txn: Txn, idem: Idempotency | None) -> Any | None:
 
 
 def remember_request_id(txn: Txn, idem: Idempotency | None, result: Any) -> None:
-    """Keep the first result of a request with a request_id: JSON, a record as {"record": fields}
-    (rows.*_remembered rebuild it)."""
+    """Keep the first result of a request with a request_id, as JSON; `result` may be a function
+    giving it, called only when there is a request_id (rows.remembered(record): a record)."""
     if idem is not None:
-        if dataclasses.is_dataclass(result) and not isinstance(result, type):
-            result = {"record": dataclasses.asdict(result)}
+        if callable(result):
+            result = result()
         txn.execute(
             "INSERT INTO request_ids VALUES (?, ?, ?, ?, ?)",
             (idem.request_id, idem.method, idem.fingerprint, json.dumps(result), now_us()),

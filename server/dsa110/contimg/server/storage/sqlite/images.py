@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import cast
 
 from ...domain import sky
@@ -120,21 +119,21 @@ class SQLiteImages:
                     message=f"an image with path {image.path!r} is already registered",
                 )
             now = now_us()
-            new = replace(
-                image, create_time=now, update_time=now, photometry_count=0, mid_mjd=image.mid_mjd or ms[0][0]
+            new = image._replace(
+                create_time=now, update_time=now, photometry_count=0, mid_mjd=image.mid_mjd or ms[0][0]
             )
             cols = rows.IMAGE_COLUMNS[1:]
             cursor = txn.execute(
                 f"INSERT INTO images ({', '.join(cols)}) VALUES ({placeholders(len(cols))})",
                 [rows.image_value(new, c) for c in cols],
             )
-            new.id = int(cursor.lastrowid or 0)
+            new = new._replace(id=int(cursor.lastrowid or 0))
             _set_footprint(txn, new)
             txn.execute(
                 "UPDATE measurement_sets SET image_count = image_count + 1, update_time = ? WHERE path = ?",
                 (now, image.ms_path),
             )
-            remember_request_id(txn, idem, new)
+            remember_request_id(txn, idem, rows.remembered(new))
             return new
 
         return await self.db.write(body)
@@ -161,7 +160,7 @@ class SQLiteImages:
             assert updated is not None
             if any(f in _GEOMETRY for f in fields):
                 _set_footprint(txn, updated)
-            remember_request_id(txn, idem, updated)
+            remember_request_id(txn, idem, rows.remembered(updated))
             return updated
 
         return await self.db.write(body)

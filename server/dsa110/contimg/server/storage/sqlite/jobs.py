@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from ...domain.errors import AlreadyExists, NotFound
 from ...domain.names import ms_name
@@ -30,14 +29,14 @@ _TRANSITIONS = (
 )
 
 
-def _transitions(found: list[Row]) -> list[JobTransition]:
-    return [JobTransition(f, t, stage, msg, when, seq) for seq, f, t, stage, msg, when in found]
+def _transitions(found: list[Row]) -> tuple[JobTransition, ...]:
+    return tuple(JobTransition(f, t, stage, msg, when, seq) for seq, f, t, stage, msg, when in found)
 
 
 def _committed(txn: Txn, job: Job) -> Job:
     """`job` with its transitions as this transaction sees them: what the call that made it returns
     (a read after the commit could show a later call's state)."""
-    return replace(job, transitions=_transitions(txn.fetchall(_TRANSITIONS, (job.id,))))
+    return job._replace(transitions=_transitions(txn.fetchall(_TRANSITIONS, (job.id,))))
 
 
 def _record_event(txn: Txn, job: Job, etype: JobEventType, transition: JobTransition) -> JobEvent:
@@ -56,7 +55,7 @@ def _record_event(txn: Txn, job: Job, etype: JobEventType, transition: JobTransi
         ),
     )
     seq = int(cursor.lastrowid or 0)
-    return JobEvent(sequence=seq, type=int(etype), job=job, transition=replace(transition, sequence=seq))
+    return JobEvent(sequence=seq, type=int(etype), job=job, transition=transition._replace(sequence=seq))
 
 
 class SQLiteJobs:
@@ -74,7 +73,7 @@ class SQLiteJobs:
             return None
         job = rows.job_from_row(found[0])
         if with_transitions:
-            job.transitions = _transitions(await self.db.lookup(_TRANSITIONS, (job_id,)))
+            job = job._replace(transitions=_transitions(await self.db.lookup(_TRANSITIONS, (job_id,))))
         return job
 
     async def list_page(self, query: ListQuery) -> Page[Job]:
@@ -104,8 +103,7 @@ class SQLiteJobs:
             if job.ms_path and not txn.fetchall("SELECT 1 FROM measurement_sets WHERE path = ?", (job.ms_path,)):
                 raise NotFound("MEASUREMENT_SET", ms_name(job.ms_path))
             now = now_us()
-            new = replace(
-                job,
+            new = job._replace(
                 state=JobState.PENDING,
                 stage=0,
                 progress_percent=0.0,
@@ -115,9 +113,9 @@ class SQLiteJobs:
                 end_time=0,
                 update_time=now,
                 error_message="",
-                artifacts=[],
+                artifacts=(),
                 log_line_count=0,
-                transitions=[],
+                transitions=(),
             )
             txn.execute(
                 f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({placeholders(len(rows.JOB_COLUMNS))})",
@@ -125,7 +123,7 @@ class SQLiteJobs:
             )
             event = _record_event(txn, new, JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", now))
             created = _committed(txn, new)
-            remember_request_id(txn, idem, created)
+            remember_request_id(txn, idem, rows.remembered(created))
             return created, event
 
         created, _ = await self.db.write(body, self._publish)
@@ -147,7 +145,7 @@ class SQLiteJobs:
             txn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*rows.job_values(new)[1:], job_id])
             event = _record_event(txn, new, etype, transition)
             changed = _committed(txn, new)
-            remember_request_id(txn, idem, changed)
+            remember_request_id(txn, idem, rows.remembered(changed))
             return changed, event
 
         changed, _ = await self.db.write(body, self._publish)

@@ -11,7 +11,7 @@ from ...domain.variability import FluxSums, derive
 from .database import chunks, now_us, placeholders
 from .writer import Txn
 
-VARIABILITY_COLUMNS = tuple(Variability.__dataclass_fields__)
+VARIABILITY_COLUMNS = Variability._fields
 
 
 def stats_values(sums: FluxSums) -> list[object]:

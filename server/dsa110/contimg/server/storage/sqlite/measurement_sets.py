@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from ...domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ...domain.names import ms_name
@@ -71,21 +70,21 @@ class SQLiteMeasurementSets:
                 if _load(txn, ms.path) is not None:
                     raise AlreadyExists("MEASUREMENT_SET", ms_name(ms.path))
                 now = now_us()
-                new = replace(
-                    ms,
+                finished = ms.stage == MSStage.PHOTOMETRY_DONE and ms.status == MSStatus.COMPLETED
+                new = ms._replace(
                     create_time=now,
                     update_time=now,
                     stage_update_time=now if ms.stage else 0,
                     image_count=0,
+                    # as upsert does: registered already finished
+                    process_time=now if finished and not ms.process_time else ms.process_time,
                 )
-                if new.stage == MSStage.PHOTOMETRY_DONE and new.status == MSStatus.COMPLETED and not new.process_time:
-                    new.process_time = now  # as upsert does: registered already finished
                 txn.execute(
                     f"INSERT INTO measurement_sets ({rows.MS_SELECT}) VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                     rows.ms_values(new),
                 )
                 stored = _stored(txn, ms.path)
-                remember_request_id(txn, idem, stored)
+                remember_request_id(txn, idem, rows.remembered(stored))
                 return stored
             return _stored(txn, ms.path)
 
@@ -109,11 +108,9 @@ class SQLiteMeasurementSets:
                     txn.execute(
                         f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
                         f"VALUES ({placeholders(len(rows.MS_COLUMNS))})",
-                        rows.ms_values(replace(current, update_time=now)),
+                        rows.ms_values(current._replace(update_time=now)),
                     )
-                updated = replace(current)
-                for f in fields:
-                    setattr(updated, f, getattr(ms, f))
+                updated = current._replace(**{f: getattr(ms, f) for f in fields})
                 if updated.start_mjd and updated.end_mjd and updated.start_mjd > updated.end_mjd:
                     # Checked on the merged record: a partial update must not contradict stored values.
                     field = "end_mjd" if "end_mjd" in fields else "start_mjd"
@@ -130,14 +127,14 @@ class SQLiteMeasurementSets:
                                 "to_stage": MSStage(updated.stage).name,
                             },
                         )
-                    updated.stage_update_time = now
+                    updated = updated._replace(stage_update_time=now)
                 if (
                     updated.stage == MSStage.PHOTOMETRY_DONE
                     and updated.status == MSStatus.COMPLETED
                     and not updated.process_time
                 ):
-                    updated.process_time = now
-                updated.update_time = now
+                    updated = updated._replace(process_time=now)
+                updated = updated._replace(update_time=now)
                 values = rows.ms_values(updated)
                 sets = ", ".join(f"{c} = ?" for c in rows.MS_COLUMNS[1:])
                 txn.execute(f"UPDATE measurement_sets SET {sets} WHERE path = ?", [*values[1:], ms.path])
@@ -148,7 +145,7 @@ class SQLiteMeasurementSets:
                         (updated.mid_mjd, now, ms.path),
                     )
                 stored = _stored(txn, ms.path)
-                remember_request_id(txn, idem, stored)
+                remember_request_id(txn, idem, rows.remembered(stored))
                 return stored
             return _stored(txn, ms.path)
 

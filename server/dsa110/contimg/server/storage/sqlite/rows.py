@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
 from ...domain.records import (
+    NO_METRICS,
     CalibrationTable,
     Image,
     Job,
@@ -45,16 +46,19 @@ MS_COLUMNS = (
 MS_SELECT = ", ".join(MS_COLUMNS)
 
 
+_CAL_APPLIED = MS_COLUMNS.index("cal_applied")
+
+
 def ms_from_row(r: Sequence[Any]) -> MeasurementSet:
-    ms = MeasurementSet(*r)
-    ms.cal_applied = bool(ms.cal_applied)
-    ms.calibration_tables = [CalibrationTable(**t) for t in json.loads(r[13])]
-    return ms
+    values = list(r)
+    values[_CAL_APPLIED] = bool(values[_CAL_APPLIED])
+    values[_CAL_APPLIED + 1] = tuple(CalibrationTable(**t) for t in json.loads(r[_CAL_APPLIED + 1]))
+    return MeasurementSet._make(values)
 
 
 def ms_values(ms: MeasurementSet) -> list[Any]:
     values = [getattr(ms, c) for c in MS_COLUMNS]
-    values[13] = json.dumps([asdict(t) for t in ms.calibration_tables])
+    values[13] = json.dumps([t._asdict() for t in ms.calibration_tables])
     values[12] = int(ms.cal_applied)
     return values
 
@@ -94,11 +98,14 @@ IMAGE_SELECT = ", ".join(f"images.{c}" for c in IMAGE_COLUMNS)
 _METRICS = IMAGE_COLUMNS.index("qa_metrics")
 
 
+_PBCOR = IMAGE_COLUMNS.index("pbcor")
+
+
 def image_from_row(r: Sequence[Any]) -> Image:
-    img = Image(*r)
-    img.pbcor = bool(img.pbcor)
-    img.qa_metrics = orjson.loads(r[_METRICS]) if r[_METRICS] != "{}" else {}
-    return img
+    values = list(r)
+    values[_PBCOR] = bool(values[_PBCOR])
+    values[_METRICS] = MappingProxyType(orjson.loads(r[_METRICS])) if r[_METRICS] != "{}" else NO_METRICS
+    return Image._make(values)
 
 
 def image_ref(r: Sequence[Any]) -> tuple[int, int]:
@@ -109,13 +116,13 @@ def image_ref(r: Sequence[Any]) -> tuple[int, int]:
 def image_value(img: Image, column: str) -> Any:
     value = getattr(img, column)
     if column == "qa_metrics":
-        return json.dumps(value, sort_keys=True)
+        return json.dumps(dict(value), sort_keys=True)
     if column == "pbcor":
         return int(value)
     return value
 
 
-_VAR_COLUMNS = tuple(Variability.__dataclass_fields__)
+_VAR_COLUMNS = Variability._fields
 SOURCE_COLUMNS = (
     "id",
     "designation",
@@ -140,9 +147,8 @@ def source_ref(r: Sequence[Any]) -> tuple[str, int]:
 
 
 def source_from_row(r: Sequence[Any]) -> Source:
-    var = Variability(*r[9 : 9 + _NV])
-    var.is_variable = bool(var.is_variable)
-    return Source(*r[:9], var, *r[9 + _NV :])  # type: ignore[misc, call-arg]
+    var = Variability._make((*r[9 : 8 + _NV], bool(r[8 + _NV])))
+    return Source._make((*r[:9], var, *r[9 + _NV :]))
 
 
 PHOTOMETRY_COLUMNS = Photometry._fields[1:]
@@ -176,10 +182,10 @@ JOB_SELECT = ", ".join(JOB_COLUMNS)
 
 
 def job_from_row(r: Sequence[Any]) -> Job:
-    job = Job(*r)
-    job.ms_path = job.ms_path or ""
-    job.artifacts = json.loads(r[15])
-    return job
+    values = list(r)
+    values[2] = values[2] or ""  # ms_path: NULL once its measurement set is deleted
+    values[15] = tuple(json.loads(r[15]))
+    return Job._make((*values, ()))  # no transitions: read apart
 
 
 def job_values(job: Job) -> list[Any]:
@@ -190,7 +196,7 @@ def job_values(job: Job) -> list[Any]:
 
 
 def job_snapshot(job: Job) -> str:
-    data = asdict(job)
+    data = job._asdict()
     data.pop("transitions")
     return json.dumps(data, separators=(",", ":"))
 
@@ -200,7 +206,8 @@ EVENT_SELECT = "sequence, type, from_state, to_state, stage, message, time, snap
 
 def event_from_row(r: Sequence[Any]) -> JobEvent:
     seq, etype, from_state, to_state, stage, message, when, snapshot = r
-    job = Job(**json.loads(snapshot))
+    data = json.loads(snapshot)
+    job = Job(**{**data, "artifacts": tuple(data["artifacts"])})
     return JobEvent(
         sequence=seq,
         type=etype,
@@ -216,28 +223,41 @@ def event_from_row(r: Sequence[Any]) -> JobEvent:
 # None for them and the caller reads the current record, as it did then.
 
 
+def remembered(record: Image | MeasurementSet | Job) -> Callable[[], dict[str, Any]]:
+    """`record` as remember_request_id keeps it: {"record": its fields}, nested records as objects."""
+    return lambda: {"record": _plain(record)}
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
 def _record(result: Any) -> dict[str, Any] | None:
     return result.get("record") if isinstance(result, dict) else None
 
 
 def image_remembered(result: Any) -> Image | None:
     data = _record(result)
-    return Image(**data) if data is not None else None
+    return Image(**{**data, "qa_metrics": MappingProxyType(data["qa_metrics"])}) if data is not None else None
 
 
 def ms_remembered(result: Any) -> MeasurementSet | None:
     data = _record(result)
     if data is None:
         return None
-    ms = MeasurementSet(**data)
-    ms.calibration_tables = [CalibrationTable(**t) for t in data["calibration_tables"]]
-    return ms
+    tables = tuple(CalibrationTable(**t) for t in data.pop("calibration_tables"))
+    return MeasurementSet(**data, calibration_tables=tables)
 
 
 def job_remembered(result: Any) -> Job | None:
     data = _record(result)
     if data is None:
         return None
-    job = Job(**data)
-    job.transitions = [JobTransition(**t) for t in data["transitions"]]
-    return job
+    transitions = tuple(JobTransition(**t) for t in data.pop("transitions"))
+    return Job(**{**data, "artifacts": tuple(data["artifacts"])}, transitions=transitions)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -51,7 +53,8 @@ from dsa110.contimg.client import (
     ms_path,
     source_name,
 )
-from dsa110.contimg.client._methods import with_request_id
+from dsa110.contimg.client._methods import Methods
+from dsa110.contimg.client._rpc import Rpc, unary, with_request_id
 from dsa110.contimg.client.config import RetryPolicy, parse_deadline
 from dsa110.contimg.client.errors import from_status
 from dsa110.contimg.client.watch import Backoff
@@ -135,6 +138,81 @@ def test_request_id_is_stamped_on_writes_only_when_missing() -> None:
     assert with_request_id(given).request_id == "mine"
     read = images_pb2.GetImageRequest(name="images/1")
     assert with_request_id(read) is read
+
+
+def _public_methods(cls: type) -> dict[str, tuple[inspect.Signature, str | None]]:
+    """Each public method's signature and docstring, the return type in its blocking form: what
+    an AsyncClient coroutine returns is what the Client method returns, and AsyncPager and
+    AsyncIterator are the async forms of Pager and Iterator."""
+    methods: dict[str, tuple[inspect.Signature, str | None]] = {}
+    for name, member in inspect.getmembers(cls, inspect.isfunction):
+        if not name.startswith("_"):
+            signature = inspect.signature(member)
+            blocking = re.sub(r"\bAsync(?=Pager|Iterator)", "", str(signature.return_annotation))
+            methods[name] = (signature.replace(return_annotation=blocking), inspect.getdoc(member))
+    return methods
+
+
+def test_sync_and_async_clients_have_the_same_methods() -> None:
+    methods = _public_methods(Client)
+    assert _public_methods(AsyncClient) == methods
+    # One method per RPC of the four services, named after it; they are all there.
+    rpcs = {
+        re.sub(r"(?<!^)(?=[A-Z])", "_", method.name).lower()
+        for module in (images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    assert methods.keys() - rpcs == {"close", "with_options"} and rpcs <= methods.keys()
+    # AsyncClient's coroutines are exactly the methods that return a result rather than an
+    # iterable (pager, event stream) or a client; Client has none.
+    iterables = {
+        name for name, (signature, _) in methods.items() if re.search("Pager|Iterator", signature.return_annotation)
+    }
+    coroutines = {name for name in methods if inspect.iscoroutinefunction(getattr(AsyncClient, name))}
+    assert coroutines == methods.keys() - iterables - {"with_options"}
+    assert not any(inspect.iscoroutinefunction(getattr(Client, name)) for name in methods)
+
+
+ENTRIES = sorted(name for name, entry in vars(Methods).items() if isinstance(entry, Rpc))
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+async def test_request_with_any_other_argument_raises_value_error(name: str) -> None:
+    """As in Google's generated clients: a complete request and fields beside it conflict. Each
+    argument is passed with its default value; passing it at all is the conflict."""
+    entry = vars(Methods)[name]
+    request = entry.build()
+    parameters = [p for p in inspect.signature(entry.build).parameters.values() if p.name != "request"]
+    calls = [((), {p.name: p.default}, p.name) for p in parameters]
+    calls.append(((parameters[0].default,), {}, parameters[0].name))  # positionally
+    config = ClientConfig(target="127.0.0.1:1", deadline_s=1)  # nothing listens: no call may be made
+
+    with Client(config) as client:
+        for args, kwargs, given in calls:
+            with pytest.raises(ValueError, match=rf"^{name}\(\) got request= and {given}:"):
+                getattr(client, name)(*args, request=request, **kwargs)
+    async with AsyncClient(config) as async_client:
+        for args, kwargs, given in calls:
+            with pytest.raises(ValueError, match=rf"^{name}\(\) got request= and {given}:"):
+                result = getattr(async_client, name)(*args, request=request, **kwargs)
+                if inspect.iscoroutine(result):
+                    await result
+
+
+def test_a_table_entry_needs_a_keyword_only_request() -> None:
+    """Otherwise a request passed positionally would pass for a field, and the conflict above go
+    unnoticed."""
+
+    def positional(name: str = "", request: images_pb2.GetImageRequest | None = None) -> Any:
+        return request
+
+    def missing(name: str = "") -> Any:
+        return images_pb2.GetImageRequest(name=name)
+
+    for build in (positional, missing):
+        with pytest.raises(TypeError, match="keyword-only `request=None`"):
+            unary("dsa110.contimg.v1.ImageService", "GetImage", images_pb2.Image)(build)
 
 
 def test_error_details_are_decoded() -> None:

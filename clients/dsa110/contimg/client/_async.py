@@ -1,39 +1,27 @@
-"""The asyncio client, on grpc.aio; same surface as the blocking `Client`, with awaitables."""
+"""The asyncio client, on grpc.aio; same surface as the blocking `Client`, with awaitables.
+
+Its methods come from the table in _methods; this module only says how a call is made.
+"""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import AsyncIterator, Callable, Coroutine
-from functools import partial
-from typing import Any, Concatenate, Self, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 import grpc
-from dsa110.contimg.v1 import jobs_pb2
 from google.protobuf.message import Message
 
 from . import _methods as m
-from ._methods import P, PagedRpc, PageRequest, ResumableRequest, Rpc
-from .config import UNSET, ClientConfig, Unset
+from ._rpc import AsyncTransport, Rpc, settings
+from .config import ClientConfig
 from .errors import from_aio_error
-from .pagers import AsyncPager, Page
-from .watch import watch_async
 
-Q = TypeVar("Q", bound=Message)
-R = TypeVar("R", bound=Message)
-T = TypeVar("T")
-I = TypeVar("I")  # noqa: E741
-PQ = TypeVar("PQ", bound=PageRequest)
-PageT = TypeVar("PageT", bound=Page)
-WQ = TypeVar("WQ", bound=ResumableRequest)
+R = TypeVar("R")
+MR = TypeVar("MR", bound=Message)
 
 
-class _AsyncChannelOwner:
+class _AsyncChannelOwner(AsyncTransport):
     def __init__(self, config: ClientConfig | str | None = None, *, channel: grpc.aio.Channel | None = None) -> None:
-        if config is None:
-            config = ClientConfig.from_env()
-        elif isinstance(config, str):
-            config = ClientConfig(target=config)
-        self.config = config
+        self.config = config = settings(config)
         if channel is None:
             options = config.channel_options()
             if config.uses_tls:
@@ -44,32 +32,21 @@ class _AsyncChannelOwner:
         self._owns_channel = True  # a clone from with_options shares it and leaves it open
         self._stubs = {service: stub(channel) for service, stub in m.STUBS.items()}
 
-    def with_options(self, *, deadline_s: float | Unset | None = UNSET, token: str | Unset | None = UNSET) -> Self:
-        """A client sharing this one's channel with another per-call deadline or token; closing
-        it leaves the channel open (the original's close closes it)."""
-        clone = copy.copy(self)
-        clone._owns_channel = False
-        changes = {k: v for k, v in (("deadline_s", deadline_s), ("token", token)) if v is not UNSET}
-        clone.config = self.config.replace(**changes)
-        return clone
+    def _call(self, rpc: Rpc[..., Any, Any], request: object) -> Any:
+        stub = self._stub(rpc.service, rpc.method)
+        return stub(request, timeout=self.config.deadline_s, metadata=self.config.call_metadata())
 
-    def _stub(self, rpc: Rpc[..., Any, Any]) -> Any:
-        return getattr(self._stubs[rpc.service], rpc.method)
-
-    async def _invoke(self, rpc: Rpc[..., Any, T], request: object) -> T:
+    async def _invoke(self, rpc: Rpc[..., Any, R], request: object) -> R:
         try:
-            return cast(
-                T,
-                await self._stub(rpc)(request, timeout=self.config.deadline_s, metadata=self.config.call_metadata()),
-            )
+            return cast(R, await self._call(rpc, request))
         except grpc.aio.AioRpcError as error:
             raise from_aio_error(error) from error
 
-    async def _collect(self, rpc: Rpc[..., Any, R], request: object) -> R:
+    async def _collect(self, rpc: Rpc[..., Any, MR], request: object) -> MR:
+        # The deadline covers the whole stream: a lightcurve is a bounded read, not a watch.
         merged = rpc.response()
         try:
-            call = self._stub(rpc)(request, timeout=self.config.deadline_s, metadata=self.config.call_metadata())
-            async for response in call:
+            async for response in self._call(rpc, request):
                 merged.MergeFrom(response)
         except grpc.aio.AioRpcError as error:
             raise from_aio_error(error) from error
@@ -86,92 +63,10 @@ class _AsyncChannelOwner:
         await self.close()
 
 
-_Owner = _AsyncChannelOwner
-
-
-def _unary(rpc: Rpc[P, Q, R]) -> Callable[Concatenate[_Owner, P], Coroutine[Any, Any, R]]:
-    async def method(self: _Owner, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self._invoke(rpc, m.with_request_id(rpc.build(*args, **kwargs)))
-
-    return m.expose(method, rpc, rpc.response)
-
-
-def _collect(rpc: Rpc[P, Q, R]) -> Callable[Concatenate[_Owner, P], Coroutine[Any, Any, R]]:
-    async def method(self: _Owner, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self._collect(rpc, rpc.build(*args, **kwargs))
-
-    return m.expose(method, rpc, rpc.response)
-
-
-def _paged(rpc: PagedRpc[P, PQ, PageT, I]) -> Callable[Concatenate[_Owner, P], AsyncPager[PageT, I]]:
-    def method(self: _Owner, /, *args: P.args, **kwargs: P.kwargs) -> AsyncPager[PageT, I]:
-        request = rpc.build(*args, **kwargs)
-        return AsyncPager(lambda token: self._invoke(rpc, m.with_page_token(request, token)), rpc.items)
-
-    return m.expose(method, rpc, f"AsyncPager[{rpc.response.__name__}]")
-
-
-def _watch(
-    rpc: Rpc[P, WQ, jobs_pb2.JobEvent], *, single_job: bool
-) -> Callable[Concatenate[_Owner, P], AsyncIterator[jobs_pb2.JobEvent]]:
-    def method(self: _Owner, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[jobs_pb2.JobEvent]:
-        request = rpc.build(*args, **kwargs)
-        stub = self._stub(rpc)
-        metadata = self.config.call_metadata()
-
-        def open_stream(after: int) -> Any:
-            return stub(m.resumed(request, after), timeout=None, metadata=metadata)
-
-        reader = None
-        if single_job:  # WatchJob: the job itself tells a watch that is over from a server going away
-            get_job = m.get_job.build(getattr(request, "name"))  # noqa: B009
-            reader = partial(self._stub(m.get_job), get_job, timeout=self.config.deadline_s, metadata=metadata)
-        return watch_async(open_stream, request.after_sequence, single_job, self.config, reader)
-
-    return m.expose(method, rpc, AsyncIterator[jobs_pb2.JobEvent])
-
-
-class AsyncClient(_AsyncChannelOwner):
+class AsyncClient(_AsyncChannelOwner, m.Methods):
     """asyncio client of the four contimg services; create it inside the running loop.
 
     Unary methods are coroutines; List/Search methods return an AsyncPager (`async for`, or
     `await` it first to read `total_size`); watchers are async iterators (close them with
     `contextlib.aclosing` when leaving early). Failures raise ContimgError subclasses.
     """
-
-    get_image = _unary(m.get_image)
-    batch_get_images = _unary(m.batch_get_images)
-    list_images = _paged(m.list_images)
-    create_image = _unary(m.create_image)
-    update_image = _unary(m.update_image)
-    delete_image = _unary(m.delete_image)
-    search_images = _paged(m.search_images)
-
-    get_measurement_set = _unary(m.get_measurement_set)
-    batch_get_measurement_sets = _unary(m.batch_get_measurement_sets)
-    list_measurement_sets = _paged(m.list_measurement_sets)
-    create_measurement_set = _unary(m.create_measurement_set)
-    update_measurement_set = _unary(m.update_measurement_set)
-    advance_measurement_set_stage = _unary(m.advance_measurement_set_stage)
-    delete_measurement_set = _unary(m.delete_measurement_set)
-
-    get_source = _unary(m.get_source)
-    batch_get_sources = _unary(m.batch_get_sources)
-    list_sources = _paged(m.list_sources)
-    search_sources = _paged(m.search_sources)
-    get_lightcurve = _collect(m.get_lightcurve)
-    record_photometry = _unary(m.record_photometry)
-
-    get_job = _unary(m.get_job)
-    list_jobs = _paged(m.list_jobs)
-    create_job = _unary(m.create_job)
-    start_job = _unary(m.start_job)
-    report_job_progress = _unary(m.report_job_progress)
-    succeed_job = _unary(m.succeed_job)
-    fail_job = _unary(m.fail_job)
-    cancel_job = _unary(m.cancel_job)
-    retry_job = _unary(m.retry_job)
-    append_job_log = _unary(m.append_job_log)
-    list_job_log_entries = _paged(m.list_job_log_entries)
-    watch_job = _watch(m.watch_job, single_job=True)
-    watch_jobs = _watch(m.watch_jobs, single_job=False)

@@ -1,14 +1,28 @@
-"""The one-pass validation of photometry batches accepts exactly what the detailed checks accept."""
+"""The column-wise validation of photometry batches accepts exactly what the detailed checks accept."""
 
 from __future__ import annotations
 
-from dsa110.contimg.server.domain import validation
+import math
+
+from dsa110.contimg.server.domain import photometry_rules as rules
 from dsa110.contimg.server.domain.checks import Checker
-from dsa110.contimg.server.domain.records import Photometry
+from dsa110.contimg.server.domain.photometry_request import column_field, row_field
+from dsa110.contimg.server.domain.records import PHOTOMETRY_NUMBERS, Photometry, PhotometryBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+NUMBER_RULES = {name: rule for name, rule in rules.PHOTOMETRY_RULES.items() if isinstance(rule, rules.Number)}
+# Each bound of the table and its neighbours on both sides.
+TABLE_EDGES = sorted(
+    {
+        v
+        for rule in NUMBER_RULES.values()
+        for bound in (rule.lo, rule.hi)
+        for v in (bound, math.nextafter(bound, -math.inf), math.nextafter(bound, math.inf))
+    }
+)
 EDGES = [
+    *TABLE_EDGES,
     0.0,
     -0.0,
     1e-300,
@@ -50,21 +64,16 @@ row = st.builds(
 
 
 def detailed(rows: list[Photometry]) -> bool:
-    """True when the field-by-field checks find nothing (the fast path switched off)."""
-    original = validation._all_plainly_valid
-    validation._all_plainly_valid = lambda _rows: False  # type: ignore[assignment]
-    try:
-        c = Checker()
-        validation.check_measurements(rows, c)
-        return not c.violations
-    finally:
-        validation._all_plainly_valid = original  # type: ignore[assignment]
+    """True when the field-by-field checks find nothing."""
+    c = Checker()
+    rules.check_measurements(rows, c, row_field, "measurements")
+    return not c.violations
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(row, min_size=1, max_size=4))
 def test_fast_path_agrees_with_the_detailed_checks(rows: list[Photometry]) -> None:
-    fast = validation._all_plainly_valid(rows)
+    fast = rules.batch_plainly_valid(PhotometryBatch.of_rows(rows))
     assert fast == detailed(rows), rows
 
 
@@ -73,7 +82,37 @@ def test_a_plainly_valid_batch_takes_the_fast_path() -> None:
         Photometry(source_id=f"S{i}", ra_deg=10.0, dec_deg=54.5, peak_flux_jy=0.1, peak_flux_err_jy=0.001)
         for i in range(3)
     ]
-    assert validation._all_plainly_valid(rows) and detailed(rows)
+    assert rules.batch_plainly_valid(PhotometryBatch.of_rows(rows)) and detailed(rows)
+
+
+def test_the_table_rules_every_field_of_a_measurement_but_its_source() -> None:
+    assert set(rules.PHOTOMETRY_RULES) == {*PHOTOMETRY_NUMBERS, "observation_mjd", "quality_flag"}
+    suffixes = {"deg": "deg", "jy": "Jy", "mjy": "mJy", "mjd": "MJD"}
+    for name, rule in NUMBER_RULES.items():  # a bound in the wrong unit shows as a unit unlike the name's
+        assert rule.unit == suffixes.get(name.rsplit("_", 1)[-1], ""), name
+
+
+UNSENT: dict[str, list[float]] = {name: [] for name in rules.PHOTOMETRY_RULES}
+
+
+def test_every_bound_of_the_table_is_where_every_path_puts_it() -> None:
+    """At each end of each range and just past it, the detailed checks, the row path and the column
+    path agree, and a refusal names the field with the table's bound."""
+    base = {"peak_flux_err_jy": 0.001}
+    for name, rule in NUMBER_RULES.items():
+        for bound, is_open, outward in ((rule.lo, rule.lo_open, -math.inf), (rule.hi, rule.hi_open, math.inf)):
+            for value, allowed in ((bound, not is_open), (math.nextafter(bound, outward), False)):
+                allowed = allowed or (rule.zero_is_unset and value == 0.0)
+                rows = [Photometry("A", **(base | {name: value})), Photometry("B", **base)]
+                c = Checker()
+                rules.check_measurements(rows, c, column_field, "columns.source")
+                assert [v.field for v in c.violations] == ([] if allowed else [f"columns.{name}[0]"]), (name, value)
+                if not allowed:
+                    assert c.violations[0].description.endswith(f"{bound:g}"), c.violations
+                batch = PhotometryBatch.of_rows(rows)
+                assert rules.batch_plainly_valid(batch) == allowed, (name, value)
+                sent = UNSENT | {"peak_flux_err_jy": [0.001, 0.001], name: [value, (rule.lo + rule.hi) / 2]}
+                assert rules.columns_plainly_valid(["A", "B"], sent.__getitem__) == allowed, (name, value)
 
 
 def test_photometry_from_proto_fills_every_field_by_name() -> None:
@@ -115,10 +154,9 @@ def column_batches(draw: st.DrawFn) -> tuple[list[str], dict[str, list[float]], 
 
 @settings(max_examples=600, deadline=None)
 @given(column_batches())
-def test_columnar_fast_path_never_accepts_what_the_detailed_checks_reject(
+def test_columnar_fast_path_agrees_with_the_detailed_checks(
     batch: tuple[list[str], dict[str, list[float]], list[str]],
 ) -> None:
-    """What the column-wise check passes, the per-measurement checks pass too (it may doubt more)."""
     ids, columns, quality = batch
     rows = [
         Photometry(
@@ -130,11 +168,13 @@ def test_columnar_fast_path_never_accepts_what_the_detailed_checks_reject(
         )
         for i in range(len(ids))
     ]
-    if validation.columns_plainly_valid(ids, columns.__getitem__, quality):
-        assert detailed(rows), rows
+    sent = columns | {"quality_flag": quality}
+    assert rules.columns_plainly_valid(ids, sent.__getitem__) == (len(ids) > 0 and detailed(rows)), rows
 
 
 def test_a_plainly_valid_column_batch_takes_the_columnar_fast_path() -> None:
     columns = {f: [] for f in COLUMN_FLOATS} | {"peak_flux_err_jy": [0.001, 0.002], "ra_deg": [0.0, 359.9]}
-    assert validation.columns_plainly_valid(["A", "B"], columns.__getitem__, ["good", ""])
-    assert not validation.columns_plainly_valid(["A", "A"], columns.__getitem__, [])  # a source twice
+    assert rules.columns_plainly_valid(["A", "B"], (columns | {"quality_flag": ["good", ""]}).__getitem__)
+    assert not rules.columns_plainly_valid(["A", "A"], (columns | {"quality_flag": []}).__getitem__)  # a source twice
+    mixed = columns | {"observation_mjd": [0.0, 60000.5], "quality_flag": ["x" * 32, "é" * 16]}
+    assert rules.columns_plainly_valid(["A", "B"], mixed.__getitem__)  # unset dates, long flags: exact, not doubt

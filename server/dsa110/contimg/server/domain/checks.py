@@ -13,10 +13,19 @@ T = TypeVar("T")
 MAX_TEXT = 4096
 MAX_NAME = 256
 MJD_MIN, MJD_MAX = 15000.0, 100000.0  # 1900 .. 2132: anything outside is a unit mistake
+FLUX_MAX_JY = 1e9  # any flux density, its error, or an rms; the brightest radio sky is ~1e6 Jy
+# A request with this many violations has enough to act on: checks stop collecting there rather
+# than build a megabyte of violations.
+MAX_VIOLATIONS = 100
 # google.protobuf.Timestamp's valid range, 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
 TIMESTAMP_MIN_S, TIMESTAMP_MAX_S = -62_135_596_800, 253_402_300_799
 # The same range in microseconds since the epoch (how measurement times travel in columns and are stored).
 TIMESTAMP_MIN_US, TIMESTAMP_MAX_US = TIMESTAMP_MIN_S * 1_000_000, TIMESTAMP_MAX_S * 1_000_000 + 999_999
+
+
+def timestamp_ok(seconds: int, nanos: int) -> bool:
+    """Whether a google.protobuf.Timestamp is inside its documented range."""
+    return TIMESTAMP_MIN_S <= seconds <= TIMESTAMP_MAX_S and 0 <= nanos <= 999_999_999
 
 
 class Checker:
@@ -29,6 +38,11 @@ class Checker:
 
     def add(self, field: str, description: str) -> None:
         self.violations.append(FieldViolation(field, description))
+
+    @property
+    def full(self) -> bool:
+        """MAX_VIOLATIONS collected: checks that may find many stop here."""
+        return len(self.violations) >= MAX_VIOLATIONS
 
     def absorb(self, bad: InvalidArgument) -> None:
         """Collect the violations of an error a parser raised (names.py, query.py)."""
@@ -101,7 +115,7 @@ class Checker:
 
     def timestamp(self, field: str, seconds: int, nanos: int) -> None:
         """A google.protobuf.Timestamp inside its documented range (and so storable in microseconds)."""
-        if not TIMESTAMP_MIN_S <= seconds <= TIMESTAMP_MAX_S or not 0 <= nanos <= 999_999_999:
+        if not timestamp_ok(seconds, nanos):
             self.add(field, "must be a valid timestamp between 0001-01-01 and 9999-12-31 (nanos 0 to 999999999)")
 
     def unix_micros(self, field: str, value: int) -> None:

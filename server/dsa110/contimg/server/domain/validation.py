@@ -1,12 +1,13 @@
-"""Validation of every record a caller can write. Field paths name the request field."""
+"""Validation of the records a caller can write (photometry: photometry_rules.py and
+photometry_request.py). Field paths name the request field."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from . import names
-from .checks import MAX_TEXT, MJD_MAX, MJD_MIN, Checker
+from .checks import FLUX_MAX_JY, MAX_TEXT, Checker
 from .records import (
     CalTableType,
     Image,
@@ -16,30 +17,15 @@ from .records import (
     MeasurementSet,
     MSStage,
     MSStatus,
-    Photometry,
     QAGrade,
 )
 
 MAX_BATCH_GET = 1000
-MAX_MEASUREMENTS = 100_000
 MAX_LOG_LINES = 1000
 MAX_ARTIFACTS = 1000
 MAX_PARAMETERS_BYTES = 64 * 1024
 MAX_METRICS = 64
 MAX_CAL_TABLES = 64
-# Physical bounds of every number a caller can write, far outside any real value but finite, so that
-# a unit mistake is refused with the field named instead of stored. Peak flux and its error feed each
-# source's running sums of f, f^2, w = 1/err^2, w*f, w*f^2 (variability.py): within these bounds none
-# of them can overflow or divide by zero (w is between 1e-18 and 1e24), so one absurd value cannot
-# fail the statistics of a write group that other callers' batches share. (An error of ~1.4e154 Jy
-# once passed, made w = 0 and divided by zero: 15-18 of 30 concurrent batches failed with INTERNAL.)
-FLUX_MAX_JY = 1e9  # any flux density, its error, or an rms; the brightest radio sky is ~1e6 Jy
-PEAK_FLUX_MAX_JY = FLUX_MAX_JY  # |peak_flux_jy|
-PEAK_FLUX_ERR_MIN_JY = 1e-12  # peak_flux_err_jy in [1e-12, 1e9]
-PEAK_FLUX_ERR_MAX_JY = FLUX_MAX_JY
-CATALOG_FLUX_MAX_MJY = FLUX_MAX_JY * 1000.0
-RATIO_MAX = 1e9  # |snr|, |normalized_flux|, normalized_flux_err
-SEPARATION_MAX_DEG = 180.0
 # Image numbers: (lowest, highest) of each, none of them reachable by a real image.
 IMAGE_BOUNDS: dict[str, tuple[float, float]] = {
     "beam_major_arcsec": (0.0, 648_000.0),  # 180 degrees
@@ -131,123 +117,6 @@ def check_image(img: Image, fields: Sequence[str], prefix: str, c: Checker) -> N
         c.add(f"{p}.qa.source_count", "must not be negative")
     if "qa_peak_flux_jy" in present:
         c.finite(f"{p}.qa.peak_flux_jy", img.qa_peak_flux_jy, lo=-FLUX_MAX_JY, hi=FLUX_MAX_JY)
-
-
-def _all_plainly_valid(rows: Sequence[Photometry]) -> bool:
-    """The per-field checks below, folded into one expression per row (NaN fails every comparison).
-
-    Batches of thousands of valid rows are the normal case; running the Checker on each field of
-    each row cost a third of RecordPhotometry's CPU. Any doubt falls through to the detailed checks,
-    which name the fields.
-    """
-    # Locals, not globals: this runs once per measurement of every batch.
-    flux, err_lo, err_hi, cat, ratio, sep = (
-        FLUX_MAX_JY, PEAK_FLUX_ERR_MIN_JY, PEAK_FLUX_ERR_MAX_JY, CATALOG_FLUX_MAX_MJY, RATIO_MAX, SEPARATION_MAX_DEG
-    )  # fmt: skip
-    seen: set[str] = set()
-    for m in rows:
-        if m.source_id in seen:
-            return False
-        seen.add(m.source_id)
-        flag = m.quality_flag
-        if not (
-            0.0 <= m.ra_deg < 360.0
-            and -90.0 <= m.dec_deg <= 90.0
-            and -flux <= m.peak_flux_jy <= flux
-            and err_lo <= m.peak_flux_err_jy <= err_hi
-            and -cat <= m.catalog_flux_mjy <= cat
-            and -flux <= m.integrated_flux_jy <= flux
-            and -ratio <= m.normalized_flux <= ratio
-            and -ratio <= m.snr <= ratio
-            and 0.0 <= m.integrated_flux_err_jy <= flux
-            and 0.0 <= m.normalized_flux_err <= ratio
-            and 0.0 <= m.local_rms_jy <= flux
-            and 0.0 <= m.separation_from_center_deg <= sep
-            and (m.observation_mjd == 0.0 or MJD_MIN <= m.observation_mjd <= MJD_MAX)
-            and (not flag or (len(flag.encode("utf-8", "surrogatepass")) <= 32 and "\x00" not in flag))
-        ):
-            return False
-    return True
-
-
-# (lowest allowed, lowest is open, highest allowed, highest is open) of each photometry number:
-# what `_all_plainly_valid` and `check_measurements` test, as `columns_plainly_valid` tests columns.
-_COLUMN_RANGES: dict[str, tuple[float, bool, float, bool]] = {
-    "ra_deg": (0.0, False, 360.0, True),
-    "dec_deg": (-90.0, False, 90.0, False),
-    "peak_flux_jy": (-PEAK_FLUX_MAX_JY, False, PEAK_FLUX_MAX_JY, False),
-    "peak_flux_err_jy": (PEAK_FLUX_ERR_MIN_JY, False, PEAK_FLUX_ERR_MAX_JY, False),
-    "catalog_flux_mjy": (-CATALOG_FLUX_MAX_MJY, False, CATALOG_FLUX_MAX_MJY, False),
-    "integrated_flux_jy": (-FLUX_MAX_JY, False, FLUX_MAX_JY, False),
-    "normalized_flux": (-RATIO_MAX, False, RATIO_MAX, False),
-    "snr": (-RATIO_MAX, False, RATIO_MAX, False),
-    "integrated_flux_err_jy": (0.0, False, FLUX_MAX_JY, False),
-    "normalized_flux_err": (0.0, False, RATIO_MAX, False),
-    "local_rms_jy": (0.0, False, FLUX_MAX_JY, False),
-    "separation_from_center_deg": (0.0, False, SEPARATION_MAX_DEG, False),
-}
-
-
-def columns_plainly_valid(
-    source_ids: Sequence[str], column: Callable[[str], Sequence[float]], quality_flags: Sequence[str]
-) -> bool:
-    """_all_plainly_valid for measurements given as columns, a column at a time in C (sum, min, max)
-    instead of a field at a time in Python. `column(name)` is a column of one value per source or
-    empty (every value the default 0). Any doubt (a sum that is not finite, zeros mixed with dates)
-    answers False: then the rows go through the per-measurement checks, which name the fields."""
-    n = len(source_ids)
-    if not 1 <= n <= MAX_MEASUREMENTS or len(set(source_ids)) != n:
-        return False
-    for name, (lo, lo_open, hi, hi_open) in _COLUMN_RANGES.items():
-        values = column(name)
-        low = high = 0.0
-        if values:
-            if not math.isfinite(sum(values)):  # NaN or infinity somewhere (or a sum too large: doubt)
-                return False
-            low, high = min(values), max(values)
-        if low < lo or (lo_open and low == lo) or high > hi or (hi_open and high == hi):
-            return False
-    mjds = column("observation_mjd")
-    if mjds:
-        if not math.isfinite(sum(mjds)):
-            return False
-        low, high = min(mjds), max(mjds)
-        if not (low == high == 0.0 or MJD_MIN <= low <= high <= MJD_MAX):
-            return False
-    # 8 characters are at most 32 bytes of UTF-8; a NUL is never plain.
-    return not quality_flags or (max(map(len, quality_flags)) <= 8 and "\x00" not in "".join(quality_flags))
-
-
-def row_field(i: int, name: str) -> str:
-    """Where field `name` of measurement i is in a RecordPhotometryRequest's `measurements`."""
-    return f"measurements[{i}].{name}"
-
-
-def column_field(i: int, name: str) -> str:
-    """Where field `name` of measurement i is in a RecordPhotometryRequest's `columns`."""
-    return f"columns.{name}[{i}]"
-
-
-def check_measurements(
-    rows: Sequence[Photometry],
-    c: Checker,
-    field: Callable[[int, str], str] = row_field,
-    count_field: str = "measurements",
-) -> None:
-    if 1 <= len(rows) <= MAX_MEASUREMENTS and _all_plainly_valid(rows):
-        return
-    c.count(count_field, len(rows), lo=1, hi=MAX_MEASUREMENTS)
-    seen: set[str] = set()
-    for i, m in enumerate(rows[:MAX_MEASUREMENTS]):
-        if m.source_id in seen:
-            c.add(field(i, "source"), f"source {m.source_id!r} appears twice in one image")
-        seen.add(m.source_id)
-        for f, (lo, lo_open, hi, hi_open) in _COLUMN_RANGES.items():
-            c.finite(field(i, f), getattr(m, f), lo=lo, lo_open=lo_open, hi=hi, hi_open=hi_open)
-        c.mjd(field(i, "observation_mjd"), m.observation_mjd)
-        c.text(field(i, "quality_flag"), m.quality_flag, max_len=32)
-        if len(c.violations) >= 100:  # enough to act on; do not build a megabyte of violations
-            return
 
 
 def check_job(job: Job, c: Checker) -> None:

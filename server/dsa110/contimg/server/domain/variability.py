@@ -102,7 +102,7 @@ def add_rows(
 
 def derive(s: FluxSums) -> Variability:
     """The statistics of the sums: total, for any sums. Validation bounds what a caller can record
-    (domain/validation.py: with those bounds nothing here overflows or divides by zero), but sums
+    (domain/photometry_rules.py: with those bounds nothing here overflows or divides by zero), but sums
     stored before those bounds, or a future change to them, must not make a write fail: a division
     that cannot be made, or a result that is not finite, gives 0 for that statistic."""
     if s.n == 0:

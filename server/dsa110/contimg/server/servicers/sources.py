@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from functools import partial
 
 from dsa110.contimg.v1 import sources_pb2 as pb
 
-from ..domain import names
-from ..domain.checks import TIMESTAMP_MAX_US, TIMESTAMP_MIN_US, Checker
-from ..domain.errors import InvalidArgument, NotFound
+from ..domain import names, photometry_request
+from ..domain.checks import Checker
+from ..domain.errors import NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
+from ..domain.photometry_rules import MAX_MEASUREMENTS
 from ..domain.records import Match, Page, PhotometryBatch, Source
-from ..domain.validation import MAX_MEASUREMENTS, check_measurements, column_field, columns_plainly_valid, row_field
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from ..slices import map_in_slices
@@ -167,9 +167,9 @@ class SourceServicer:
     async def RecordPhotometry(self, request: pb.RecordPhotometryRequest, context: Ctx) -> pb.RecordPhotometryResponse:
         c = Checker()
         image_id = c.parsed(names.parse_image_name, request.image, "image") or 0
-        if request.HasField("columns"):
-            if request.measurements:
-                c.add("columns", "set measurements or columns, not both")
+        has_columns = request.HasField("columns")
+        photometry_request.check_one_form(has_columns, bool(request.measurements), c)
+        if has_columns:
             batch = _batch_from_columns(request.columns, c)
         else:
             batch = _batch_from_rows(request.measurements, c)
@@ -185,53 +185,21 @@ class SourceServicer:
 
 
 def _batch_from_rows(measurements: Sequence[pb.PhotometryMeasurement], c: Checker) -> PhotometryBatch:
-    """RecordPhotometryRequest.measurements as a batch, each problem reported at `measurements[i].{field}`."""
-    rows = []
-    for i, m in enumerate(measurements[:MAX_MEASUREMENTS]):
-        source_id = _source_id(m.source, i, row_field, c)
-        if m.HasField("measure_time"):
-            c.timestamp(row_field(i, "measure_time"), m.measure_time.seconds, m.measure_time.nanos)
-        rows.append(photometry_from_proto(m, source_id))
-        if len(c.violations) >= 100:
-            break
-    if len(measurements) > MAX_MEASUREMENTS:
-        c.add("measurements", f"at most {MAX_MEASUREMENTS} measurements per call")
-    check_measurements(rows, c)
-    return PhotometryBatch.of_rows(rows)
+    """RecordPhotometryRequest.measurements as a checked batch (domain/photometry_request.py)."""
+    sent = measurements[:MAX_MEASUREMENTS]  # beyond the limit nothing is read: the request fails
+    times = {
+        i: (m.measure_time.seconds, m.measure_time.nanos) for i, m in enumerate(sent) if m.HasField("measure_time")
+    }
+    source_ids = photometry_request.row_source_ids([m.source for m in sent], times, c)
+    rows = list(map(photometry_from_proto, sent, source_ids))  # as many as there are ids
+    return photometry_request.batch_of_rows(rows, len(measurements), c)
 
 
 def _batch_from_columns(columns: pb.PhotometryColumns, c: Checker) -> PhotometryBatch:
-    """RecordPhotometryRequest.columns as a batch, each problem reported at `columns.{field}[i]`."""
-    sources = columns.source
-    if len(sources) > MAX_MEASUREMENTS:
-        c.add("columns.source", f"at most {MAX_MEASUREMENTS} measurements per call")
+    """RecordPhotometryRequest.columns as a checked batch (domain/photometry_request.py)."""
+    source_ids = photometry_request.column_source_ids(columns.source, c)
+    if source_ids is None:  # too many to read
         return PhotometryBatch.of_rows([])
-    source_ids = [_source_id(name, i, column_field, c) for i, name in enumerate(sources)]
     batch, wrong = photometry_from_columns(columns, source_ids)
-    for name in wrong:
-        c.add(
-            f"columns.{name}",
-            f"has {len(getattr(columns, name))} values for {len(source_ids)} sources (or leave it empty)",
-        )
-    times = columns.measure_time_unix_micros
-    if times and not (TIMESTAMP_MIN_US <= min(times) and max(times) <= TIMESTAMP_MAX_US):
-        for i, t in enumerate(times):
-            if len(c.violations) < 100:
-                c.unix_micros(column_field(i, "measure_time_unix_micros"), t)
-    if c.violations or not columns_plainly_valid(source_ids, partial(getattr, columns), columns.quality_flag):
-        check_measurements(batch.rows(), c, column_field, "columns.source")
+    photometry_request.check_columns(batch, partial(getattr, columns), wrong, c)
     return batch
-
-
-def _source_id(name: str, i: int, field: Callable[[int, str], str], c: Checker) -> str:
-    """The id in measurement i's source name; if malformed, parse_source_name's violation is collected
-    (up to 100 in all) and a placeholder id stands in so the other fields are still checked."""
-    source_id = names.source_id_or_none(name)
-    if source_id is not None:
-        return source_id
-    try:
-        return names.parse_source_name(name, field(i, "source"))
-    except InvalidArgument as exc:
-        if len(c.violations) < 100:
-            c.violations.extend(exc.violations)
-        return f"invalid-{i}"

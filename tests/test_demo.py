@@ -11,7 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
-from dsa110.contimg.server import demo
+from dsa110.contimg import demo
+from dsa110.contimg.demo.survey import STRIPS
 from dsa110.contimg.server.config import ServerConfig
 from dsa110.contimg.server.domain import sky
 from dsa110.contimg.server.domain.records import ImageType, JobEventType, JobState, MSStage
@@ -100,7 +101,7 @@ async def test_counts_and_denormalized_counts(demo_db: Path) -> None:
 
 async def test_values_in_domain_ranges(demo_db: Path) -> None:
     decs = {r[0] for r in _query(demo_db, "SELECT DISTINCT pointing_dec_deg FROM measurement_sets")}
-    assert decs <= set(demo.STRIPS) and 54.57 in decs
+    assert decs <= set(STRIPS) and 54.57 in decs
     ((lo, hi, noise_lo, noise_hi, freq, bw_lo, bw_hi),) = _query(
         demo_db,
         """
@@ -111,7 +112,7 @@ async def test_values_in_domain_ranges(demo_db: Path) -> None:
     assert 0.3e-3 <= noise_lo and noise_hi <= 1.4e-3
     assert freq == 1.405 and 187 <= bw_lo and bw_hi <= 256
     for ra, dec in _query(demo_db, "SELECT pointing_ra_deg, pointing_dec_deg FROM measurement_sets"):
-        assert 0 <= ra < 360 and dec in demo.STRIPS
+        assert 0 <= ra < 360 and dec in STRIPS
     # consecutive scans 309 s apart advance ~1.29 deg in RA
     ras = [r[0] for r in _query(demo_db, "SELECT pointing_ra_deg FROM measurement_sets ORDER BY start_mjd LIMIT 5")]
     steps = [(b - a) % 360 for a, b in itertools.pairwise(ras)]

@@ -38,7 +38,8 @@ def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> 
 
     async def run() -> None:
         if demo_images:
-            from .demo import fill_if_empty  # only when asked: serving must not need the demo module
+            # only when asked: serving must not need the demo package
+            from dsa110.contimg.demo import fill_if_empty
 
             await fill_if_empty(cfg, demo_images)
         await serve(cfg)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         with claim:
             _serve(cfg, args.demo_images, claim)
     elif args.command == "demo-data":
-        from .demo import fill
+        from dsa110.contimg.demo import fill
 
         async def run_demo() -> None:
             await fill(cfg, args.images, seed=args.seed, catalog_sources=args.catalog_sources)

@@ -77,8 +77,10 @@ def main() -> None:
     p.add_argument("--events", type=int, default=20)
     args = p.parse_args()
     times = asyncio.run(fan_out(args.watchers, args.events))
-    print(f"one event to {args.watchers} WatchJob handlers: median {statistics.median(times):.1f} ms, "
-          f"min {min(times):.1f} ms over {args.events} events")
+    print(
+        f"one event to {args.watchers} WatchJob handlers: median {statistics.median(times):.1f} ms, "
+        f"min {min(times):.1f} ms over {args.events} events"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,17 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
-def run(port: int, method: str, request: bytes, *, seconds: float = 0.0, requests: int = 0, connections: int = 16,
-        streams: int = 4, threads: int = 1) -> LoadResult:
+def run(
+    port: int,
+    method: str,
+    request: bytes,
+    *,
+    seconds: float = 0.0,
+    requests: int = 0,
+    connections: int = 16,
+    streams: int = 4,
+    threads: int = 1,
+) -> LoadResult:
     """A timed run (`seconds`) or a counted one (`requests`). Only counted runs account bytes
     exactly (h2load's -D mode counts requests and DATA bytes over different windows), so the
     bytes-per-request check that tells gRPC errors (no DATA) from successes uses counted runs."""
@@ -39,11 +48,28 @@ def run(port: int, method: str, request: bytes, *, seconds: float = 0.0, request
         body.write_bytes(grpc_frame(request))
         log = Path(tmp) / "requests.log"
         out = subprocess.run(
-            [h2load, "-c", str(connections), "-m", str(streams), "-t", str(threads),
-             *(["-n", str(requests)] if requests else ["-D", f"{seconds:g}"]),
-             "-H", "content-type: application/grpc", "-H", "te: trailers",
-             "-d", str(body), f"--log-file={log}", f"http://127.0.0.1:{port}{method}"],
-            capture_output=True, text=True, check=True).stdout
+            [
+                h2load,
+                "-c",
+                str(connections),
+                "-m",
+                str(streams),
+                "-t",
+                str(threads),
+                *(["-n", str(requests)] if requests else ["-D", f"{seconds:g}"]),
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "-d",
+                str(body),
+                f"--log-file={log}",
+                f"http://127.0.0.1:{port}{method}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         latencies = sorted(int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line)
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)

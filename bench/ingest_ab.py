@@ -30,8 +30,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--a", default="--write-process", help="server flags of configuration A")
     p.add_argument("--b", default="--no-write-process", help="server flags of configuration B")
-    p.add_argument("--b-checkout", type=Path,
-                   help="run B's server from this checkout of the repository (its source roots first on PYTHONPATH)")
+    p.add_argument(
+        "--b-checkout",
+        type=Path,
+        help="run B's server from this checkout of the repository (its source roots first on PYTHONPATH)",
+    )
     p.add_argument("--b-data-dir", type=Path, help="B's database, if not --data-dir's")
     args = p.parse_args()
     data_dirs = {"A": args.data_dir, "B": args.b_data_dir or args.data_dir}
@@ -51,16 +54,20 @@ def main() -> None:
                 for i, (columnar, writers, batches) in enumerate(CASES):
                     res = asyncio.run(run.ingest(port, proc.pid, 1000, batches, writers, columnar))
                     results.setdefault((name, i), []).append(res["rows_per_s"])
-                    line.append(f"{'columns' if columnar else 'messages'} x{writers}: "
-                                f"{res['rows_per_s']:,.0f} rows/s ({res['cpu_us_per_row']:.1f} us/row)")
+                    line.append(
+                        f"{'columns' if columnar else 'messages'} x{writers}: "
+                        f"{res['rows_per_s']:,.0f} rows/s ({res['cpu_us_per_row']:.1f} us/row)"
+                    )
                 print(f"round {r} {name} {' '.join(configs[name])}: " + " | ".join(line), flush=True)
             finally:
                 proc.terminate()
                 proc.wait()
     for i, (columnar, writers, _) in enumerate(CASES):
         a, b = statistics.mean(results[("A", i)]), statistics.mean(results[("B", i)])
-        print(f"{'columns' if columnar else 'messages'} x{writers}: A {a:,.0f} vs B {b:,.0f} rows/s "
-              f"({(a / b - 1) * 100:+.0f} %)")
+        print(
+            f"{'columns' if columnar else 'messages'} x{writers}: A {a:,.0f} vs B {b:,.0f} rows/s "
+            f"({(a / b - 1) * 100:+.0f} %)"
+        )
 
 
 if __name__ == "__main__":

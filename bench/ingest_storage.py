@@ -56,9 +56,15 @@ async def run(database: Path, writers: int, images: int, rows: int, write_proces
         rng = random.Random(1)
         sources = [f"BENCH{tag}-{j}" for j in range(rows)]
         queue = [
-            (image_id, PhotometryBatch.of_rows(
-                [Photometry(s, 0, 100.0 + j * 1e-3, 54.57, 0.0, 0.05 + rng.random() * 0.01, 0.001)
-                 for j, s in enumerate(sources)]))
+            (
+                image_id,
+                PhotometryBatch.of_rows(
+                    [
+                        Photometry(s, 0, 100.0 + j * 1e-3, 54.57, 0.0, 0.05 + rng.random() * 0.01, 0.001)
+                        for j, s in enumerate(sources)
+                    ]
+                ),
+            )
             for image_id in ids
         ]
         image_id, batch = queue.pop()  # not timed: starts the write process
@@ -82,8 +88,12 @@ def main() -> None:
     p.add_argument("--database", type=Path, required=True)
     p.add_argument("--writers", type=int, nargs="+", default=[1, 4, 64])
     p.add_argument("--images", type=int, default=256)
-    p.add_argument("--write-process", action=argparse.BooleanOptionalAction, default=True,
-                   help="write from the write process, as the server does (default), or from a thread here")
+    p.add_argument(
+        "--write-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write from the write process, as the server does (default), or from a thread here",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="contimg-ingest-") as tmp:
         copy = Path(tmp) / "contimg.sqlite3"
@@ -91,8 +101,10 @@ def main() -> None:
         os.sync()  # else the copy's writeback competes with every commit's fsync
         for writers in args.writers:
             rate, cpu_us = asyncio.run(run(copy, writers, args.images, 1000, args.write_process))
-            print(f"{writers} concurrent writers: {rate:,.0f} rows/s durably committed, "
-                  f"{cpu_us:.1f} CPU us/row (storage only)")
+            print(
+                f"{writers} concurrent writers: {rate:,.0f} rows/s durably committed, "
+                f"{cpu_us:.1f} CPU us/row (storage only)"
+            )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,14 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def machine() -> str:
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, grpcio {grpc.__version__}"
 
 
@@ -88,8 +94,17 @@ WATCH_FLAGS = ("--max-watch-streams", "5000", "--max-watch-streams-per-caller", 
 
 
 def serve_cmd(data_dir: Path, port: int, *extra: str) -> list[str]:
-    return [str(BIN / "contimg-server"), "serve", "--port", str(port), "--data-dir", str(data_dir),
-            "--no-log-rpcs", "--allow-anonymous-writes", *extra]
+    return [
+        str(BIN / "contimg-server"),
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--no-log-rpcs",
+        "--allow-anonymous-writes",
+        *extra,
+    ]
 
 
 @dataclass
@@ -115,32 +130,58 @@ def pick_targets(db: Path) -> dict[str, object]:
     n_images = con.execute("SELECT count(*) FROM images").fetchone()[0]
     image_id = con.execute("SELECT id FROM images ORDER BY id LIMIT 1 OFFSET ?", (n_images // 2,)).fetchone()[0]
     # Not the sources the ingest case adds (BENCH...): a second run must measure the same targets.
-    source = con.execute("SELECT id, detection_count FROM sources WHERE id NOT LIKE 'BENCH%' "
-                         "ORDER BY abs(detection_count - 100), id LIMIT 1").fetchone()
-    ra, dec = con.execute("SELECT ra_deg, dec_deg FROM sources WHERE id NOT LIKE 'BENCH%' "
-                          "ORDER BY detection_count DESC LIMIT 1").fetchone()
+    source = con.execute(
+        "SELECT id, detection_count FROM sources WHERE id NOT LIKE 'BENCH%' "
+        "ORDER BY abs(detection_count - 100), id LIMIT 1"
+    ).fetchone()
+    ra, dec = con.execute(
+        "SELECT ra_deg, dec_deg FROM sources WHERE id NOT LIKE 'BENCH%' ORDER BY detection_count DESC LIMIT 1"
+    ).fetchone()
     photometry = con.execute("SELECT count(*) FROM photometry").fetchone()[0]
     n_sources = con.execute("SELECT count(*) FROM sources").fetchone()[0]
     con.close()
-    return {"images": n_images, "image_id": image_id, "source": source[0], "points": source[1], "ra": ra,
-            "dec": dec, "photometry": photometry, "sources": n_sources}
+    return {
+        "images": n_images,
+        "image_id": image_id,
+        "source": source[0],
+        "points": source[1],
+        "ra": ra,
+        "dec": dec,
+        "photometry": photometry,
+        "sources": n_sources,
+    }
 
 
 def unary_cases(t: dict[str, object]) -> list[Case]:
     svc = "/dsa110.contimg.v1."
     get_image = images_pb2.GetImageRequest(name=f"images/{t['image_id']}").SerializeToString()
-    search = sources_pb2.SearchSourcesRequest(ra_deg=float(t["ra"]), dec_deg=float(t["dec"]),  # type: ignore[arg-type]
-                                              radius_deg=1.0, page_size=100).SerializeToString()
+    search = sources_pb2.SearchSourcesRequest(
+        ra_deg=float(t["ra"]),
+        dec_deg=float(t["dec"]),  # type: ignore[arg-type]
+        radius_deg=1.0,
+        page_size=100,
+    ).SerializeToString()
     return [
         Case("GetImage", svc + "ImageService/GetImage", get_image),
         Case("GetImage, 1 caller", svc + "ImageService/GetImage", get_image, connections=1, streams=1),
-        Case("ListImages page_size=100", svc + "ImageService/ListImages",
-             images_pb2.ListImagesRequest(page_size=100).SerializeToString()),
-        Case("ListImages filtered, 100", svc + "ImageService/ListImages",
-             images_pb2.ListImagesRequest(page_size=100, filter="center_dec_deg > 54 AND center_dec_deg < 55",
-                                          order_by="noise_jy").SerializeToString()),
-        Case(f"GetLightcurve {t['points']} points", svc + "SourceService/GetLightcurve",
-             sources_pb2.GetLightcurveRequest(name=f"sources/{t['source']}").SerializeToString(), streaming=True),
+        Case(
+            "ListImages page_size=100",
+            svc + "ImageService/ListImages",
+            images_pb2.ListImagesRequest(page_size=100).SerializeToString(),
+        ),
+        Case(
+            "ListImages filtered, 100",
+            svc + "ImageService/ListImages",
+            images_pb2.ListImagesRequest(
+                page_size=100, filter="center_dec_deg > 54 AND center_dec_deg < 55", order_by="noise_jy"
+            ).SerializeToString(),
+        ),
+        Case(
+            f"GetLightcurve {t['points']} points",
+            svc + "SourceService/GetLightcurve",
+            sources_pb2.GetLightcurveRequest(name=f"sources/{t['source']}").SerializeToString(),
+            streaming=True,
+        ),
         Case("SearchSources r=1 deg", svc + "SourceService/SearchSources", search),
         # The issue's p50 <= 10 ms is a latency target: one caller, no queueing behind 63 others.
         Case("SearchSources r=1 deg, 1 caller", svc + "SourceService/SearchSources", search, connections=1, streams=1),
@@ -149,12 +190,15 @@ def unary_cases(t: dict[str, object]) -> list[Case]:
 
 def measure(port: int, pid: int, case: Case, requests: int, expected_bytes: int) -> dict[str, float]:
     before = cpu_seconds(pid)
-    result = h2load.run(port, case.method, case.request, requests=requests, connections=case.connections,
-                        streams=case.streams)
+    result = h2load.run(
+        port, case.method, case.request, requests=requests, connections=case.connections, streams=case.streams
+    )
     cpu = cpu_seconds(pid) - before
     if result.failed or result.data_bytes_per_req < 0.9 * expected_bytes:
-        raise RuntimeError(f"{case.name}: failed calls ({result.failed}) or short responses "
-                           f"({result.data_bytes_per_req:.0f} B < {expected_bytes} B): not grpc-status 0")
+        raise RuntimeError(
+            f"{case.name}: failed calls ({result.failed}) or short responses "
+            f"({result.data_bytes_per_req:.0f} B < {expected_bytes} B): not grpc-status 0"
+        )
     calls = result.succeeded
     return {"rps": result.rps, "p50": result.p50_ms, "p99": result.p99_ms, "cpu_us": cpu / max(calls, 1) * 1e6}
 
@@ -172,24 +216,53 @@ async def ingest(
         img_stub = images_pb2_grpc.ImageServiceStub(ch)
         src_stub = sources_pb2_grpc.SourceServiceStub(ch)
         tag = f"{time.time_ns()}"
-        ms = await ms_stub.UpdateMeasurementSet(measurement_sets_pb2.UpdateMeasurementSetRequest(
-            measurement_set=measurement_sets_pb2.MeasurementSet(path=f"/bench/{tag}.ms", mid_mjd=61000.0),
-            allow_missing=True))
+        ms = await ms_stub.UpdateMeasurementSet(
+            measurement_sets_pb2.UpdateMeasurementSetRequest(
+                measurement_set=measurement_sets_pb2.MeasurementSet(path=f"/bench/{tag}.ms", mid_mjd=61000.0),
+                allow_missing=True,
+            )
+        )
         names = []
         for i in range(images + 1):
-            img = await img_stub.CreateImage(images_pb2.CreateImageRequest(image=images_pb2.Image(
-                path=f"/bench/{tag}-{i}.fits", measurement_set=ms.name, mid_mjd=61000.0 + i / 288)))
+            img = await img_stub.CreateImage(
+                images_pb2.CreateImageRequest(
+                    image=images_pb2.Image(
+                        path=f"/bench/{tag}-{i}.fits", measurement_set=ms.name, mid_mjd=61000.0 + i / 288
+                    )
+                )
+            )
             names.append(img.name)
         rnd = random.Random(1)
-        batches = [sources_pb2.RecordPhotometryRequest(image=name, measurements=[
-            sources_pb2.PhotometryMeasurement(source=f"sources/BENCH{tag}-{j}", ra_deg=100 + j * 1e-3, dec_deg=54.57,
-                                              peak_flux_jy=0.05 + rnd.random() * 0.01, peak_flux_err_jy=0.001)
-            for j in range(rows_per_image)]) for name in names]
+        batches = [
+            sources_pb2.RecordPhotometryRequest(
+                image=name,
+                measurements=[
+                    sources_pb2.PhotometryMeasurement(
+                        source=f"sources/BENCH{tag}-{j}",
+                        ra_deg=100 + j * 1e-3,
+                        dec_deg=54.57,
+                        peak_flux_jy=0.05 + rnd.random() * 0.01,
+                        peak_flux_err_jy=0.001,
+                    )
+                    for j in range(rows_per_image)
+                ],
+            )
+            for name in names
+        ]
         if columnar:  # the same numbers, one packed array per field
-            batches = [sources_pb2.RecordPhotometryRequest(image=b.image, columns=sources_pb2.PhotometryColumns(
-                source=[m.source for m in b.measurements], ra_deg=[m.ra_deg for m in b.measurements],
-                dec_deg=[m.dec_deg for m in b.measurements], peak_flux_jy=[m.peak_flux_jy for m in b.measurements],
-                peak_flux_err_jy=[m.peak_flux_err_jy for m in b.measurements])) for b in batches]
+            batches = [
+                sources_pb2.RecordPhotometryRequest(
+                    image=b.image,
+                    columns=sources_pb2.PhotometryColumns(
+                        source=[m.source for m in b.measurements],
+                        ra_deg=[m.ra_deg for m in b.measurements],
+                        dec_deg=[m.dec_deg for m in b.measurements],
+                        peak_flux_jy=[m.peak_flux_jy for m in b.measurements],
+                        peak_flux_err_jy=[m.peak_flux_err_jy for m in b.measurements],
+                    ),
+                )
+                for b in batches
+            ]
         # The first batch is not timed: a warm-up, and the write process may still be starting.
         await src_stub.RecordPhotometry(batches.pop(), timeout=120)
         queue = list(batches)
@@ -202,8 +275,14 @@ async def ingest(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start_t
         cpu_us = (cpu_seconds(pid) - start_cpu) / (rows_per_image * images) * 1e6
-    return {"rows_per_s": rows_per_image * images / elapsed, "batches": images, "rows_per_batch": rows_per_image,
-            "concurrency": concurrency, "cpu_us_per_row": cpu_us, "columnar": float(columnar)}
+    return {
+        "rows_per_s": rows_per_image * images / elapsed,
+        "batches": images,
+        "rows_per_batch": rows_per_image,
+        "concurrency": concurrency,
+        "cpu_us_per_row": cpu_us,
+        "columnar": float(columnar),
+    }
 
 
 async def watchers(port: int, count: int, record: dict[str, bytes] | None = None) -> dict[str, float]:
@@ -244,13 +323,20 @@ async def watchers(port: int, count: int, record: dict[str, bytes] | None = None
         sent[succeeded.transitions[-1].sequence] = t0
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     if record is not None:
-        record.update(CreateJob=job.SerializeToString(), StartJob=started.SerializeToString(),
-                      SucceedJob=succeeded.SerializeToString())
+        record.update(
+            CreateJob=job.SerializeToString(),
+            StartJob=started.SerializeToString(),
+            SucceedJob=succeeded.SerializeToString(),
+        )
         record.update({f"event.{i}": events[seq] for i, seq in enumerate(sent)})
     lat = sorted((t - sent[seq]) * 1000 for seq, times in received.items() if seq in sent for t in times)
     complete = all(len(received.get(seq, [])) == count for seq in sent)
-    return {"watchers": count, "p50_ms": statistics.median(lat), "p99_ms": lat[int(len(lat) * 0.99) - 1],
-            "all_received": float(complete)}
+    return {
+        "watchers": count,
+        "p50_ms": statistics.median(lat),
+        "p99_ms": lat[int(len(lat) * 0.99) - 1],
+        "all_received": float(complete),
+    }
 
 
 def table(rows: list[list[str]]) -> str:
@@ -267,8 +353,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--watchers", type=int, default=1000)
-    p.add_argument("--catalog-sources", type=int, default=0,
-                   help="seed this many extra (unmeasured, faint) catalog sources: SearchSources at 1,000,000")
+    p.add_argument(
+        "--catalog-sources",
+        type=int,
+        default=0,
+        help="seed this many extra (unmeasured, faint) catalog sources: SearchSources at 1,000,000",
+    )
     p.add_argument("--workers", action="store_true", help="also compare 1 vs 2 worker processes")
     p.add_argument("--smoke", action="store_true", help="tiny database, 1-second loads, 1 round")
     p.add_argument("--write", action="store_true", help="record the results in bench/README.md")
@@ -280,9 +370,21 @@ def main() -> None:
     db = data_dir / "contimg.sqlite3"
     if not db.exists():
         t0 = time.perf_counter()
-        subprocess.run([str(BIN / "contimg-server"), "demo-data", "--images", str(args.images),
-                        "--catalog-sources", str(args.catalog_sources), "--data-dir", str(data_dir),
-                        "--log-level", "WARNING"], check=True)
+        subprocess.run(
+            [
+                str(BIN / "contimg-server"),
+                "demo-data",
+                "--images",
+                str(args.images),
+                "--catalog-sources",
+                str(args.catalog_sources),
+                "--data-dir",
+                str(data_dir),
+                "--log-level",
+                "WARNING",
+            ],
+            check=True,
+        )
         print(f"seeded {args.images} images in {time.perf_counter() - t0:.1f} s", flush=True)
     targets = pick_targets(db)
     print(f"database: {json.dumps(targets)}", flush=True)
@@ -297,39 +399,63 @@ def main() -> None:
         if case.method.endswith("/SearchSources"):
             targets["cone_matches"] = sources_pb2.SearchSourcesResponse.FromString(replies[0]).total_size
         expected[case.name] = sum(len(r) + 5 for r in replies)
-        stem = case.method.lstrip("/").replace("/", ".") + "." + request_key(case.request)
-        for i, reply in enumerate(replies):
-            (responses / (f"{stem}.bin.{i}" if case.streaming else f"{stem}.bin")).write_bytes(reply)
+        save_replies(responses, case, replies)
     # The reference's WatchJob sends the same replies and events, recorded from a run here (also a warm-up).
     recorded: dict[str, bytes] = {}
     asyncio.run(watchers(port, min(args.watchers, 10), recorded))
     for name, reply in recorded.items():
         (responses / f"watch.{name}.bin").write_bytes(reply)
-    ref_cmd = [sys.executable, str(Path(__file__).parent / "reference_server.py"), "--port", str(ref_port),
-               "--responses", str(responses)]
-    for case in cases:
-        if case.streaming:
-            ref_cmd += ["--streaming", case.method]
+    ref_cmd = reference_cmd(ref_port, responses, [c.method for c in cases if c.streaming])
     ref_proc = subprocess.Popen(ref_cmd, stdout=subprocess.DEVNULL)
     time.sleep(0)  # the health check below is the real wait
     try:
         _wait_port(ref_port)
-        results: list[list[str]] = [["case", "server req/s", "reference req/s", "ratio", "p50 ms", "p99 ms",
-                                     "reference p99 ms", "server CPU us/call", "reference CPU us/call"]]
+        results: list[list[str]] = [
+            [
+                "case",
+                "server req/s",
+                "reference req/s",
+                "ratio",
+                "p50 ms",
+                "p99 ms",
+                "reference p99 ms",
+                "server CPU us/call",
+                "reference CPU us/call",
+            ]
+        ]
         for case in cases:
             ours, refs = [], []
             # Warm-up runs (not recorded) also size the counted runs to about --seconds each.
-            size = {p: max(200, int(h2load.run(p, case.method, case.request, seconds=1, connections=case.connections,
-                                               streams=case.streams).rps * args.seconds))
-                    for p in (ref_port, port)}
+            size = {
+                p: max(
+                    200,
+                    int(
+                        h2load.run(
+                            p, case.method, case.request, seconds=1, connections=case.connections, streams=case.streams
+                        ).rps
+                        * args.seconds
+                    ),
+                )
+                for p in (ref_port, port)
+            }
             for _ in range(args.rounds):  # interleaved so machine noise hits both alike
                 refs.append(measure(ref_port, ref_proc.pid, case, size[ref_port], expected[case.name]))
                 ours.append(measure(port, server.pid, case, size[port], expected[case.name]))
             med = {k: statistics.median(r[k] for r in ours) for k in ours[0]}
             ref = {k: statistics.median(r[k] for r in refs) for k in refs[0]}
-            results.append([case.name, f"{med['rps']:.0f}", f"{ref['rps']:.0f}", f"{med['rps'] / ref['rps']:.2f}x",
-                            f"{med['p50']:.1f}", f"{med['p99']:.1f}", f"{ref['p99']:.1f}", f"{med['cpu_us']:.0f}",
-                            f"{ref['cpu_us']:.0f}"])
+            results.append(
+                [
+                    case.name,
+                    f"{med['rps']:.0f}",
+                    f"{ref['rps']:.0f}",
+                    f"{med['rps'] / ref['rps']:.2f}x",
+                    f"{med['p50']:.1f}",
+                    f"{med['p99']:.1f}",
+                    f"{ref['p99']:.1f}",
+                    f"{med['cpu_us']:.0f}",
+                    f"{ref['cpu_us']:.0f}",
+                ]
+            )
             print(results[-1], flush=True)
         rss = peak_rss_mb(server.pid)
         # 64 writers is the issue's default concurrency (a backfill with many photometry workers); 4 is a
@@ -339,11 +465,25 @@ def main() -> None:
         for w, n, columnar in ((64, 256, False), (4, 40, False), (64, 256, True), (4, 40, True)):
             # Like every case above, the median of the rounds (a single run swung ±20 % here): the run
             # with the median rate, with the others' range.
-            runs = sorted((asyncio.run(ingest(port, server.pid, 1000 if not args.smoke else 100,
-                                              n if not args.smoke else 3, w, columnar))
-                           for _ in range(args.rounds)), key=lambda r: r["rows_per_s"])
-            ingests.append({**runs[len(runs) // 2], "low": runs[0]["rows_per_s"], "high": runs[-1]["rows_per_s"],
-                            "runs": len(runs)})
+            runs = sorted(
+                (
+                    asyncio.run(
+                        ingest(
+                            port, server.pid, 1000 if not args.smoke else 100, n if not args.smoke else 3, w, columnar
+                        )
+                    )
+                    for _ in range(args.rounds)
+                ),
+                key=lambda r: r["rows_per_s"],
+            )
+            ingests.append(
+                {
+                    **runs[len(runs) // 2],
+                    "low": runs[0]["rows_per_s"],
+                    "high": runs[-1]["rows_per_s"],
+                    "runs": len(runs),
+                }
+            )
         watch_ours, watch_refs = [], []
         for _ in range(args.rounds):  # interleaved, as above
             watch_refs.append(asyncio.run(watchers(ref_port, args.watchers)))
@@ -358,11 +498,13 @@ def main() -> None:
         ref_proc.wait(30)
 
     extra = [
-        *(f"- RecordPhotometry{' (columns)' if r['columnar'] else ''}, {r['concurrency']:.0f} concurrent writers: "
-          f"**{r['rows_per_s']:,.0f} rows/s** durably "
-          f"committed ({r['batches']:.0f} batches of {r['rows_per_batch']:.0f} rows, synchronous=FULL; median of "
-          f"{r['runs']} runs, {r['low']:,.0f}-{r['high']:,.0f}); server CPU {r['cpu_us_per_row']:.1f} us/row."
-          for r in ingests),
+        *(
+            f"- RecordPhotometry{' (columns)' if r['columnar'] else ''}, {r['concurrency']:.0f} concurrent writers: "
+            f"**{r['rows_per_s']:,.0f} rows/s** durably "
+            f"committed ({r['batches']:.0f} batches of {r['rows_per_batch']:.0f} rows, synchronous=FULL; median of "
+            f"{r['runs']} runs, {r['low']:,.0f}-{r['high']:,.0f}); server CPU {r['cpu_us_per_row']:.1f} us/row."
+            for r in ingests
+        ),
         f"- WatchJob: {args.watchers} concurrent watchers, two transitions, transition-to-receipt p50 "
         f"{watch_r['p50_ms']:.1f} ms, p99 **{watch_r['p99_ms']:.1f} ms** (median of {args.rounds} rounds; the "
         f"reference's p99 {watch_r['ref_p99_ms']:.1f} ms); every watcher got every transition: "
@@ -371,19 +513,51 @@ def main() -> None:
     ]
     if args.workers and not args.smoke:
         extra.append(compare_workers(data_dir, cases[0], args.seconds, expected[cases[0].name]))
-    report = "\n".join([
-        f"### {args.images:,} images, {targets['photometry']:,} photometry rows, {targets['sources']:,} sources",
-        "", f"`{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}` on {machine()}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. 64 concurrent streams (h2load -c 16 -m 4), "
-        f"{args.seconds:g} s per run, median of {args.rounds} interleaved rounds (one caller where the case says "
-        f"so). The SearchSources cone holds {targets['cone_matches']:,} sources; pages of 100.", "",
-        table(results), "", *extra, ""])
+    report = "\n".join(
+        [
+            f"### {args.images:,} images, {targets['photometry']:,} photometry rows, {targets['sources']:,} sources",
+            "",
+            f"`{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}` on {machine()}, "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. 64 concurrent streams (h2load -c 16 -m 4), "
+            f"{args.seconds:g} s per run, median of {args.rounds} interleaved rounds (one caller where the case says "
+            f"so). The SearchSources cone holds {targets['cone_matches']:,} sources; pages of 100.",
+            "",
+            table(results),
+            "",
+            *extra,
+            "",
+        ]
+    )
     print(report)
     if args.write:
-        readme = Path(__file__).parent / "README.md"
-        text = readme.read_text()
-        marker = "<!-- RESULTS -->"
-        readme.write_text(text.replace(marker, marker + "\n\n" + report, 1))
+        record_results(report)
+
+
+def record_results(report: str) -> None:
+    """The report joins the run log (bench/history/results.md, newest first) and becomes the
+    current table of bench/README.md."""
+    here = Path(__file__).parent
+    history = here / "history" / "results.md"
+    marker = "<!-- RESULTS -->"
+    history.write_text(history.read_text().replace(marker, marker + "\n\n" + report, 1))
+    readme = here / "README.md"
+    head, rest = readme.read_text().split("<!-- CURRENT -->", 1)
+    _, tail = rest.split("<!-- /CURRENT -->", 1)
+    readme.write_text(f"{head}<!-- CURRENT -->\n\n{report.strip()}\n\n<!-- /CURRENT -->{tail}")
+
+
+def reference_cmd(port: int, responses: Path, streaming: list[str]) -> list[str]:
+    """The reference server on `port`, answering with the replies `save_replies` left in `responses`."""
+    script = str(Path(__file__).parent / "reference_server.py")
+    return [sys.executable, script, "--port", str(port), "--responses", str(responses),
+            *(arg for method in streaming for arg in ("--streaming", method))]  # fmt: skip
+
+
+def save_replies(responses: Path, case: Case, replies: list[bytes]) -> None:
+    """What the reference server answers `case` with (bench/reference_server.py reads them back)."""
+    stem = case.method.lstrip("/").replace("/", ".") + "." + request_key(case.request)
+    for i, reply in enumerate(replies):
+        (responses / (f"{stem}.bin.{i}" if case.streaming else f"{stem}.bin")).write_bytes(reply)
 
 
 def compare_workers(data_dir: Path, case: Case, seconds: float, expected: int) -> str:
@@ -396,8 +570,9 @@ def compare_workers(data_dir: Path, case: Case, seconds: float, expected: int) -
             result = h2load.run(port, case.method, case.request, seconds=seconds)
             if result.succeeded == 0:
                 raise RuntimeError("worker comparison got error responses")
-            out.append(f"{workers} worker{'s' if workers > 1 else ''}: {result.rps:.0f} req/s, "
-                       f"p99 {result.p99_ms:.1f} ms")
+            out.append(
+                f"{workers} worker{'s' if workers > 1 else ''}: {result.rps:.0f} req/s, p99 {result.p99_ms:.1f} ms"
+            )
         finally:
             proc.terminate()
             proc.wait(30)

@@ -4,7 +4,8 @@
     python bench/unary_ab.py --data-dir /tmp/b100k --case "SearchSources r=1 deg" --b-checkout /tmp/old
 
 A is this checkout's server, B the same with --b flags or from --b-checkout (its source roots first
-on PYTHONPATH). Both serve the same database (reads only). Each round runs the case once against
+on PYTHONPATH). Both serve the same database (reads only), or B a copy of it (--b-data-dir: an older
+checkout refuses a database a newer one migrated). Each round runs the case once against
 each server and the reference (bench/reference_server.py, answering with A's reply), in that order,
 so a drift in the machine's speed falls on all three.
 """
@@ -16,13 +17,11 @@ import os
 import shlex
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import h2load
 import run
-from reference_server import request_key
 
 
 def main() -> None:
@@ -34,13 +33,12 @@ def main() -> None:
     p.add_argument("--a", default="", help="server flags of A")
     p.add_argument("--b", default="", help="server flags of B")
     p.add_argument("--b-checkout", type=Path, help="run B's server from this checkout of the repository")
+    p.add_argument("--b-data-dir", type=Path, help="B's copy of the database (default: A's)")
     args = p.parse_args()
     cases = {c.name: c for c in run.unary_cases(run.pick_targets(args.data_dir / "contimg.sqlite3"))}
     if args.case not in cases:
         raise SystemExit(f"no case {args.case!r}; one of: {', '.join(cases)}")
     case = cases[args.case]
-    if case.streaming:
-        raise SystemExit("unary cases only")
     env_b = None
     if args.b_checkout is not None:
         roots = [str(args.b_checkout.resolve() / d) for d in ("server", "generated", "clients")]
@@ -48,27 +46,30 @@ def main() -> None:
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     responses = Path(tempfile.mkdtemp(prefix="contimg-ab-"))
     try:
-        for name, flags, env in (("A", args.a, None), ("B", args.b, env_b)):
+        b_data = args.b_data_dir or args.data_dir
+        for name, flags, env, data in (("A", args.a, None, args.data_dir), ("B", args.b, env_b, b_data)):
             port = run.free_port()
-            servers[name] = (run.start(run.serve_cmd(args.data_dir, port, *shlex.split(flags)), port, env=env), port)
-        [reply] = run.raw_call(servers["A"][1], case.method, case.request, False)
-        stem = case.method.lstrip("/").replace("/", ".") + "." + request_key(case.request)
-        (responses / f"{stem}.bin").write_bytes(reply)
+            servers[name] = (run.start(run.serve_cmd(data, port, *shlex.split(flags)), port, env=env), port)
+        replies = run.raw_call(servers["A"][1], case.method, case.request, case.streaming)
+        run.save_replies(responses, case, replies)
         ref_port = run.free_port()
-        servers["reference"] = (subprocess.Popen([sys.executable, str(Path(__file__).parent / "reference_server.py"),
-                                                  "--port", str(ref_port), "--responses", str(responses)],
-                                                 stdout=subprocess.DEVNULL), ref_port)
+        ref_cmd = run.reference_cmd(ref_port, responses, [case.method] if case.streaming else [])
+        servers["reference"] = (subprocess.Popen(ref_cmd, stdout=subprocess.DEVNULL), ref_port)
         run._wait_port(ref_port)
-        expected = len(reply) + 5
-        size = {name: max(200, int(h2load.run(port, case.method, case.request, seconds=1).rps * args.seconds))
-                for name, (_, port) in servers.items()}
+        expected = sum(len(r) + 5 for r in replies)
+        size = {
+            name: max(200, int(h2load.run(port, case.method, case.request, seconds=1).rps * args.seconds))
+            for name, (_, port) in servers.items()
+        }
         results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for r in range(args.rounds):
             for name, (proc, port) in servers.items():
                 m = run.measure(port, proc.pid, case, size[name], expected)
                 results[name].append(m)
-                print(f"round {r} {name}: {m['rps']:.0f} req/s, p99 {m['p99']:.1f} ms, {m['cpu_us']:.0f} us/call",
-                      flush=True)
+                print(
+                    f"round {r} {name}: {m['rps']:.0f} req/s, p99 {m['p99']:.1f} ms, {m['cpu_us']:.0f} us/call",
+                    flush=True,
+                )
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -76,8 +77,10 @@ def main() -> None:
     ref_rps = statistics.median(m["rps"] for m in results["reference"])
     for name, ms in results.items():
         med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
-        print(f"{name}: {med['rps']:.0f} req/s ({med['rps'] / ref_rps:.2f}x the reference), p50 {med['p50']:.1f} ms, "
-              f"p99 {med['p99']:.1f} ms, {med['cpu_us']:.0f} us/call (medians of {len(ms)})")
+        print(
+            f"{name}: {med['rps']:.0f} req/s ({med['rps'] / ref_rps:.2f}x the reference), p50 {med['p50']:.1f} ms, "
+            f"p99 {med['p99']:.1f} ms, {med['cpu_us']:.0f} us/call (medians of {len(ms)})"
+        )
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ async def test_unauthorized_bodies_are_not_read_and_oversized_ones_not_decoded(s
     the token check, to a 5.2 GB peak. Now a write's caller is admitted before its body is read (a
     refused one sends no more than a flow-control window), and a read larger than its method needs
     is refused RESOURCE_EXHAUSTED without being decoded."""
+
     def junk(size: int) -> bytes:
         return grpc_frame(b"\x0a\xff\xff\xff\x19" + bytes(size))
 

@@ -110,7 +110,14 @@ async def _writer(k: int, targets: list[Stubs], ms_name: str) -> dict[str, int]:
 
 async def test_two_processes_share_one_database(tmp_path: Path) -> None:
     database = tmp_path / "contimg.sqlite3"
-    servers = [ServerProcess(tmp_path, database=database, name=f"server{n}", ) for n in range(2)]
+    servers = [
+        ServerProcess(
+            tmp_path,
+            database=database,
+            name=f"server{n}",
+        )
+        for n in range(2)
+    ]
     try:
         for server in servers:
             await server.start()

@@ -15,8 +15,6 @@ import grpc
 import pytest
 from dsa110.contimg.server.servicers.encoded import (
     Encoded,
-    EncodedCache,
-    ReplyCache,
     double_field,
     field_bytes,
     page,
@@ -88,18 +86,6 @@ def test_scalar_fields_match_proto3(value: float):
         assert string_field(2, text) == sources_pb2.ListSourcesResponse(next_page_token=text).SerializeToString()
     for n in (0, 1, 127, 128, 300, 2**31 - 1):
         assert uint_field(3, n) == sources_pb2.ListSourcesResponse(total_size=n).SerializeToString()
-
-
-def test_reply_cache_is_bounded_by_bytes():
-    cache = ReplyCache(max_bytes=100, max_entry_bytes=60)
-    cache.put("a", [b"x" * 30, b"y" * 10])
-    cache.put("b", [b"z" * 50])
-    assert cache.get("a") == (b"x" * 30, b"y" * 10)  # now the most recently used
-    cache.put("c", [b"w" * 40])  # 130 bytes: "b" (least recently used) goes
-    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
-    assert cache.size == 80
-    cache.put("big", [b"q" * 61])  # larger than an entry may be: not kept, nothing evicted
-    assert cache.get("big") is None and cache.size == 80
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 70000])
@@ -221,7 +207,7 @@ async def test_lightcurve_replies_are_the_messages_and_follow_writes(stubs):
     assert [len(m.points) for m in first] == [3, 1]
     assert [p.image for m in first for p in m.points] == [i.name for i in images[:4]]
 
-    # A new epoch moves the source's version: the cached lightcurve is not served again.
+    # A new epoch is a commit: the kept lightcurve is not served again.
     await record(stubs, images[4].name, [measurement("ENCLC", 150.0, 40.0, flux=0.7)])
     second = await read()
     assert [len(m.points) for m in second] == [3, 2]
@@ -335,15 +321,3 @@ async def test_encoded_methods_fail_with_rich_status(stubs):
 
     await expect_error(lightcurve(name="sources/NOPE"), NOT_FOUND, "SOURCE_NOT_FOUND")
     await expect_error(lightcurve(name="sources/X", start_mjd=2.0, end_mjd=1.0), INVALID, "INVALID_ARGUMENT", "end_mjd")
-
-
-def test_encoded_cache_is_bounded_by_bytes():
-    """Entries count their bytes and a fixed overhead; the oldest go first (200,000 encoded images,
-    the cache's old count bound, were ~300 MB)."""
-    item = images_pb2.Image(name="x" * 995)
-    entry = len(field_bytes(1, item.SerializeToString())) + EncodedCache.ENTRY_OVERHEAD
-    cache = EncodedCache(capacity=1_000_000, max_bytes=100 * entry)
-    for i in range(250):
-        cache.get("image", 1, i, 1, lambda _: item, None)
-    assert cache.size == 100 * entry and len(cache._items) == 100
-    assert ("image", 1, 249, 1) in cache._items and ("image", 1, 0, 1) not in cache._items

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from dsa110.contimg.server.storage.sqlite.database import _split_sql
 from dsa110.contimg.server.storage.sqlite.migrations import MIGRATIONS
+from dsa110.contimg.server.storage.sqlite.schema import split_sql as _split_sql
 from dsa110.contimg.v1 import images_pb2, sources_pb2
 
 from conftest import ServerFactory, make_stubs

@@ -1,4 +1,4 @@
-"""Reused read results (Database.cached) are exact: any commit, by this server or another process on
+"""Reused read results (readcache.py) are exact: any commit, by this server or another process on
 the same file, makes the next read run again.
 
 Two servers share one SQLite file; every read is asked twice on A (so the second may come from the
@@ -9,11 +9,9 @@ image searches.
 from __future__ import annotations
 
 import grpc
-from dsa110.contimg.server.domain.records import Page
-from dsa110.contimg.server.storage.sqlite import database
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 
-from conftest import ServerFactory, make_stubs, open_scratch_database
+from conftest import ServerFactory, make_stubs
 from helpers_jobs import make_image, make_ms, measurement, record
 
 
@@ -89,15 +87,12 @@ async def test_cached_reads_follow_commits_from_another_process(server_factory: 
 
 async def test_repeated_pages_reuse_their_reply_until_a_commit(server_factory: ServerFactory) -> None:
     """A List or Search asked again, with nothing committed in between, is the reply kept from the
-    first time (servicers/memo.py), byte for byte; the first commit after makes it rebuild."""
+    first time (readcache.py), byte for byte; the first commit after makes it rebuild."""
     running = await server_factory()
-    images_memo = running.server.servicers["ImageService"].replies  # type: ignore[attr-defined]
-    sources_memo = running.server.servicers["SourceService"].replies  # type: ignore[attr-defined]
-    ms_memo = running.server.servicers["MSService"].replies  # type: ignore[attr-defined]
-    jobs_memo = running.server.servicers["JobService"].replies  # type: ignore[attr-defined]
+    cache = running.server.storage.read_cache
 
     def memo_hits() -> int:
-        return images_memo.hits + sources_memo.hits + ms_memo.hits + jobs_memo.hits  # type: ignore[no-any-return]
+        return cache.hits
 
     async with grpc.aio.insecure_channel(running.target) as ch:
         s = make_stubs(ch)
@@ -132,17 +127,17 @@ async def test_repeated_pages_reuse_their_reply_until_a_commit(server_factory: S
             return {name: await call(req.SerializeToString()) for name, (call, req) in calls.items()}
 
         first = await ask_all()
-        hits = memo_hits()
+        hits, misses = memo_hits(), cache.misses
         again = await ask_all()
         assert again == first
-        assert memo_hits() == hits + len(calls)
+        assert memo_hits() == hits + len(calls) and cache.misses == misses
 
         # One commit: every reply is rebuilt and shows it.
         later = await make_image(s, ms.name, "/data/images/memo-1.fits", 60100.1)
         await record(s, later.name, [measurement("MEMO1", 150.0, 40.0)])
-        hits = memo_hits()
+        misses = cache.misses
         after = await ask_all()
-        assert memo_hits() == hits
+        assert cache.misses >= misses + len(calls)  # every reply (and the items of the new rows) rebuilt
         assert images_pb2.ListImagesResponse.FromString(after["ListImages"]).total_size == 2
         assert len(images_pb2.SearchImagesResponse.FromString(after["SearchImages"]).matches) == 2
         assert (
@@ -176,23 +171,28 @@ async def test_repeated_pages_reuse_their_reply_until_a_commit(server_factory: S
                 raise AssertionError("a negative radius was accepted")
 
 
-async def test_reused_results_are_bounded_by_bytes(tmp_path) -> None:
-    """Pages of records count ~1.5 KB an item: wide pages push out older ones well before the entry
-    bound (2,048 cones of 1,000 sources once held ~2.8 GB); one result over a sixteenth of the
-    bound is not kept at all."""
-    db = await open_scratch_database(tmp_path / "bytes.sqlite3")
-    try:
-        page = Page([object()] * 1000, None, 1000)  # ~1.5 MB as counted
-        for i in range(100):
-            await db.cached(("page", i), lambda page=page: _value(page))
-        assert 0 < db._result_bytes <= database.RESULT_CACHE_BYTES
-        assert len(db._results) == database.RESULT_CACHE_BYTES // (256 + 1536 * 1000)
-        huge = Page([object()] * 10_000, None, 10_000)
-        await db.cached(("huge",), lambda: _value(huge))
-        assert ("huge",) not in db._results
-    finally:
-        await db.close()
-
-
-async def _value(page: Page[object]) -> Page[object]:
-    return page
+async def test_the_read_cache_is_bounded_by_bytes(server_factory: ServerFactory) -> None:
+    """Every reply and item counts its bytes: 600 distinct image pages through a 1 MiB cache leave
+    it at or under 1 MiB, holding the most recent replies; a reply over a sixteenth of the bound is
+    sent but never kept."""
+    running = await server_factory(read_cache_mb=1)
+    cache = running.server.storage.read_cache
+    async with grpc.aio.insecure_channel(running.target) as ch:
+        s = make_stubs(ch)
+        ms = await make_ms(s, "/data/ms/bound.ms", mid_mjd=60100.0)
+        for i in range(80):
+            await make_image(s, ms.name, f"/data/images/bound-{i}-{'x' * 900}.fits", 60100.0 + i / 1000)
+        list_images = ch.unary_unary("/dsa110.contimg.v1.ImageService/ListImages")
+        sizes = []
+        for i in range(600):
+            # Distinct requests for the same page: each reply is kept under its own bytes.
+            request = images_pb2.ListImagesRequest(page_size=3, filter=f"mid_mjd > {59000 + i}")
+            sizes.append(len(await list_images(request.SerializeToString())))
+            assert cache.size <= cache.max_bytes
+        assert cache.size > cache.max_bytes // 2
+        assert len(cache) < 600
+        big = images_pb2.ListImagesRequest(page_size=80)
+        reply = await list_images(big.SerializeToString())
+        assert len(images_pb2.ListImagesResponse.FromString(reply).images) == 80
+        assert len(reply) > cache.max_bytes // 16
+        assert ("ListImages", big.SerializeToString()) not in cache._entries

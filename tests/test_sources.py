@@ -657,7 +657,7 @@ async def test_cone_search_without_sqlites_math_functions(server_factory, monkey
     for has_math in (True, False):
         monkeypatch.setattr(database, "has_math", lambda _conn, has_math=has_math: has_math)
         server = await server_factory(database=tmp_path / f"math-{has_math}.sqlite3")
-        assert server.server.storage.db._math is has_math
+        assert server.server.storage.db.reads._math is has_math
         async with grpc.aio.insecure_channel(server.target) as channel:
             stubs = make_stubs(channel)
             [img] = await make_images(stubs, [61000.0], "math")

@@ -26,7 +26,7 @@ from .health import StorageHealth
 from .housekeeping import Housekeeping
 from .interceptors.logging import LoggingInterceptor, quiet_departures
 from .reflection import enable_server_reflection
-from .replicas import RedisFeatures, Repositories
+from .replicas import RedisFeatures
 from .servicers.admission import Admission, Limits, TokenPolicy
 from .servicers.common import Paging
 from .servicers.handlers import add_service
@@ -98,8 +98,11 @@ class ContimgServer:
                 synchronous=self.config.synchronous.upper(),
                 statement_timeout_s=self.config.statement_timeout_s,
                 write_process=self.config.write_process,
+                native_change_probe=self.config.native_change_probe,
+                inline_reads=self.config.inline_reads,
             ),
             self.tailer,
+            read_cache_bytes=self.config.read_cache_mb << 20,
         )
         self.tailer.version = self.storage.db.version
         self.health = HealthServicer()
@@ -110,9 +113,8 @@ class ContimgServer:
 
     async def start(self) -> int:
         await self.storage.open()
-        repos = Repositories.of(self.storage)
         if self.redis is not None:
-            repos = await self.redis.start(self.storage, self.health)
+            await self.redis.start(self.health)
         await self.tailer.start(self.storage.jobs)
         paging = Paging(self.storage.page_token_secret)
         write_tokens, read_tokens = token_sets(self.config)
@@ -136,14 +138,15 @@ class ContimgServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor()] if self.config.log_rpcs else []
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
         servicers: list[tuple[ServiceDescriptor, ImageServicer | SourceServicer | JobServicer | MSServicer]] = [
-            (IMAGE_SERVICE, ImageServicer(repos.images, paging)),
-            (SOURCE_SERVICE, SourceServicer(repos.sources, paging)),
-            (JOB_SERVICE, JobServicer(repos.jobs, paging, JobWatcher(repos.jobs, self.bus))),
-            (MS_SERVICE, MSServicer(repos.measurement_sets, paging)),
+            (IMAGE_SERVICE, ImageServicer(self.storage.images, paging)),
+            (SOURCE_SERVICE, SourceServicer(self.storage.sources, paging)),
+            (JOB_SERVICE, JobServicer(self.storage.jobs, paging, JobWatcher(self.storage.jobs, self.bus))),
+            (MS_SERVICE, MSServicer(self.storage.measurement_sets, paging)),
         ]
         self.servicers = {service.name: servicer for service, servicer in servicers}
         for service, servicer in servicers:
             servicer.admission = admission
+            servicer.reads = self.storage.read_cache
             # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).
             add_service(server, service, servicer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

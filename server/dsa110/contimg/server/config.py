@@ -32,6 +32,18 @@ class ServerConfig:
         default=True,
         metadata={"help": "write photometry from a helper process beside the server (its own core and GIL)"},
     )
+    read_cache_mb: int = field(
+        default=256,
+        metadata={"help": "memory for reused read replies and encoded rows, MiB (0: every read computed)"},
+    )
+    native_change_probe: bool = field(
+        default=True,
+        metadata={"help": "check for commits through SQLite's C API without releasing the GIL (off: the pragma)"},
+    )
+    inline_reads: bool = field(
+        default=True,
+        metadata={"help": "try quick reads on the event loop (~1 ms budget) before the reader threads"},
+    )
     statement_timeout_s: float = field(default=30.0, metadata={"help": "cap on one storage query, seconds"})
     max_message_mb: int = field(
         default=32,
@@ -150,6 +162,8 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
         raise SystemExit("--tls-cert and --tls-key go together")
     if config.tls_client_ca and not config.tls_cert:
         raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+    if config.read_cache_mb < 0:
+        raise SystemExit("--read-cache-mb must be 0 or more")
     if config.workers < 1 or config.readers < 1:
         raise SystemExit("workers and readers must be at least 1")
     return config

@@ -3,7 +3,7 @@
 Redis is optional and never on the critical path of correctness. The link is "up" only while its
 subscriber is connected and answering pings; every command is bounded by `op_timeout_s` and fails
 fast (no retries) with `RedisUnavailable`. Any failure marks the link broken: the subscriber loop
-tears the connection down, reports "down" to the listeners (health, cache, event tailer) and tries
+tears the connection down, reports "down" to the listeners (health, the event tailer) and tries
 again every `retry_s` until Redis answers, then reports "up". Callers therefore never wait on a dead
 Redis for longer than one `op_timeout_s`, and while the link is down they do not touch Redis at all.
 

@@ -366,7 +366,7 @@ class JobLogEntry(NamedTuple):
     text: str
 
 
-@dataclass(slots=True, weakref_slot=True)  # weakref: servicers/memo.py recognises a page without keeping it
+@dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: list[T]  # never modified: shared like the records
     next_after: list[object] | None  # keyset of the last item when more may follow

@@ -12,8 +12,8 @@ the LocalEventBus, advancing `last`. So an event reaches the watchers of every p
 in order, whichever process committed it. Wake-ups come from
 
 * a local commit (the storage calls `publish()` after COMMIT; nothing is sent to the bus directly);
-* the database itself: every `check_s` the tailer compares the database's change version (a read of
-  SQLite's WAL-index header, ~0.2 us: storage/sqlite/wal_index.py) with the one it last drained at,
+* the database itself: every `check_s` the tailer compares the database's change version (SQLite's
+  data_version, ~5 us: storage/sqlite/changes.py) with the one it last drained at,
   and drains when another process has committed anything. This is what makes `--workers N` and
   replicas without Redis deliver every transition to every watcher (they once did not, silently);
 * with Redis (`link`), a notification on the channel `contimg:job-events` carrying the newest

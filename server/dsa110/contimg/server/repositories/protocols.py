@@ -3,13 +3,13 @@
 Every method is atomic. Writes that take an `idempotency` key return the first result when the
 same key comes again with the same fingerprint, and raise RequestIdMismatch for a different one.
 Keyset pagination: `after` is the keyset returned as `Page.next_after` of the previous page.
-Records and pages that reads return may be shared with other callers (implementations reuse them
-until the next commit): read them, never modify them.
+Records and pages are immutable (NamedTuples, frozen dataclasses): a servicer may share what a
+read returned with other callers.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Hashable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,16 +44,6 @@ class ListQuery:
     order: Sequence[OrderKey]
     page_size: int
     after: list[object] | None
-
-
-def query_key(query: ListQuery) -> Hashable:
-    """Everything that decides a page's content (value types included: 1 and 1.0 are different keys)."""
-    return (
-        tuple((c.field, c.op, type(c.value).__name__, c.value) for c in query.conditions),
-        tuple((o.field, o.desc) for o in query.order),
-        query.page_size,
-        None if query.after is None else tuple((type(v).__name__, v) for v in query.after),
-    )
 
 
 class MeasurementSetRepository(Protocol):

@@ -15,7 +15,7 @@ maximum_concurrent_rpcs refuses with a bare status and cannot tell callers apart
 reflection are neither checked nor limited: load balancers and grpcurl keep working, and an
 overloaded server is still a live one.
 
-Checked inside each servicer method's wrapper (servicers/errors.py), not by interceptors: grpc.aio
+Checked inside each servicer method's wrapper (servicers/envelope.py), not by interceptors: grpc.aio
 runs every server interceptor as its own step of every call, measured at ~7 us each (a third of a
 GetImage's own work); the checks themselves cost ~1 us. Writes are registered so that this check
 runs before their request is read (servicers/handlers.py): a refused caller's body is not read,
@@ -35,7 +35,7 @@ import grpc
 from google.rpc import code_pb2
 
 from ..rpc_types import Ctx
-from .errors import rich_status
+from .status import rich_status
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 READ_PREFIXES = ("Get", "List", "Search", "BatchGet", "Watch")

@@ -14,8 +14,7 @@ from ..domain.query import FieldSpec, OrderKey, PageTokens, fingerprint, parse_f
 from ..domain.records import Page
 from ..domain.validation import MAX_BATCH_GET, check_request_id
 from ..repositories.protocols import Idempotency, ListQuery
-from .encoded import Encoded, field_bytes, page, reply_size
-from .memo import ReplyMemo
+from .encoded import Encoded, field_bytes, page
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -90,7 +89,6 @@ class Paging:
 
 
 async def list_reply(
-    replies: ReplyMemo,
     paging: Paging,
     method: str,
     request: Any,
@@ -101,17 +99,10 @@ async def list_reply(
     response: type[M],
 ) -> Encoded[M]:
     """A List reply: the framed bytes `items` gives for a page's items (field 1 of `response`), the
-    next page token and the total, reused while the repository returns the same page
-    (servicers/memo.py)."""
-
-    def plan() -> Planned:
-        return paging.query(method, request, specs, default_order)
-
-    async def build(planned: Planned, refs: Page[T]) -> Encoded[M]:
-        return page(response, await items(refs.items), paging.next_token(refs, planned[1]), refs.total_size)
-
-    key = (method, request.SerializeToString())
-    return await replies.reply(key, plan, lambda p: list_page(p[0]), build, reply_size)
+    next page token and the total."""
+    query, fp = paging.query(method, request, specs, default_order)
+    found = await list_page(query)
+    return page(response, await items(found.items), paging.next_token(found, fp), found.total_size)
 
 
 def framed(to_proto: Callable[[T], Message]) -> Callable[[list[T]], Awaitable[list[bytes]]]:

@@ -5,6 +5,7 @@ What the generated `add_XServicer_to_server` does (one handler per method, the r
 * the response serializer sends `Encoded` replies as they are (servicers/encoded.py);
 * the request deserializer marks undecodable bytes instead of failing, and refuses without decoding
   a request larger than its method can need (servicers/decoding.py: reads 64 KiB, BatchGet 4 MiB);
+  reads whose replies are reused get their request's bytes, decoded only on a miss (envelope.py);
 * writes are registered as client-streaming: gRPC reads a unary method's request before calling
   its handler, a streaming one's only when the handler asks, so the handler admits the caller
   (servicers/admission.py) before the body is read and a refused caller's body never is (four
@@ -23,7 +24,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from .admission import is_read
-from .decoding import Unread, lenient
+from .decoding import Unread, lenient, raw
 from .encoded import serializer
 
 _MAKERS = {
@@ -54,7 +55,9 @@ def method_handlers(service: ServiceDescriptor, servicer: object) -> dict[str, g
             raise TypeError(f"{type(servicer).__name__} does not implement {service.full_name}/{method.name}")
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
-        decode = lenient(request.FromString, request_limit(method.name))
+        limit = request_limit(method.name)
+        reads_raw = getattr(behaviour, "reads_raw", False)
+        decode = raw(request.FromString, limit) if reads_raw else lenient(request.FromString, limit)
         if not method.client_streaming and not method.server_streaming and not is_read(method.name):
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
                 _read_after_admission(behaviour), decode, serializer(response)

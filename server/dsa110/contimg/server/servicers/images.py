@@ -9,53 +9,54 @@ from ..domain import names
 from ..domain.checks import Checker
 from ..domain.errors import NotFound
 from ..domain.listing import IMAGE_DEFAULT_ORDER, IMAGE_FIELDS
-from ..domain.records import IMAGE_UPDATABLE_FIELDS, Image, Match, Page
+from ..domain.records import IMAGE_UPDATABLE_FIELDS, Image
 from ..domain.validation import check_image
+from ..readcache import ReadCache, no_cache
 from ..repositories.protocols import ImageRepository
 from ..rpc_types import Ctx
 from ..slices import map_in_slices
 from .admission import OPEN, Admission
-from .common import SEARCH_MAX_PAGE_SIZE, Paging, Planned, batch_keys, idempotency, list_reply, require
+from .common import SEARCH_MAX_PAGE_SIZE, Paging, batch_keys, idempotency, list_reply, require
 from .convert import image_from_proto, image_to_proto
-from .encoded import Encoded, EncodedCache, double_field, field_bytes, page, reply_size, unframe
-from .errors import unary
-from .memo import ReplyMemo
+from .encoded import Encoded, double_field, field_bytes, page, unframe
+from .envelope import read, unary
 
 
 def _version(img: Image) -> tuple[int, int]:
     return img.id, img.update_time
 
 
+def _framed_image(img: Image) -> bytes:
+    return field_bytes(1, image_to_proto(img).SerializeToString())
+
+
 _ALL_FIELDS = tuple(dict.fromkeys(f for attrs in IMAGE_UPDATABLE_FIELDS.values() for f in attrs))
 
 
 class ImageServicer:
-    """dsa110.contimg.v1.ImageService (registered by servicers/handlers.py: lists leave as Encoded bytes)."""
+    """dsa110.contimg.v1.ImageService (registered by servicers/handlers.py: reads leave as Encoded bytes)."""
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
+    reads: ReadCache = no_cache()  # the server sets its own (readcache.py)
 
-    def __init__(
-        self, repo: ImageRepository, paging: Paging, cache: EncodedCache | None = None, replies: ReplyMemo | None = None
-    ):
+    def __init__(self, repo: ImageRepository, paging: Paging):
         self.repo = repo
         self.paging = paging
-        self.cache = cache or EncodedCache()
-        self.replies = replies or ReplyMemo()
 
     def _encoded(self, img: Image) -> bytes:
         """The image as field 1 (of BatchGet/List responses and of ImageMatch)."""
-        return self.cache.get("image", 1, img.id, img.update_time, image_to_proto, img)
+        return self.reads.item(("image", img.id, img.update_time), lambda: _framed_image(img))
 
-    @unary
+    @read
     async def GetImage(self, request: pb.GetImageRequest, context: Ctx) -> Encoded[pb.Image]:
         image_id = names.parse_image_name(request.name)
         [img] = await self.repo.get_many([image_id])
         if img is None:
             raise NotFound("IMAGE", names.image_name(image_id))
-        # The same cached bytes lists use (framed as their field 1), without the frame.
+        # The same bytes lists use (framed as their field 1), without the frame.
         return Encoded(pb.Image, unframe(self._encoded(img)))
 
-    @unary
+    @read
     async def BatchGetImages(
         self, request: pb.BatchGetImagesRequest, context: Ctx
     ) -> Encoded[pb.BatchGetImagesResponse]:
@@ -66,13 +67,12 @@ class ImageServicer:
                 raise NotFound("IMAGE", names.image_name(image_id))
         return Encoded(pb.BatchGetImagesResponse, b"".join(await map_in_slices(self._encoded, [i for i in found if i])))
 
-    @unary
+    @read
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> Encoded[pb.ListImagesResponse]:
         async def items(refs: list[tuple[int, int]]) -> list[bytes]:
-            return await self.cache.from_refs("image", 1, refs, self.repo.get_many, _version, image_to_proto)
+            return await self.reads.items_for_refs("image", refs, self.repo.get_many, _version, _framed_image)
 
         return await list_reply(
-            self.replies,
             self.paging,
             "ListImages",
             request,
@@ -83,30 +83,24 @@ class ImageServicer:
             pb.ListImagesResponse,
         )
 
-    @unary
+    @read
     async def SearchImages(self, request: pb.SearchImagesRequest, context: Ctx) -> Encoded[pb.SearchImagesResponse]:
-        def plan() -> Planned:
-            c = Checker()
-            c.ra("ra_deg", request.ra_deg)
-            c.dec("dec_deg", request.dec_deg)
-            return self.paging.query(
-                "SearchImages",
-                request,
-                IMAGE_FIELDS,
-                (),
-                sortable=False,
-                bound_to=(request.ra_deg, request.dec_deg),
-                max_page_size=SEARCH_MAX_PAGE_SIZE,
-                checks=c,
-            )
-
-        async def build(planned: Planned, found: Page[Match[Image]]) -> Encoded[pb.SearchImagesResponse]:
-            matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
-            return page(pb.SearchImagesResponse, matches, self.paging.next_token(found, planned[1]), found.total_size)
-
-        key = ("SearchImages", request.SerializeToString())
-        fetch = lambda p: self.repo.search(request.ra_deg, request.dec_deg, p[0])  # noqa: E731
-        return await self.replies.reply(key, plan, fetch, build, reply_size)
+        c = Checker()
+        c.ra("ra_deg", request.ra_deg)
+        c.dec("dec_deg", request.dec_deg)
+        query, fp = self.paging.query(
+            "SearchImages",
+            request,
+            IMAGE_FIELDS,
+            (),
+            sortable=False,
+            bound_to=(request.ra_deg, request.dec_deg),
+            max_page_size=SEARCH_MAX_PAGE_SIZE,
+            checks=c,
+        )
+        found = await self.repo.search(request.ra_deg, request.dec_deg, query)
+        matches = [field_bytes(1, self._encoded(m.item) + double_field(2, m.separation_deg)) for m in found.items]
+        return page(pb.SearchImagesResponse, matches, self.paging.next_token(found, fp), found.total_size)
 
     @unary
     async def CreateImage(self, request: pb.CreateImageRequest, context: Ctx) -> pb.Image:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from functools import partial
@@ -17,17 +16,17 @@ from ..domain.checks import Checker, page_size
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
 from ..domain.query import fingerprint, parse_filter
-from ..domain.records import Heartbeat, Job, JobEvent, JobStage
+from ..domain.records import Heartbeat, Job, JobEvent, JobEventType, JobStage
 from ..domain.validation import MAX_ARTIFACTS, MAX_LOG_LINES, check_job, check_lines
 from ..events.watch import JobWatcher
+from ..readcache import ReadCache, no_cache
 from ..repositories.protocols import JobRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
 from .common import Paging, framed, idempotency, list_reply, require
 from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json
 from .encoded import Encoded
-from .errors import streaming, unary
-from .memo import ReplyMemo
+from .envelope import read, streaming, unary
 
 # Sent as soon as a watch is set up, before any event (see the contract's WatchJob): clients tell a
 # server that answered from one they cannot reach, even when no event comes for hours.
@@ -38,29 +37,23 @@ class JobServicer:
     """dsa110.contimg.v1.JobService (registered by servicers/handlers.py: list pages leave as Encoded bytes)."""
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
+    reads: ReadCache = no_cache()  # the server sets its own (readcache.py)
 
     def __init__(self, repo: JobRepository, paging: Paging, watcher: JobWatcher):
         self.repo = repo
         self.paging = paging
         self.watcher = watcher
-        self.replies = ReplyMemo()
-        # A live event is one object handed to every watcher: convert it once, not once per stream
-        # (1,000 watchers of a job each built the same message). Keyed by identity, holding the
-        # event so its id cannot be reused while cached.
-        self._converted: OrderedDict[int, tuple[JobEvent | Heartbeat, pb.JobEvent]] = OrderedDict()
 
-    def _to_proto(self, event: JobEvent | Heartbeat) -> pb.JobEvent:
-        key = id(event)
-        hit = self._converted.get(key)
-        if hit is not None and hit[0] is event:
-            return hit[1]
-        message = event_to_proto(event)
-        self._converted[key] = (event, message)
-        if len(self._converted) > 256:
-            self._converted.popitem(last=False)
-        return message
+    def _event(self, event: JobEvent | Heartbeat) -> Encoded[pb.JobEvent]:
+        """The event's message. A logged event is one object handed to every watcher (1,000 watchers
+        of a job each built the same message): its bytes are kept under its sequence and its job's
+        version. Snapshots and heartbeats are built each time (their sequence names no event)."""
+        if isinstance(event, Heartbeat) or event.type == JobEventType.SNAPSHOT:
+            return Encoded(pb.JobEvent, event_to_proto(event).SerializeToString())
+        key = ("event", event.sequence, event.job.id, event.job.update_time)
+        return Encoded(pb.JobEvent, self.reads.item(key, lambda: event_to_proto(event).SerializeToString()))
 
-    @unary
+    @read
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
         job_id = names.parse_job_name(request.name)
         job = await self.repo.get(job_id)
@@ -68,10 +61,9 @@ class JobServicer:
             raise NotFound("JOB", names.job_name(job_id))
         return job_to_proto(job)
 
-    @unary
+    @read
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> Encoded[pb.ListJobsResponse]:
         return await list_reply(
-            self.replies,
             self.paging,
             "ListJobs",
             request,
@@ -183,7 +175,7 @@ class JobServicer:
         total = await self.repo.append_log(job_id, list(request.lines), idem)
         return pb.AppendJobLogResponse(log_line_count=total)
 
-    @unary
+    @read
     async def ListJobLogEntries(
         self, request: pb.ListJobLogEntriesRequest, context: Ctx
     ) -> pb.ListJobLogEntriesResponse:
@@ -211,7 +203,7 @@ class JobServicer:
         )
 
     @streaming
-    async def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> AsyncGenerator[pb.JobEvent, None]:
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Ctx) -> AsyncGenerator[Encoded[pb.JobEvent], None]:
         c = Checker()
         job_id = c.parsed(names.parse_job_name, request.name, "name") or ""
         if request.after_sequence < 0:
@@ -220,10 +212,10 @@ class JobServicer:
         await context.send_initial_metadata(WATCH_OPEN)
         async with aclosing(self.watcher.watch_job(job_id, max(request.after_sequence, 0))) as events:
             async for event in events:
-                yield self._to_proto(event)
+                yield self._event(event)
 
     @streaming
-    async def WatchJobs(self, request: pb.WatchJobsRequest, context: Ctx) -> AsyncGenerator[pb.JobEvent, None]:
+    async def WatchJobs(self, request: pb.WatchJobsRequest, context: Ctx) -> AsyncGenerator[Encoded[pb.JobEvent], None]:
         c = Checker()
         if request.after_sequence < 0:
             c.add("after_sequence", "must not be negative")
@@ -244,7 +236,7 @@ class JobServicer:
 
         async with aclosing(self.watcher.watch_jobs(accept, max(request.after_sequence, 0))) as events:
             async for event in events:
-                yield self._to_proto(event)
+                yield self._event(event)
 
 
 def _parameters_json(msg: pb.Job, c: Checker) -> str:

@@ -11,14 +11,14 @@ from ..domain.errors import NotFound
 from ..domain.listing import MS_DEFAULT_ORDER, MS_FIELDS
 from ..domain.records import MS_WRITABLE_FIELDS, MSStage, MSStatus
 from ..domain.validation import check_measurement_set
+from ..readcache import ReadCache, no_cache
 from ..repositories.protocols import MeasurementSetRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
 from .common import Paging, batch_keys, framed, idempotency, list_reply, require
 from .convert import ms_from_proto, ms_to_proto, set_fields
 from .encoded import Encoded
-from .errors import unary
-from .memo import ReplyMemo
+from .envelope import read, unary
 
 
 def _target_path(msg: pb.MeasurementSet, c: Checker) -> str:
@@ -40,13 +40,13 @@ class MSServicer:
     """dsa110.contimg.v1.MSService (registered by servicers/handlers.py: list pages leave as Encoded bytes)."""
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
+    reads: ReadCache = no_cache()  # the server sets its own (readcache.py)
 
     def __init__(self, repo: MeasurementSetRepository, paging: Paging):
         self.repo = repo
         self.paging = paging
-        self.replies = ReplyMemo()
 
-    @unary
+    @read
     async def GetMeasurementSet(self, request: pb.GetMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
         path = names.parse_ms_name(request.name)
         [ms] = await self.repo.get_many([path])
@@ -54,7 +54,7 @@ class MSServicer:
             raise NotFound("MEASUREMENT_SET", names.ms_name(path))
         return ms_to_proto(ms)
 
-    @unary
+    @read
     async def BatchGetMeasurementSets(
         self, request: pb.BatchGetMeasurementSetsRequest, context: Ctx
     ) -> pb.BatchGetMeasurementSetsResponse:
@@ -65,12 +65,11 @@ class MSServicer:
                 raise NotFound("MEASUREMENT_SET", names.ms_name(path))
         return pb.BatchGetMeasurementSetsResponse(measurement_sets=[ms_to_proto(m) for m in found if m])
 
-    @unary
+    @read
     async def ListMeasurementSets(
         self, request: pb.ListMeasurementSetsRequest, context: Ctx
     ) -> Encoded[pb.ListMeasurementSetsResponse]:
         return await list_reply(
-            self.replies,
             self.paging,
             "ListMeasurementSets",
             request,

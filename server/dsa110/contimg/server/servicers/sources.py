@@ -13,16 +13,16 @@ from ..domain.checks import Checker
 from ..domain.errors import NotFound
 from ..domain.listing import SOURCE_DEFAULT_ORDER, SOURCE_FIELDS
 from ..domain.photometry_rules import MAX_MEASUREMENTS
-from ..domain.records import Match, Page, PhotometryBatch, Source
+from ..domain.records import Match, Photometry, PhotometryBatch, Source
+from ..readcache import ReadCache, no_cache
 from ..repositories.protocols import SourceRepository
 from ..rpc_types import Ctx
 from ..slices import map_in_slices
 from .admission import OPEN, Admission
-from .common import SEARCH_MAX_PAGE_SIZE, Paging, Planned, batch_keys, idempotency, list_reply
+from .common import SEARCH_MAX_PAGE_SIZE, Paging, batch_keys, idempotency, list_reply
 from .convert import photometry_from_columns, photometry_from_proto, photometry_to_proto, source_to_proto
-from .encoded import Encoded, EncodedCache, ReplyCache, double_field, field_bytes, page, reply_size
-from .errors import streaming, unary
-from .memo import ReplyMemo
+from .encoded import Encoded, double_field, field_bytes, page, unframe
+from .envelope import read, read_stream, unary
 
 MAX_RADIUS_DEG = 10.0
 # Page tokens of cones are keyed by squared chord distance since 2026-12 (by separation before):
@@ -38,20 +38,11 @@ class SourceServicer:
     """dsa110.contimg.v1.SourceService (registered by servicers/handlers.py: reads leave as Encoded bytes)."""
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
+    reads: ReadCache = no_cache()  # the server sets its own (readcache.py)
 
-    def __init__(
-        self,
-        repo: SourceRepository,
-        paging: Paging,
-        cache: EncodedCache | None = None,
-        lightcurves: ReplyCache | None = None,
-        replies: ReplyMemo | None = None,
-    ):
+    def __init__(self, repo: SourceRepository, paging: Paging):
         self.repo = repo
         self.paging = paging
-        self.cache = cache or EncodedCache()
-        self.lightcurves = lightcurves or ReplyCache()
-        self.replies = replies or ReplyMemo()
 
     def _match(self, match: Match[Source]) -> bytes:
         """A SourceMatch as field 1 of SearchSourcesResponse."""
@@ -59,17 +50,21 @@ class SourceServicer:
 
     def _encoded(self, src: Source) -> bytes:
         """The source as field 1 (of BatchGet/List responses, SourceMatch and GetLightcurveResponse)."""
-        return self.cache.get("source", 1, src.id, src.update_time, source_to_proto, src)
+        return self.reads.item(("source", src.id, src.update_time), lambda: _framed_source(src))
 
-    @unary
-    async def GetSource(self, request: pb.GetSourceRequest, context: Ctx) -> pb.Source:
+    def _point(self, point: Photometry) -> bytes:
+        """A lightcurve point as field 2 of GetLightcurveResponse, kept under its whole record."""
+        return self.reads.item(("point", *point), lambda: _framed_point(point))
+
+    @read
+    async def GetSource(self, request: pb.GetSourceRequest, context: Ctx) -> Encoded[pb.Source]:
         source_id = names.parse_source_name(request.name)
         [src] = await self.repo.get_many([source_id])
         if src is None:
             raise NotFound("SOURCE", names.source_name(source_id))
-        return source_to_proto(src)
+        return Encoded(pb.Source, unframe(self._encoded(src)))
 
-    @unary
+    @read
     async def BatchGetSources(
         self, request: pb.BatchGetSourcesRequest, context: Ctx
     ) -> Encoded[pb.BatchGetSourcesResponse]:
@@ -82,13 +77,12 @@ class SourceServicer:
             pb.BatchGetSourcesResponse, b"".join(await map_in_slices(self._encoded, [s for s in found if s]))
         )
 
-    @unary
+    @read
     async def ListSources(self, request: pb.ListSourcesRequest, context: Ctx) -> Encoded[pb.ListSourcesResponse]:
         async def items(refs: list[tuple[str, int]]) -> list[bytes]:
-            return await self.cache.from_refs("source", 1, refs, self.repo.get_many, _version, source_to_proto)
+            return await self.reads.items_for_refs("source", refs, self.repo.get_many, _version, _framed_source)
 
         return await list_reply(
-            self.replies,
             self.paging,
             "ListSources",
             request,
@@ -99,33 +93,27 @@ class SourceServicer:
             pb.ListSourcesResponse,
         )
 
-    @unary
+    @read
     async def SearchSources(self, request: pb.SearchSourcesRequest, context: Ctx) -> Encoded[pb.SearchSourcesResponse]:
-        def plan() -> Planned:
-            c = Checker()
-            c.ra("ra_deg", request.ra_deg)
-            c.dec("dec_deg", request.dec_deg)
-            c.finite("radius_deg", request.radius_deg, lo=0.0, lo_open=True, hi=MAX_RADIUS_DEG)
-            return self.paging.query(
-                "SearchSources",
-                request,
-                SOURCE_FIELDS,
-                (),
-                sortable=False,
-                bound_to=(request.ra_deg, request.dec_deg, request.radius_deg, SEARCH_KEYSET),
-                max_page_size=SEARCH_MAX_PAGE_SIZE,
-                checks=c,
-            )
+        c = Checker()
+        c.ra("ra_deg", request.ra_deg)
+        c.dec("dec_deg", request.dec_deg)
+        c.finite("radius_deg", request.radius_deg, lo=0.0, lo_open=True, hi=MAX_RADIUS_DEG)
+        query, fp = self.paging.query(
+            "SearchSources",
+            request,
+            SOURCE_FIELDS,
+            (),
+            sortable=False,
+            bound_to=(request.ra_deg, request.dec_deg, request.radius_deg, SEARCH_KEYSET),
+            max_page_size=SEARCH_MAX_PAGE_SIZE,
+            checks=c,
+        )
+        found = await self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, query)
+        matches = await map_in_slices(self._match, found.items)
+        return page(pb.SearchSourcesResponse, matches, self.paging.next_token(found, fp), found.total_size)
 
-        async def build(planned: Planned, found: Page[Match[Source]]) -> Encoded[pb.SearchSourcesResponse]:
-            matches = await map_in_slices(self._match, found.items)
-            return page(pb.SearchSourcesResponse, matches, self.paging.next_token(found, planned[1]), found.total_size)
-
-        key = ("SearchSources", request.SerializeToString())
-        fetch = lambda p: self.repo.search(request.ra_deg, request.dec_deg, request.radius_deg, p[0])  # noqa: E731
-        return await self.replies.reply(key, plan, fetch, build, reply_size)
-
-    @streaming
+    @read_stream
     async def GetLightcurve(
         self, request: pb.GetLightcurveRequest, context: Ctx
     ) -> AsyncGenerator[Encoded[pb.GetLightcurveResponse], None]:
@@ -138,30 +126,14 @@ class SourceServicer:
         [src] = await self.repo.get_many([source_id])
         if src is None:
             raise NotFound("SOURCE", names.source_name(source_id))
-        # A lightcurve changes only with its source's statistics, which move the source's update_time
-        # in the same transaction (new epoch, deleted image): the version read just above names the
-        # lightcurve exactly, on any replica (as in cache/repositories.py). So do whole replies and points.
-        chunk = request.max_points_per_message or 1000
-        key = (source_id, src.update_time, src.detection_count, request.start_mjd, request.end_mjd, chunk)
-        cached = self.lightcurves.get(key)
-        if cached is not None:
-            for data in cached:
-                yield Encoded(pb.GetLightcurveResponse, data)
-            return
-        sent: list[bytes] = []
         head = self._encoded(src)
-        version = src.update_time
-        point = self.cache.get
+        chunk = request.max_points_per_message or 1000
         async with aclosing(self.repo.lightcurve(source_id, request.start_mjd, request.end_mjd, chunk)) as chunks:
             async for points in chunks:
-                parts = [point("point", 2, (source_id, p.image_id), version, photometry_to_proto, p) for p in points]
-                sent.append(b"".join([head, *parts]))
-                yield Encoded(pb.GetLightcurveResponse, sent[-1])
+                yield Encoded(pb.GetLightcurveResponse, b"".join([head, *map(self._point, points)]))
                 head = b""
         if head:  # no points: the source alone
-            sent.append(head)
             yield Encoded(pb.GetLightcurveResponse, head)
-        self.lightcurves.put(key, sent)  # only a lightcurve sent to the end is kept
 
     @unary
     async def RecordPhotometry(self, request: pb.RecordPhotometryRequest, context: Ctx) -> pb.RecordPhotometryResponse:
@@ -203,3 +175,11 @@ def _batch_from_columns(columns: pb.PhotometryColumns, c: Checker) -> Photometry
     batch, wrong = photometry_from_columns(columns, source_ids)
     photometry_request.check_columns(batch, partial(getattr, columns), wrong, c)
     return batch
+
+
+def _framed_source(src: Source) -> bytes:
+    return field_bytes(1, source_to_proto(src).SerializeToString())
+
+
+def _framed_point(point: Photometry) -> bytes:
+    return field_bytes(2, photometry_to_proto(point).SerializeToString())

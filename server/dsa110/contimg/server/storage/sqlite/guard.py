@@ -5,9 +5,9 @@ Two faults that used to lose or hide writes:
 * The data directory deleted (or the file replaced) under a running server: SQLite goes on writing
   into the unlinked inode, so the server acknowledged writes (1,335 in one trial) that the next start,
   finding no file, could never see. `DatabaseFile` remembers the file's (device, inode) at open and
-  compares it with the path's, by `stat` (no descriptor opened: closing one would drop SQLite's
-  locks, see wal_index.py), before and after every write group and once a second from the health
-  monitor; once it differs, every write is refused until a restart.
+  compares it with the path's, by `stat` (no descriptor opened: closing one would drop this
+  process's POSIX locks on the file, SQLite's included), before and after every write group and
+  once a second from the health monitor; once it differs, every write is refused until a restart.
 * A full disk, an I/O error, a file or disk turned read-only: each refused write used to log a few
   tracebacks. `WriteState` records the fault the first time (one log line), and that it is over at
   the first write that succeeds again (one more); health reports it meanwhile.

@@ -9,11 +9,13 @@ from ...domain import sky
 from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from ...domain.names import ms_name
 from ...domain.records import Image, Match, Page
-from ...repositories.protocols import Idempotency, ListQuery, query_key
+from ...repositories.protocols import Idempotency, ListQuery
 from . import rows
-from .database import Database, check_request_id, now_us, placeholders, remember_request_id
+from .clock import now_us
+from .database import Database
+from .idempotency import check_request_id, remember_request_id
 from .maintenance import delete_images
-from .sql import keyset, page_query, where
+from .sql import Table, keyset, placeholders, where
 from .writer import Txn
 
 _COLUMNS = {name: f"images.{name}" for name in rows.IMAGE_COLUMNS}
@@ -36,7 +38,7 @@ def _set_footprint(txn: Txn, img: Image) -> None:
         )
 
 
-_BY_KEY = f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id = ?"
+_TABLE: Table[int, Image] = Table("images", "images.id", rows.IMAGE_SELECT, rows.image_from_row, _COLUMNS, "images.id")
 
 
 class SQLiteImages:
@@ -44,44 +46,16 @@ class SQLiteImages:
         self.db = db
 
     async def get_many(self, ids: Sequence[int]) -> list[Image | None]:
-        if len(ids) == 1:  # GetImage: the record is reused until the next commit
-            return [await self.db.record(("image", ids[0]), _BY_KEY, ids[:1], rows.image_from_row)]
-        unique = list(dict.fromkeys(ids))
-        found = await self.db.lookup(
-            f"SELECT {rows.IMAGE_SELECT} FROM images WHERE id IN ({placeholders(len(unique))})", unique
-        )
-        by_id = {r[0]: rows.image_from_row(r) for r in found}
-        return [by_id.get(i) for i in ids]
+        return await _TABLE.get_many(self.db, ids)
 
-    # Whole rows of a page: not used by the servicers (they read refs), kept for bench/redis_cache.py,
-    # which measures what a page costs SQLite against a Redis copy.
+    # Whole rows of a page: not used by the servicers (they read refs).
     async def list_page(self, query: ListQuery) -> Page[Image]:
-        return await page_query(
-            self.db,
-            select=rows.IMAGE_SELECT,
-            table="images",
-            columns=_COLUMNS,
-            tiebreak="images.id",
-            query=query,
-            row=rows.image_from_row,
-        )
+        return await _TABLE.page(self.db, query)
 
     async def list_refs(self, query: ListQuery) -> Page[tuple[int, int]]:
-        return await page_query(
-            self.db,
-            select="images.id, images.update_time",
-            table="images",
-            columns=_COLUMNS,
-            tiebreak="images.id",
-            query=query,
-            row=rows.image_ref,
-        )
+        return await _TABLE.page_of(self.db, query, "images.id, images.update_time", rows.image_ref)
 
     async def search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
-        key = ("covering", ra_deg, dec_deg, query_key(query))
-        return await self.db.cached(key, lambda: self._search(ra_deg, dec_deg, query))
-
-    async def _search(self, ra_deg: float, dec_deg: float, query: ListQuery) -> Page[Match[Image]]:
         x, y, z = sky.unit_vector(ra_deg, dec_deg)
         clauses, params = where(query.conditions, _COLUMNS)
         sql = (

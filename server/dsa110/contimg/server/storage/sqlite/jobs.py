@@ -9,11 +9,15 @@ from ...domain.names import ms_name
 from ...domain.records import Job, JobEvent, JobEventType, JobLogEntry, JobState, JobTransition, Page
 from ...repositories.protocols import EventPublisher, Idempotency, JobMutation, ListQuery
 from . import rows
-from .database import Database, Row, check_request_id, now_us, placeholders, remember_request_id
-from .sql import page_query
+from .clock import now_us
+from .database import Database
+from .idempotency import check_request_id, remember_request_id
+from .reads import Row
+from .sql import Table, placeholders
 from .writer import Txn
 
 _COLUMNS = {name: name for name in rows.JOB_COLUMNS}
+_TABLE: Table[str, Job] = Table("jobs", "id", rows.JOB_SELECT, rows.job_from_row, _COLUMNS, "id")
 _COLUMNS["measurement_set"] = "ms_path"
 # job_events is never trimmed: it is both the jobs' transition history (GetJob) and the replay log of
 # WatchJobs. At ~10 events per job and a few thousand jobs a day it grows by well under 1 MB a day.
@@ -77,15 +81,7 @@ class SQLiteJobs:
         return job
 
     async def list_page(self, query: ListQuery) -> Page[Job]:
-        return await page_query(
-            self.db,
-            select=rows.JOB_SELECT,
-            table="jobs",
-            columns=_COLUMNS,
-            tiebreak="id",
-            query=query,
-            row=rows.job_from_row,
-        )
+        return await _TABLE.page(self.db, query)
 
     async def create(self, job: Job, idem: Idempotency | None) -> Job:
         def body(txn: Txn) -> tuple[Job, JobEvent | None]:

@@ -8,7 +8,8 @@ import orjson
 
 from ...domain.records import Variability
 from ...domain.variability import FluxSums, derive
-from .database import chunks, now_us, placeholders
+from .clock import now_us
+from .sql import chunks, placeholders
 from .writer import Txn
 
 VARIABILITY_COLUMNS = Variability._fields

@@ -9,9 +9,11 @@ from ...domain.names import ms_name
 from ...domain.records import MeasurementSet, MSStage, MSStatus, Page
 from ...repositories.protocols import Idempotency, ListQuery
 from . import rows
-from .database import Database, check_request_id, now_us, placeholders, remember_request_id
+from .clock import now_us
+from .database import Database
+from .idempotency import check_request_id, remember_request_id
 from .maintenance import delete_images
-from .sql import page_query
+from .sql import Table, placeholders
 from .writer import Txn
 
 _COLUMNS = {name: name for name in rows.MS_COLUMNS}
@@ -31,7 +33,9 @@ def _stored(txn: Txn, path: str) -> MeasurementSet:
     return stored
 
 
-_BY_KEY = f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path = ?"
+_TABLE: Table[str, MeasurementSet] = Table(
+    "measurement_sets", "path", rows.MS_SELECT, rows.ms_from_row, _COLUMNS, "path"
+)
 
 
 class SQLiteMeasurementSets:
@@ -39,26 +43,10 @@ class SQLiteMeasurementSets:
         self.db = db
 
     async def get_many(self, paths: Sequence[str]) -> list[MeasurementSet | None]:
-        if len(paths) == 1:  # GetMeasurementSet: the record is reused until the next commit
-            return [await self.db.record(("ms", paths[0]), _BY_KEY, paths[:1], rows.ms_from_row)]
-        unique = list(dict.fromkeys(paths))
-        found = await self.db.lookup(
-            f"SELECT {rows.MS_SELECT} FROM measurement_sets WHERE path IN ({placeholders(len(unique))})",
-            unique,
-        )
-        by_path = {r[0]: rows.ms_from_row(r) for r in found}
-        return [by_path.get(p) for p in paths]
+        return await _TABLE.get_many(self.db, paths)
 
     async def list_page(self, query: ListQuery) -> Page[MeasurementSet]:
-        return await page_query(
-            self.db,
-            select=rows.MS_SELECT,
-            table="measurement_sets",
-            columns=_COLUMNS,
-            tiebreak="path",
-            query=query,
-            row=rows.ms_from_row,
-        )
+        return await _TABLE.page(self.db, query)
 
     async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet:
         def body(txn: Txn) -> MeasurementSet:

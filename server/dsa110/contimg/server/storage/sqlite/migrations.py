@@ -251,4 +251,24 @@ ALTER TABLE photometry_new RENAME TO photometry;
 CREATE INDEX request_ids_by_time ON request_ids (create_time);
 """,
     ),
+    (
+        4,
+        "a row changed without a new update_time gets one",
+        """
+-- The server keeps each image's and source's serialized message under (id, update_time)
+-- (server/readcache.py: items), so any change to such a row must move its update_time. The
+-- server's writes always set it; a program writing the file directly (a pipeline script, the
+-- sqlite3 shell) may not. Then these move it on by one microsecond: a new version, still in
+-- order, and the same result for the same writes (the demo data are reproducible from a seed).
+-- Only rows whose update_time did not change pay more than the test.
+CREATE TRIGGER images_update_time AFTER UPDATE ON images WHEN NEW.update_time = OLD.update_time
+BEGIN
+    UPDATE images SET update_time = OLD.update_time + 1 WHERE id = NEW.id;
+END;
+CREATE TRIGGER sources_update_time AFTER UPDATE ON sources WHEN NEW.update_time = OLD.update_time
+BEGIN
+    UPDATE sources SET update_time = OLD.update_time + 1 WHERE sid = NEW.sid;
+END;
+""",
+    ),
 ]

@@ -47,19 +47,20 @@ MS_SELECT = ", ".join(MS_COLUMNS)
 
 
 _CAL_APPLIED = MS_COLUMNS.index("cal_applied")
+_CAL_TABLES = MS_COLUMNS.index("calibration_tables")
 
 
 def ms_from_row(r: Sequence[Any]) -> MeasurementSet:
     values = list(r)
     values[_CAL_APPLIED] = bool(values[_CAL_APPLIED])
-    values[_CAL_APPLIED + 1] = tuple(CalibrationTable(**t) for t in json.loads(r[_CAL_APPLIED + 1]))
+    values[_CAL_TABLES] = tuple(CalibrationTable(**t) for t in json.loads(r[_CAL_TABLES]))
     return MeasurementSet._make(values)
 
 
 def ms_values(ms: MeasurementSet) -> list[Any]:
     values = [getattr(ms, c) for c in MS_COLUMNS]
-    values[13] = json.dumps([t._asdict() for t in ms.calibration_tables])
-    values[12] = int(ms.cal_applied)
+    values[_CAL_TABLES] = json.dumps([t._asdict() for t in ms.calibration_tables])
+    values[_CAL_APPLIED] = int(ms.cal_applied)
     return values
 
 
@@ -138,7 +139,8 @@ SOURCE_COLUMNS = (
     "update_time",
 )
 SOURCE_SELECT = ", ".join(f"sources.{c}" for c in SOURCE_COLUMNS)
-_NV = len(_VAR_COLUMNS)
+_VAR_START = SOURCE_COLUMNS.index(_VAR_COLUMNS[0])  # Source's nested Variability, flattened
+_VAR_END = _VAR_START + len(_VAR_COLUMNS)
 
 
 def source_ref(r: Sequence[Any]) -> tuple[str, int]:
@@ -147,8 +149,8 @@ def source_ref(r: Sequence[Any]) -> tuple[str, int]:
 
 
 def source_from_row(r: Sequence[Any]) -> Source:
-    var = Variability._make((*r[9 : 8 + _NV], bool(r[8 + _NV])))
-    return Source._make((*r[:9], var, *r[9 + _NV :]))
+    var = Variability._make((*r[_VAR_START : _VAR_END - 1], bool(r[_VAR_END - 1])))  # the last is a flag
+    return Source._make((*r[:_VAR_START], var, *r[_VAR_END:]))
 
 
 PHOTOMETRY_COLUMNS = Photometry._fields[1:]

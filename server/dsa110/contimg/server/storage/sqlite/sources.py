@@ -16,12 +16,14 @@ from ...domain import sky
 from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from ...domain.records import PHOTOMETRY_NUMBERS, Match, Page, Photometry, PhotometryBatch, PhotometryResult, Source
 from ...domain.variability import FluxSums, add_rows, weights
-from ...repositories.protocols import Idempotency, ListQuery, query_key
+from ...repositories.protocols import Idempotency, ListQuery
 from ...slices import map_in_slices
 from . import rows
-from .database import Database, check_request_id, chunks, now_us, placeholders, remember_request_id
+from .clock import now_us
+from .database import Database
+from .idempotency import check_request_id, remember_request_id
 from .maintenance import STATS_SET, stats_values
-from .sql import keyset, page_query, where
+from .sql import Table, chunks, keyset, placeholders, where
 from .writer import Txn
 
 _COLUMNS = {name: f"sources.{name}" for name in rows.SOURCE_COLUMNS}
@@ -30,7 +32,9 @@ _INSERT_PHOTOMETRY = (
     f"VALUES (?, {placeholders(len(rows.PHOTOMETRY_COLUMNS))})"
 )
 
-_BY_KEY = f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id = ?"
+_TABLE: Table[str, Source] = Table(
+    "sources", "sources.id", rows.SOURCE_SELECT, rows.source_from_row, _COLUMNS, "sources.id"
+)
 # A cone: candidates from the R*Tree's box, their squared chord distance d2 to the centre (unit
 # vectors from ra/dec: monotonic in the angle, exact in 64-bit floats, unlike the tree's 32-bit
 # boxes), those within the radius; first row (-1, how many), then one page in (d2, sid) order after
@@ -55,44 +59,16 @@ class SQLiteSources:
         self.db = db
 
     async def get_many(self, ids: Sequence[str]) -> list[Source | None]:
-        if len(ids) == 1:  # GetSource, GetLightcurve: the record is reused until the next commit
-            return [await self.db.record(("source", ids[0]), _BY_KEY, ids[:1], rows.source_from_row)]
-        unique = list(dict.fromkeys(ids))
-        found = await self.db.lookup(
-            f"SELECT {rows.SOURCE_SELECT} FROM sources WHERE id IN ({placeholders(len(unique))})", unique
-        )
-        by_id = {r[0]: rows.source_from_row(r) for r in found}
-        return [by_id.get(i) for i in ids]
+        return await _TABLE.get_many(self.db, ids)
 
-    # Whole rows of a page: not used by the servicers (they read refs), kept for bench/redis_cache.py,
-    # which measures what a page costs SQLite against a Redis copy.
+    # Whole rows of a page: not used by the servicers (they read refs).
     async def list_page(self, query: ListQuery) -> Page[Source]:
-        return await page_query(
-            self.db,
-            select=rows.SOURCE_SELECT,
-            table="sources",
-            columns=_COLUMNS,
-            tiebreak="sources.id",
-            query=query,
-            row=rows.source_from_row,
-        )
+        return await _TABLE.page(self.db, query)
 
     async def list_refs(self, query: ListQuery) -> Page[tuple[str, int]]:
-        return await page_query(
-            self.db,
-            select="sources.id, sources.update_time",
-            table="sources",
-            columns=_COLUMNS,
-            tiebreak="sources.id",
-            query=query,
-            row=rows.source_ref,
-        )
+        return await _TABLE.page_of(self.db, query, "sources.id, sources.update_time", rows.source_ref)
 
     async def search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
-        key = ("cone", ra_deg, dec_deg, radius_deg, query_key(query))
-        return await self.db.cached(key, lambda: self._search(ra_deg, dec_deg, radius_deg, query))
-
-    async def _search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
         """The cone in SQL (_CONE): the distances, the order, the page and the total are SQLite's
         work, in C, off the event loop once the on-loop budget runs out (Database.lookup), under the
         statement timeout. Done in Python, a 10-degree cone over a 980k-source catalog held the loop

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ...domain.errors import InvalidArgument
 from ...domain.query import Condition, OrderKey
 from ...domain.records import Page
-from ...repositories.protocols import ListQuery, query_key
+from ...repositories.protocols import ListQuery
 from ...slices import map_in_slices
 
+if TYPE_CHECKING:
+    from .database import Database
+
+K = TypeVar("K")
 T = TypeVar("T")
+R = TypeVar("R")
+Row = Sequence[Any]
+
+
+def placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def chunks(items: Sequence[T], size: int = 500) -> Iterable[Sequence[T]]:
+    """`items` in slices of at most `size`: SQLite caps a statement's parameters."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
 
 _OPS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -66,32 +84,40 @@ def keyset(
     return "(" + " OR ".join(parts) + ")", params
 
 
-async def page_query(
-    db: Any,
-    *,
-    select: str,
-    table: str,
-    columns: Mapping[str, str],
-    tiebreak: str,
-    query: ListQuery,
-    row: Callable[[Sequence[Any]], T],
-) -> Page[T]:
-    """One keyset page of `row(r)` for each row (key columns left out).
+@dataclass(frozen=True, slots=True)
+class Table(Generic[K, T]):
+    """Reads of one table's records by key and by page: what each repository's get_many, list_page
+    and list_refs have in common."""
 
-    Reused until the next commit (Database.cached): until then, the same Page object comes back,
-    which lets a servicer reuse the reply it assembled from it (servicers/memo.py). `row` must be
-    a module-level function: it is part of the key."""
-    key = ("page", select, table, tiebreak, row, query_key(query))
+    name: str
+    key: str  # the key column (`images.id`, `measurement_sets.path`)
+    select: str  # the columns `row` reads, in its order
+    row: Callable[[Row], T]
+    columns: Mapping[str, str]  # filterable/sortable field -> column
+    tiebreak: str  # unique column closing every sort order
 
-    async def load() -> Page[T]:
-        found, after, total = await _page(db, select, table, columns, tiebreak, query)
+    async def get_many(self, db: Database, keys: Sequence[K]) -> list[T | None]:
+        """The record of each key (None where there is none), in the order asked."""
+        unique = list(dict.fromkeys(keys))
+        found = await db.lookup(
+            f"SELECT {self.key}, {self.select} FROM {self.name} WHERE {self.key} IN ({placeholders(len(unique))})",
+            unique,
+        )
+        by_key = {r[0]: self.row(r[1:]) for r in found}
+        return [by_key.get(k) for k in keys]
+
+    async def page(self, db: Database, query: ListQuery) -> Page[T]:
+        """One keyset page of records."""
+        return await self.page_of(db, query, self.select, self.row)
+
+    async def page_of(self, db: Database, query: ListQuery, select: str, row: Callable[[Row], R]) -> Page[R]:
+        """One keyset page of `row(r)` for each row of `select` (refs: (id, update_time))."""
+        found, after, total = await _page(db, select, self.name, self.columns, self.tiebreak, query)
         return Page(await map_in_slices(row, found), after, total)
-
-    return await db.cached(key, load)  # type: ignore[no-any-return]
 
 
 async def _page(
-    db: Any, select: str, table: str, columns: Mapping[str, str], tiebreak: str, query: ListQuery
+    db: Database, select: str, table: str, columns: Mapping[str, str], tiebreak: str, query: ListQuery
 ) -> tuple[list[Sequence[Any]], list[object] | None, int]:
     conditions, order, page_size, after = query.conditions, query.order, query.page_size, query.after
     clauses, params = where(conditions, columns)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
+from ...readcache import ReadCache
 from ...repositories.protocols import EventPublisher
-from .database import Database, SQLiteSettings
+from .database import DEFAULT_READ_CACHE_BYTES, Database, SQLiteSettings
 from .images import SQLiteImages
 from .jobs import SQLiteJobs
 from .measurement_sets import SQLiteMeasurementSets
@@ -11,12 +14,22 @@ from .sources import SQLiteSources
 
 
 class SQLiteStorage:
-    def __init__(self, settings: SQLiteSettings, publisher: EventPublisher):
-        self.db = Database(settings)
+    def __init__(
+        self, settings: SQLiteSettings, publisher: EventPublisher, read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES
+    ):
+        self.db = Database(settings, read_cache_bytes)
         self.measurement_sets = SQLiteMeasurementSets(self.db)
         self.images = SQLiteImages(self.db)
         self.sources = SQLiteSources(self.db)
         self.jobs = SQLiteJobs(self.db, publisher)
+
+    @property
+    def read_cache(self) -> ReadCache:
+        """Every read result reused between calls (readcache.py), checked against `version`."""
+        return self.db.read_cache
+
+    def version(self) -> Hashable | None:
+        return self.db.version()
 
     @property
     def page_token_secret(self) -> bytes:

@@ -1,11 +1,9 @@
-"""Every failure leaves as a google.rpc.Status with ErrorInfo (and BadRequest for bad arguments)."""
+"""Every failure as a google.rpc.Status with ErrorInfo (and BadRequest for bad arguments)."""
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -25,12 +23,9 @@ from ..domain.errors import (
     StorageUnavailable,
 )
 from ..rpc_types import Ctx
-from ..streams import send_all
-from .decoding import UNDECODABLE, Oversized, Unread
 
 log = logging.getLogger("contimg.errors")
 DOMAIN = "contimg.dsa110.org"
-R = TypeVar("R")
 
 _CODES: list[tuple[type[DomainError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
@@ -103,7 +98,7 @@ async def abort(context: Ctx, exc: BaseException, method: str) -> NoReturn:
     raise AssertionError("unreachable")  # abort_with_status always raises
 
 
-_UNDECODABLE_STATUS = rich_status(
+_UNDECODABLE = rich_status(
     code_pb2.INVALID_ARGUMENT,
     "the request is not a valid protobuf message of the method's request type",
     "INVALID_ARGUMENT",
@@ -111,63 +106,14 @@ _UNDECODABLE_STATUS = rich_status(
 )
 
 
-def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """The servicer method as an RPC: admission (servicers/admission.py), undecodable requests, and
-    every failure as a rich status (never a stack trace)."""
-    name = fn.__name__
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: Ctx) -> R:
-        refused = self.admission.admit(name, context)  # its slot is given back when the call is done
-        if refused is not None:
-            await context.abort_with_status(refused)
-        try:
-            if request.__class__ is Unread:  # a write, admitted before its body was read
-                request = await request.read()
-            await _refuse_unreadable(request, context)
-            return await fn(self, request, context)
-        except (DomainError, Exception) as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            await abort(context, exc, fn.__qualname__)
-
-    return wrapper
+def undecodable_status() -> grpc.Status:
+    return _UNDECODABLE
 
 
-async def _refuse_unreadable(request: Any, context: Ctx) -> None:
-    if request is UNDECODABLE:
-        await context.abort_with_status(_UNDECODABLE_STATUS)
-    if request.__class__ is Oversized:
-        await context.abort_with_status(
-            rich_status(
-                code_pb2.RESOURCE_EXHAUSTED,
-                f"the request is {request.size} bytes; this method takes at most {request.limit}",
-                "REQUEST_TOO_LARGE",
-                metadata={"max_bytes": str(request.limit)},
-            )
-        )
-
-
-def streaming(
-    fn: Callable[[Any, Any, Ctx], AsyncGenerator[R, None]],
-) -> Callable[..., Awaitable[None]]:
-    """As `unary`, for server-streaming methods (admitted for as long as the stream is open).
-
-    The method is written as an async generator and served as a coroutine that sends its items
-    (streams.send_all: why grpc must never be handed the generator itself)."""
-    name = fn.__name__
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: Ctx) -> None:
-        refused = self.admission.admit(name, context)  # its slot is given back when the call is done
-        if refused is not None:
-            await context.abort_with_status(refused)
-        try:
-            await _refuse_unreadable(request, context)
-            await send_all(context, fn(self, request, context))
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            await abort(context, exc, fn.__qualname__)
-
-    return wrapper
+def refusal_for_oversized(size: int, limit: int) -> grpc.Status:
+    return rich_status(
+        code_pb2.RESOURCE_EXHAUSTED,
+        f"the request is {size} bytes; this method takes at most {limit}",
+        "REQUEST_TOO_LARGE",
+        metadata={"max_bytes": str(limit)},
+    )

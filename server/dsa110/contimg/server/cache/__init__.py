@@ -1,1 +1,0 @@
-"""Query-result caching for the expensive reads, kept exact across replicas through Redis."""

@@ -17,7 +17,8 @@ from dsa110.contimg.server.config import ServerConfig
 from dsa110.contimg.server.domain import sky
 from dsa110.contimg.server.domain.records import ImageType, JobEventType, JobState, MSStage
 from dsa110.contimg.server.domain.variability import FluxSums
-from dsa110.contimg.server.storage.sqlite.maintenance import STATS_SET, stats_values
+from dsa110.contimg.server.storage.sqlite.maintenance import STATS_SET
+from dsa110.contimg.server.storage.statistics import stats_values
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, sources_pb2
 
 from conftest import ServerFactory, make_stubs

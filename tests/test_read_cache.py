@@ -11,17 +11,14 @@ from pathlib import Path
 
 import pytest
 from dsa110.contimg.server.readcache import ENTRY_OVERHEAD, LARGEST_SHARE, ReadCache, no_cache
-from dsa110.contimg.server.storage.sqlite.changes import ChangeProbe
 from dsa110.contimg.server.storage.sqlite.database import Database, SQLiteSettings
 
 from conftest import open_scratch_database
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "module"])
-async def test_every_commit_anywhere_changes_the_version_and_reads_do_not(tmp_path: Path, native: bool) -> None:
-    db = await open_scratch_database(tmp_path / "v.sqlite3", native_change_probe=native)
+async def test_every_commit_anywhere_changes_the_version_and_reads_do_not(tmp_path: Path) -> None:
+    db = await open_scratch_database(tmp_path / "v.sqlite3")
     try:
-        assert db.changes.kind == ("native" if native else "module")
         seen = [db.version()]
         assert seen[0] is not None
         await db.fetchall("SELECT * FROM t")
@@ -47,24 +44,6 @@ async def test_every_commit_anywhere_changes_the_version_and_reads_do_not(tmp_pa
     finally:
         await db.close()
     assert db.version() is None  # closed: cannot tell, so nothing is reused
-
-
-def test_the_native_probe_is_what_ships_here(tmp_path: Path) -> None:
-    """This machine's sqlite3 module resolves to a library the probe can use: the fast path is the one
-    the tests and benchmarks exercise, not the fallback."""
-    conn = sqlite3.connect(tmp_path / "n.sqlite3")
-    conn.execute("PRAGMA journal_mode = WAL")
-    probe = ChangeProbe(tmp_path / "n.sqlite3")
-    probe.open()
-    try:
-        assert probe.kind == "native"
-        before = probe.version()
-        conn.execute("CREATE TABLE x (a)")
-        conn.commit()
-        assert probe.version() != before
-    finally:
-        probe.close()
-        conn.close()
 
 
 async def test_results_live_until_the_version_moves_and_items_for_ever() -> None:
@@ -174,3 +153,32 @@ async def test_a_row_changed_without_a_new_update_time_gets_one(tmp_path: Path) 
     conn.execute("UPDATE images SET update_time = update_time")  # unchanged: moved on
     assert conn.execute("SELECT update_time FROM images").fetchone()[0] == 6
     conn.close()
+
+
+# A query far past the on-loop budget (~1 ms of SQLite VM work): a count over a million generated rows.
+_SLOW = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) SELECT count(*) FROM n"
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "pool-only"])
+async def test_a_read_past_the_inline_budget_moves_to_the_pool_with_the_same_answer(
+    tmp_path: Path, inline: bool
+) -> None:
+    """Inline reads (docs/performance.md): a quick lookup is answered on the event loop; one that
+    needs more than its budget is stopped there and rerun on a reader thread, so the caller gets the
+    full answer either way and the loop is never held for the whole query. --no-inline-reads sends
+    everything to the pool."""
+    db = await open_scratch_database(tmp_path / "i.sqlite3", inline_reads=inline)
+    try:
+        await db.write(lambda txn: txn.execute("INSERT INTO t VALUES ('a', 1)"))
+        assert await db.lookup("SELECT v FROM t WHERE k = ?", ("a",)) == [(1,)]
+        assert db.reads.inline_fallbacks == 0
+        assert (await db.try_inline("SELECT v FROM t WHERE k = 'a'")) == ([(1,)] if inline else None)
+
+        assert [tuple(r) for r in await db.lookup(_SLOW)] == [(1_000_000,)]
+        assert db.reads.inline_fallbacks == (1 if inline else 0)
+        assert await db.try_inline(_SLOW) is None  # past the budget: abandoned, not finished on the loop
+        # The inline connection is usable after an abandoned statement.
+        assert await db.lookup("SELECT v FROM t WHERE k = ?", ("a",)) == [(1,)]
+        assert db.reads.inline_fallbacks == (1 if inline else 0)
+    finally:
+        await db.close()

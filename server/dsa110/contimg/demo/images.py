@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from dsa110.contimg.server.domain import sky
 from dsa110.contimg.server.domain.records import ImageType, MSStage, QAGrade
-from dsa110.contimg.server.storage.sqlite import rows
+from dsa110.contimg.server.storage import rows
 
 from .photometry import PhotometryTally
 from .scans import Scan

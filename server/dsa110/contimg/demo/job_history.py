@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from dsa110.contimg.server.domain.jobs import Action, apply
 from dsa110.contimg.server.domain.records import Job, JobEventType, JobState, JobTransition
-from dsa110.contimg.server.storage.sqlite import rows
+from dsa110.contimg.server.storage import rows
 
 JOB_EVENT_COLUMNS = ("job_id", "type", "from_state", "to_state", "stage", "message", "time", "snapshot")
 JOB_LOG_COLUMNS = ("job_id", "line_number", "time", "text")

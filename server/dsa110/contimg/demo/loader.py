@@ -16,7 +16,7 @@ import time
 
 from dsa110.contimg.server.domain import sky
 from dsa110.contimg.server.domain.variability import derive
-from dsa110.contimg.server.storage.sqlite import rows
+from dsa110.contimg.server.storage import rows
 from dsa110.contimg.server.storage.sqlite.maintenance import STATS_SET
 
 from .catalog import SOURCE_COLUMNS, build_catalog, source_rows

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Iterator
 
 from dsa110.contimg.server.domain.records import CalTableType, MSStage
-from dsa110.contimg.server.storage.sqlite import rows
+from dsa110.contimg.server.storage import rows
 
 from .scans import Scan
 from .survey import CAL_NAME, CAL_RA_DEG, DAY_S, FIRST_DAY_MJD, SIDEREAL_DEG_PER_DAY, UNIX_EPOCH_MJD, iso

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from dsa110.contimg.server.domain.records import MSStage
-from dsa110.contimg.server.storage.sqlite.maintenance import stats_values
+from dsa110.contimg.server.storage.statistics import stats_values
 
 from .catalog import CatalogSource
 from .scans import Scan

@@ -34,8 +34,7 @@ from .servicers.images import ImageServicer
 from .servicers.jobs import JobServicer
 from .servicers.measurement_sets import MSServicer
 from .servicers.sources import SourceServicer
-from .storage.sqlite.database import SQLiteSettings
-from .storage.sqlite.storage import SQLiteStorage
+from .storage.engine import Storage, open_storage
 
 log = logging.getLogger("contimg.server")
 
@@ -91,20 +90,8 @@ class ContimgServer:
         # Committed job events reach the bus through the tailer, from the database's event log: every
         # process sharing the database (workers, replicas) delivers every event to its watchers, once.
         self.tailer = EventTailer(self.bus, self.redis.link if self.redis is not None else None)
-        self.storage = SQLiteStorage(
-            SQLiteSettings(
-                path=self.config.database_path,
-                readers=self.config.readers,
-                synchronous=self.config.synchronous.upper(),
-                statement_timeout_s=self.config.statement_timeout_s,
-                write_process=self.config.write_process,
-                native_change_probe=self.config.native_change_probe,
-                inline_reads=self.config.inline_reads,
-            ),
-            self.tailer,
-            read_cache_bytes=self.config.read_cache_mb << 20,
-        )
-        self.tailer.version = self.storage.db.version
+        self.storage: Storage = open_storage(self.config, self.tailer)
+        self.tailer.version = self.storage.version
         self.health = HealthServicer()
         self.storage_health = StorageHealth(self.storage.db, self.health)
         self.housekeeping = Housekeeping(self.storage.db)
@@ -168,7 +155,7 @@ class ContimgServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.storage_health.start()  # "" SERVING while the database takes writes
         self.housekeeping.start()
-        log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.config.database_path)
+        log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.storage.description)
         return self.port
 
     def _bind(self, server: grpc.aio.Server) -> int:
@@ -216,7 +203,7 @@ async def serve(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     # Serving already; the first RecordPhotometry should not wait for the write process to start.
-    await server.storage.db.start_write_process()
+    await server.storage.start_background()
     await stopping.wait()
     log.info("signal received: draining for up to %.1f s", config.grace_s)
     await server.stop()

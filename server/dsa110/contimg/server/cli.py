@@ -105,13 +105,10 @@ def main(argv: list[str] | None = None) -> None:
 
         _start(run_demo(), cfg.uvloop)
     else:
-        from .storage.sqlite.database import Database, SQLiteSettings
+        from .storage.engine import migrate_only
 
         async def run_migrate() -> None:
-            db = Database(SQLiteSettings(cfg.database_path))
-            await db.open()
-            print(f"schema version {await db.schema_version()} at {cfg.database_path}")
-            await db.close()
+            print(await migrate_only(cfg))
 
         _start(run_migrate(), False)
 

@@ -19,7 +19,10 @@ class ServerConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 or [::] for all)"})
     port: int = field(default=50051, metadata={"help": "port to bind (0 picks a free one)"})
     data_dir: Path = field(default=Path("data"), metadata={"help": "directory of the SQLite database"})
-    database: str = field(default="", metadata={"help": "SQLite file (default DATA_DIR/contimg.sqlite3)"})
+    database: str = field(
+        default="",
+        metadata={"help": "SQLite file (default DATA_DIR/contimg.sqlite3), or a postgresql://user@host/db URL"},
+    )
     readers: int = field(default=4, metadata={"help": "read-only SQLite connections in the pool"})
     synchronous: str = field(
         default="FULL",
@@ -35,10 +38,6 @@ class ServerConfig:
     read_cache_mb: int = field(
         default=256,
         metadata={"help": "memory for reused read replies and encoded rows, MiB (0: every read computed)"},
-    )
-    native_change_probe: bool = field(
-        default=True,
-        metadata={"help": "check for commits through SQLite's C API without releasing the GIL (off: the pragma)"},
     )
     inline_reads: bool = field(
         default=True,
@@ -85,6 +84,11 @@ class ServerConfig:
     tls_client_ca: str = field(default="", metadata={"help": "PEM CA bundle: require client certificates (mTLS)"})
     redis_url: str = field(default="", metadata={"help": "redis://host:port/db for cache and events (off if empty)"})
     workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
+
+    @property
+    def postgres(self) -> bool:
+        """Whether `database` names a PostgreSQL database (else it is a SQLite file)."""
+        return self.database.startswith(("postgresql://", "postgres://"))
 
     @property
     def database_path(self) -> Path:

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 log = logging.getLogger("contimg.redis")
 T = TypeVar("T")

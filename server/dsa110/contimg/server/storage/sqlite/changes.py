@@ -8,18 +8,14 @@ backup). So a result kept under version V is exact while the version is still V,
 that must arrive in time, no TTL and no Redis. It is coarse: any commit changes it, so under a
 steady stream of writes whole results are rebuilt (from items keyed by row version: readcache.py).
 
-Why the pragma is run through SQLite's C API (`_NativeStatement`) rather than the sqlite3 module:
-the module releases the GIL around every step of a statement, and under load gRPC's poller thread
-is waiting for it, so each release and retake is a hand-off between threads. Measured through gRPC
-(2026-11), GetImage answered from memory plus the module's pragma ran at 0.82x the reference
-server's calls/s, without the check at 0.99x. The same pragma called through ctypes' PyDLL, which
-keeps the GIL, costs ~5 us and no hand-off (docs/performance.md has the figures and the switch).
-It uses only SQLite's public API (open, prepare, step, column, reset, finalize, close), resolved
-through the sqlite3 module's own extension, so it is the very library copy Python's connections use
-(two copies in one process would drop each other's POSIX locks: https://sqlite.org/howtocorrupt.html
-section 2.2.1); when that resolution fails, the module's pragma answers instead, with the same
-result. The probe's busy timeout is 0: it never waits with the GIL held; a busy answer (a WAL
-recovery in progress) is "cannot tell", and a caller that cannot tell keeps nothing.
+Why the sqlite3 module's pragma and nothing cleverer: the module releases the GIL around each step
+of a statement, which under load hands the GIL between threads, and in 2026-11 that hand-off cost
+GetImage ~15 % of its calls/s. Once replies are reused from the read cache the check is the only
+statement of a warm read, and a copy of it through SQLite's C API that keeps the GIL (ctypes) gained
+nothing measurable (2026-12-05, interleaved, 5 rounds: GetImage 3,789 calls/s with it vs 3,963
+without, SearchSources 4,106 vs 4,009; docs/performance.md), so it was removed. The probe's busy
+timeout is 0: a busy answer (a WAL recovery in progress) is "cannot tell", and a caller that cannot
+tell keeps nothing.
 
 (Until 2026-12 this read the header of SQLite's WAL index, the `-shm` file, through a memory map:
 ~0.2 us, but that format belongs to SQLite's unix VFS, which is free to change it, and a mapping of a
@@ -38,83 +34,15 @@ notification can arrive after a client that saw the write has already read from 
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import sqlite3
 from collections.abc import Hashable
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
-_SQLITE_OK = 0
-_SQLITE_ROW = 100
-_OPEN_READWRITE = 0x2
-_PROBE_SQL = b"PRAGMA data_version"
+_PROBE_SQL = "PRAGMA data_version"
 
 
-class _NativeStatement:
-    """`PRAGMA data_version` prepared once on a connection opened through SQLite's C API, stepped
-    without releasing the GIL (module docstring)."""
-
-    def __init__(self, path: Path):
-        import _sqlite3  # the extension module: its handle resolves sqlite3_* to the library it uses
-
-        lib = ctypes.PyDLL(_sqlite3.__file__)
-        self._lib = lib
-        void_p, c_int = ctypes.c_void_p, ctypes.c_int
-        lib.sqlite3_libversion_number.restype = c_int
-        linked = lib.sqlite3_libversion_number()
-        if (
-            linked
-            != sqlite3.sqlite_version_info[0] * 1_000_000
-            + sqlite3.sqlite_version_info[1] * 1000
-            + (sqlite3.sqlite_version_info[2])
-        ):
-            raise OSError(f"resolved SQLite {linked} is not the sqlite3 module's {sqlite3.sqlite_version}")
-        lib.sqlite3_open_v2.argtypes = [ctypes.c_char_p, ctypes.POINTER(void_p), c_int, ctypes.c_char_p]
-        lib.sqlite3_prepare_v2.argtypes = [void_p, ctypes.c_char_p, c_int, ctypes.POINTER(void_p), void_p]
-        lib.sqlite3_busy_timeout.argtypes = [void_p, c_int]
-        for name in ("sqlite3_step", "sqlite3_reset", "sqlite3_finalize"):
-            getattr(lib, name).argtypes = [void_p]
-        lib.sqlite3_close_v2.argtypes = [void_p]
-        lib.sqlite3_column_int64.argtypes = [void_p, c_int]
-        lib.sqlite3_column_int64.restype = ctypes.c_int64
-        db = void_p()
-        stmt = void_p()
-        rc = lib.sqlite3_open_v2(str(path).encode(), ctypes.byref(db), _OPEN_READWRITE, None)
-        if rc == _SQLITE_OK:
-            lib.sqlite3_busy_timeout(db, 0)
-            rc = lib.sqlite3_prepare_v2(db, _PROBE_SQL, -1, ctypes.byref(stmt), None)
-        if rc != _SQLITE_OK or not stmt.value:
-            lib.sqlite3_close_v2(db)
-            raise OSError(f"cannot open {path} through SQLite's C API (error {rc})")
-        self._db: int | None = db.value
-        self._stmt: int | None = stmt.value
-        self._step = lib.sqlite3_step
-        self._column = lib.sqlite3_column_int64
-        self._reset = lib.sqlite3_reset
-
-    def version(self) -> int | None:
-        stmt = self._stmt
-        if stmt is None:
-            return None
-        rc = self._step(stmt)
-        value = self._column(stmt, 0) if rc == _SQLITE_ROW else None
-        # Reset at once: a statement left mid-step would hold its read transaction open.
-        self._reset(stmt)
-        return value
-
-    def close(self) -> None:
-        if self._stmt is not None:
-            self._lib.sqlite3_finalize(self._stmt)
-            self._stmt = None
-        if self._db is not None:
-            self._lib.sqlite3_close_v2(self._db)
-            self._db = None
-
-
-class _ModuleStatement:
-    """The same pragma through the sqlite3 module (which releases the GIL around each step)."""
+class _Statement:
+    """`PRAGMA data_version` on a connection of its own that never writes."""
 
     def __init__(self, path: Path):
         self._conn: sqlite3.Connection | None = sqlite3.connect(
@@ -127,7 +55,7 @@ class _ModuleStatement:
         if self._conn is None:
             return None
         try:
-            return int(self._conn.execute(_PROBE_SQL.decode()).fetchone()[0])
+            return int(self._conn.execute(_PROBE_SQL).fetchone()[0])
         except sqlite3.Error:
             return None
 
@@ -140,27 +68,13 @@ class _ModuleStatement:
 class ChangeProbe:
     """The database's change version (module docstring); None while closed or when it cannot tell."""
 
-    def __init__(self, path: Path, native: bool = True):
+    def __init__(self, path: Path):
         self.path = path
-        self.native = native
-        self._statement: _NativeStatement | _ModuleStatement | None = None
-
-    @property
-    def kind(self) -> str:
-        """Which probe answers: "native", "module", or "closed"."""
-        if isinstance(self._statement, _NativeStatement):
-            return "native"
-        return "module" if self._statement is not None else "closed"
+        self._statement: _Statement | None = None
 
     def open(self) -> None:
         """After the database exists and is in WAL mode (the writer opened it)."""
-        if self.native:
-            try:
-                self._statement = _NativeStatement(self.path)
-                return
-            except (OSError, AttributeError, ImportError) as exc:
-                log.warning("change version read through the sqlite3 module (slower): %s", exc)
-        self._statement = _ModuleStatement(self.path)
+        self._statement = _Statement(self.path)
 
     def version(self) -> Hashable | None:
         statement = self._statement

@@ -26,8 +26,6 @@ class SQLiteSettings:
     statement_timeout_s: float = 30.0
     # Photometry ingest's SQLite work runs in a process of its own (see write_process.py).
     write_process: bool = True
-    # The change version read through SQLite's C API, keeping the GIL (changes.py); else the module's pragma.
-    native_change_probe: bool = True
     # Quick reads tried on the event loop within a budget (reads.py); else every read on the pool.
     inline_reads: bool = True
 

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from ...domain.errors import DomainError, StartupError, StorageFull, StorageUnavailable
 from ...readcache import ReadCache
+from ..clock import now_us
 from .changes import ChangeProbe
-from .clock import now_us
 from .connect import SQLiteSettings, connect_writer, has_math, translate
 from .guard import FAULTS, FREE_AFTER_FULL_BYTES, DatabaseFile, WriteState, free_bytes
 from .idempotency import EXPIRE_BATCH, REQUEST_ID_RETENTION_US, expire_batch
@@ -43,7 +43,7 @@ class Database:
         self.file: DatabaseFile | None = None  # set once open (guard.py)
         self.writes = WriteState()
         self.reads = Reads(settings)
-        self.changes = ChangeProbe(settings.path, native=settings.native_change_probe)
+        self.changes = ChangeProbe(settings.path)
         # Every result reused between reads, checked against `version` (readcache.py).
         self.read_cache = ReadCache(self.version, read_cache_bytes)
         self.page_token_secret = b""

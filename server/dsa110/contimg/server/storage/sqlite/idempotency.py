@@ -7,7 +7,7 @@ from typing import Any
 
 from ...domain.errors import RequestIdMismatch
 from ...repositories.protocols import Idempotency
-from .clock import now_us
+from ..clock import now_us
 from .writer import Txn
 
 # How long a request_id is remembered: a retry of a write within this time returns the first

@@ -10,8 +10,8 @@ from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from ...domain.names import ms_name
 from ...domain.records import Image, Match, Page
 from ...repositories.protocols import Idempotency, ListQuery
-from . import rows
-from .clock import now_us
+from .. import rows
+from ..clock import now_us
 from .database import Database
 from .idempotency import check_request_id, remember_request_id
 from .maintenance import delete_images

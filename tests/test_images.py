@@ -34,6 +34,7 @@ from helpers import (
     violation_fields,
 )
 
+ENGINES = ("sqlite", "postgres")
 pb = images_pb2
 Code = grpc.StatusCode
 INVALID = Code.INVALID_ARGUMENT

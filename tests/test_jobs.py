@@ -21,6 +21,8 @@ from google.protobuf import struct_pb2
 from conftest import make_stubs
 from helpers_jobs import expect_error, make_ms
 
+ENGINES = ("sqlite", "postgres")
+
 Job = jobs_pb2.Job
 JobEvent = jobs_pb2.JobEvent
 S = Job.State

@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 from helpers_jobs import expect_error, make_images, measurement, record
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+ENGINES = ("sqlite", "postgres")
 FLOATS = [*Photometry._fields[2:14], "observation_mjd"]  # the float fields, both forms name them alike
 
 

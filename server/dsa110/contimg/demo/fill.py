@@ -4,6 +4,10 @@ The schema is created through `Database` (migrations), then one plain sqlite3 co
 thread loads everything in a single transaction. A rollback journal on a new file records almost
 nothing (new pages need no undo) and keeps the load atomic, where WAL would write everything twice;
 synchronous is OFF and the cache big during the load, and WAL comes back at the end.
+
+On PostgreSQL (a postgresql:// --database) the same data are made in a SQLite file in a temporary
+directory and moved over with `copy-data` (storage/postgres/copy.py), verified: one generator, the
+same records on both engines.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import logging
 import random
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,13 +39,41 @@ async def fill(cfg: ServerConfig, images: int, *, seed: int = DEFAULT_SEED, cata
 
     Raises SystemExit when the database already holds data.
     """
+    if cfg.postgres:
+        await _fill_postgres(cfg.database, images, seed, only_if_empty=False, catalog_sources=catalog_sources)
+        return
     summary = await _fill(cfg.database_path, images, seed, only_if_empty=False, catalog_sources=catalog_sources)
     assert summary is not None
 
 
 async def fill_if_empty(cfg: ServerConfig, images: int) -> None:
     """Fill the database with demo data unless it already has some (then log and leave it alone)."""
+    if cfg.postgres:
+        await _fill_postgres(cfg.database, images, DEFAULT_SEED, only_if_empty=True)
+        return
     await _fill(cfg.database_path, images, DEFAULT_SEED, only_if_empty=True)
+
+
+async def _fill_postgres(url: str, images: int, seed: int, *, only_if_empty: bool, catalog_sources: int = 0) -> None:
+    from dsa110.contimg.server.domain.errors import StartupError
+    from dsa110.contimg.server.storage.postgres.copy import copy_database, holds_data
+
+    existing = await holds_data(url)
+    if existing:
+        if only_if_empty:
+            log.info("demo data: the PostgreSQL database already holds %s; leaving it as it is", ", ".join(existing))
+            return
+        raise SystemExit(
+            f"demo data: the PostgreSQL database is not empty (data in {', '.join(existing)}); demo data only "
+            "goes into an empty database"
+        )
+    with tempfile.TemporaryDirectory(prefix="contimg-demo-") as scratch:
+        path = Path(scratch) / "contimg.sqlite3"
+        await _fill(path, images, seed, only_if_empty=False, catalog_sources=catalog_sources)
+        try:
+            await copy_database(path, url)
+        except StartupError as exc:
+            raise SystemExit(f"demo data: {exc}") from exc
 
 
 async def _fill(

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
@@ -81,6 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     migrate_p = sub.add_parser("migrate", help="create or upgrade the schema and exit")
     config_mod.add_arguments(migrate_p)
+    copy_p = sub.add_parser(
+        "copy-data", help="copy a whole SQLite database into an empty PostgreSQL database, and verify it"
+    )
+    config_mod.add_arguments(copy_p)
+    copy_p.add_argument("--from", dest="copy_from", type=Path, required=True, help="the SQLite file")
+    copy_p.add_argument("--to", dest="copy_to", required=True, help="postgresql://user@host:port/db (empty)")
     args = parser.parse_args(argv)
     cfg = config_mod.from_sources(args)
     logging.basicConfig(
@@ -104,6 +112,18 @@ def main(argv: list[str] | None = None) -> None:
             await fill(cfg, args.images, seed=args.seed, catalog_sources=args.catalog_sources)
 
         _start(run_demo(), cfg.uvloop)
+    elif args.command == "copy-data":
+        from .storage.postgres.copy import copy_database
+
+        async def run_copy() -> None:
+            started = time.perf_counter()
+            reports = await copy_database(args.copy_from, args.copy_to)
+            for r in reports:
+                rate = f", {r.rows / r.seconds:,.0f} rows/s" if r.seconds > 0 and r.rows else ""
+                print(f"{r.name}: {r.rows:,} rows in {r.seconds:.1f} s{rate}, checksum {r.checksum} (verified)")
+            print(f"copied and verified in {time.perf_counter() - started:.1f} s")
+
+        _start(run_copy(), False)
     else:
         from .storage.engine import migrate_only
 

@@ -23,7 +23,10 @@ class ServerConfig:
         default="",
         metadata={"help": "SQLite file (default DATA_DIR/contimg.sqlite3), or a postgresql://user@host/db URL"},
     )
-    readers: int = field(default=4, metadata={"help": "read-only SQLite connections in the pool"})
+    readers: int = field(
+        default=4,
+        metadata={"help": "read-only SQLite connections in the pool (PostgreSQL: a pool of twice as many)"},
+    )
     synchronous: str = field(
         default="FULL",
         metadata={

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ...domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ...domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from ...domain.measurement_sets import merged, registered
 from ...domain.names import ms_name
-from ...domain.records import MeasurementSet, MSStage, MSStatus, Page
+from ...domain.records import MeasurementSet, Page
 from ...repositories.protocols import Idempotency, ListQuery
 from .. import rows
 from ..clock import now_us
@@ -57,16 +58,7 @@ class SQLiteMeasurementSets:
             if earlier is None:
                 if _load(txn, ms.path) is not None:
                     raise AlreadyExists("MEASUREMENT_SET", ms_name(ms.path))
-                now = now_us()
-                finished = ms.stage == MSStage.PHOTOMETRY_DONE and ms.status == MSStatus.COMPLETED
-                new = ms._replace(
-                    create_time=now,
-                    update_time=now,
-                    stage_update_time=now if ms.stage else 0,
-                    image_count=0,
-                    # as upsert does: registered already finished
-                    process_time=now if finished and not ms.process_time else ms.process_time,
-                )
+                new = registered(ms, now_us())
                 txn.execute(
                     f"INSERT INTO measurement_sets ({rows.MS_SELECT}) VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                     rows.ms_values(new),
@@ -98,31 +90,7 @@ class SQLiteMeasurementSets:
                         f"VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                         rows.ms_values(current._replace(update_time=now)),
                     )
-                updated = current._replace(**{f: getattr(ms, f) for f in fields})
-                if updated.start_mjd and updated.end_mjd and updated.start_mjd > updated.end_mjd:
-                    # Checked on the merged record: a partial update must not contradict stored values.
-                    field = "end_mjd" if "end_mjd" in fields else "start_mjd"
-                    raise InvalidArgument.single(f"measurement_set.{field}", "start_mjd would be later than end_mjd")
-                if "stage" in fields and updated.stage != current.stage:
-                    if updated.stage < current.stage:
-                        raise FailedPrecondition(
-                            f"stage cannot move back from {MSStage(current.stage).name} to "
-                            f"{MSStage(updated.stage).name}",
-                            reason="INVALID_STAGE_TRANSITION",
-                            metadata={
-                                "resource": ms_name(ms.path),
-                                "from_stage": MSStage(current.stage).name,
-                                "to_stage": MSStage(updated.stage).name,
-                            },
-                        )
-                    updated = updated._replace(stage_update_time=now)
-                if (
-                    updated.stage == MSStage.PHOTOMETRY_DONE
-                    and updated.status == MSStatus.COMPLETED
-                    and not updated.process_time
-                ):
-                    updated = updated._replace(process_time=now)
-                updated = updated._replace(update_time=now)
+                updated = merged(current, ms, fields, now)
                 values = rows.ms_values(updated)
                 sets = ", ".join(f"{c} = ?" for c in rows.MS_COLUMNS[1:])
                 txn.execute(f"UPDATE measurement_sets SET {sets} WHERE path = ?", [*values[1:], ms.path])

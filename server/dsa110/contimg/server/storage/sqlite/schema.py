@@ -6,8 +6,8 @@ import logging
 import secrets
 import sqlite3
 
-from ...domain.errors import StartupError
 from ..clock import now_us
+from ..migrations_plan import pending
 from .migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -21,17 +21,8 @@ def migrate(conn: sqlite3.Connection) -> bytes:
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_time INTEGER NOT NULL)"
         )
-        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-        known = max(version for version, _, _ in MIGRATIONS)
-        if done and max(done) > known:
-            # Migrated by a newer release: its tables may mean things this code would get wrong.
-            raise StartupError(
-                f"the database has schema version {max(done)}, newer than this server's {known} "
-                "(a newer release migrated it): run that release, or a copy of the database made for this one"
-            )
-        for version, name, sql in MIGRATIONS:
-            if version in done:
-                continue
+        done = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+        for version, name, sql in pending(MIGRATIONS, done):
             log.info("applying migration %d: %s", version, name)
             for statement in split_sql(sql):
                 conn.execute(statement)

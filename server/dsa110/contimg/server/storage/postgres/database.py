@@ -1,0 +1,274 @@
+"""The PostgreSQL database: a pool of asyncpg connections, the schema, writes, faults.
+
+Reads run on pooled connections (asyncpg prepares and caches each statement per connection).
+Writes run a body `async def body(conn) -> T` inside one transaction: all or nothing. A caller that
+is cancelled while its write runs does not cancel the write (the transaction runs as a task of its
+own and is awaited shielded), so an acknowledged write and a half-done one cannot be confused: it
+either commits whole or rolls back whole. Serialization failures and deadlocks are retried.
+What is reused between reads and when it is stale: readcache.py, with the version from changes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from ...domain.errors import DomainError, QueryTimeout, StartupError, StorageUnavailable
+from ...readcache import ReadCache
+from ..clock import now_us
+from .changes import ChangeListener
+from .schema import migrate
+
+__all__ = ["Database", "PostgresSettings", "is_postgres_url"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Row = Sequence[Any]
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # What a write body and a read get: a pooled connection (or a plain one, for tools).
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+else:
+    Conn = asyncpg.Connection
+Body = Callable[[Conn], Awaitable[T]]
+
+DEFAULT_READ_CACHE_BYTES = 256 << 20
+# Request ids are kept as long as on SQLite (storage/sqlite/idempotency.py).
+REQUEST_ID_RETENTION_US = 7 * 24 * 3600 * 1_000_000
+EXPIRE_BATCH = 5000
+_RETRIES = 5
+# What PostgreSQL answers when two writers met: run the transaction again.
+_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# The database went away (restart, network): UNAVAILABLE, which clients retry.
+_UNREACHABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    ConnectionError,
+)
+
+
+def is_postgres_url(database: str) -> bool:
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    dsn: str
+    pool_min: int = 2
+    pool_max: int = 10
+    statement_timeout_s: float = 30.0
+
+
+def storage_error(exc: BaseException) -> Exception:
+    """An asyncpg exception as the caller should see it (never INTERNAL for what the machine did)."""
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return QueryTimeout(
+            "the query ran past the server's statement timeout: narrow it (a filter, a smaller page or radius)"
+        )
+    if isinstance(exc, _UNREACHABLE):
+        return StorageUnavailable(f"the database is unreachable: {exc}")
+    if isinstance(exc, asyncpg.DiskFullError):
+        return StorageUnavailable("the database's disk is full: writes are refused until space is freed")
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+class Database:
+    def __init__(self, settings: PostgresSettings, read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES):
+        self.settings = settings
+        self.pool: asyncpg.Pool | None = None
+        self.changes = ChangeListener(settings.dsn)
+        self.read_cache = ReadCache(self.version, read_cache_bytes)
+        self.page_token_secret = b""
+        self._fault: DomainError | None = None
+
+    async def open(self) -> None:
+        timeout_ms = int(self.settings.statement_timeout_s * 1000)
+        try:
+            self.pool = await asyncpg.create_pool(
+                self.settings.dsn,
+                min_size=self.settings.pool_min,
+                max_size=self.settings.pool_max,
+                server_settings={"statement_timeout": str(timeout_ms), "application_name": "contimg-server"},
+            )
+            async with self.pool.acquire() as conn:
+                self.page_token_secret = await migrate(conn, secrets.token_bytes(32))
+        except StartupError:
+            await self.close()
+            raise
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            await self.close()
+            raise StartupError(f"cannot open the PostgreSQL database {self.description}: {exc}") from exc
+        await self.changes.start()
+
+    async def close(self) -> None:
+        await self.changes.stop()
+        self.read_cache.clear()
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            await pool.close()
+
+    @property
+    def description(self) -> str:
+        """The database's URL without its password."""
+        return _safe(self.settings.dsn)
+
+    async def schema_version(self) -> int:
+        return int(await self.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+    def version(self) -> Hashable | None:
+        """Changes with every commit to the database by anyone; None when it cannot tell (changes.py)."""
+        return self.changes.version()
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def _pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise StorageUnavailable("the database is closed")
+        return self.pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        """A pooled connection. Failing to get one (the server down or restarting, the database
+        refusing connections, too many clients) is UNAVAILABLE, which clients retry, and a fault
+        the health monitor reports until a write succeeds again."""
+        pool = self._pool()
+        try:
+            conn = await pool.acquire()
+        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
+            self._fault = StorageUnavailable(f"cannot connect to PostgreSQL: {exc}")
+            raise self._fault from exc
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            async with self.connection() as conn:
+                return list(await conn.fetch(sql, *args))
+        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
+            raise storage_error(exc) from exc
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        found = await self.fetch(sql, *args)
+        return found[0] if found else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        found = await self.fetch(sql, *args)
+        return found[0][0] if found else None
+
+    async def count(self, sql: str, *args: Any) -> int:
+        """A COUNT query, reused until the next commit by anyone: the pages of one list share it."""
+
+        async def run() -> int:
+            return int(await self.fetchval(sql, *args))
+
+        return await self.read_cache.computed(("count", sql, tuple(args)), run)
+
+    # ---- writes ----------------------------------------------------------------------------------
+
+    async def write(self, body: Body[T], after_commit: Callable[[T], None] | None = None) -> T:
+        """Run `body` in one transaction, retried when PostgreSQL reports a conflict; never left half
+        done by a cancelled caller. `after_commit` runs after COMMIT, before the caller resumes."""
+        task = asyncio.ensure_future(self._transaction(body))
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The caller gave up; the write still finishes (or fails) whole.
+            task.add_done_callback(_consume)
+            raise
+        if after_commit is not None:
+            after_commit(result)
+        return result
+
+    async def _transaction(self, body: Body[T]) -> T:
+        for attempt in range(_RETRIES):
+            try:
+                async with self.connection() as conn, conn.transaction():
+                    result = await body(conn)
+            except (*_RETRYABLE, asyncpg.UniqueViolationError):
+                # A unique violation is a race SQLite's single writer never had: two writers both
+                # found a key free (a path, a job id) and the second's insert failed once the first
+                # committed. Run again, the body sees the committed row and answers as it would
+                # have in sequence (ALREADY_EXISTS, or a request_id's first result).
+                if attempt + 1 == _RETRIES:
+                    raise StorageUnavailable("the write kept conflicting with others; retry") from None
+                await asyncio.sleep(0.005 * (attempt + 1))
+                continue
+            except DomainError:
+                raise
+            except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
+                error = storage_error(exc)
+                if isinstance(error, StorageUnavailable):
+                    self._fault = error
+                raise error from exc
+            self.changes.committed()
+            self._fault = None
+            return result
+        raise AssertionError("unreachable")
+
+    # ---- health and upkeep (health.py, housekeeping.py) --------------------------------------------
+
+    def fault(self) -> DomainError | None:
+        """Why writes fail now, if they do: the database unreachable, as the last write found or as
+        the change listener's session, which is always open, found without any write."""
+        if self._fault is None and self.pool is not None and self.changes.version() is None:
+            return StorageUnavailable("the connection to PostgreSQL was lost; reconnecting")
+        return self._fault
+
+    async def probe(self) -> None:
+        """A small real write: whether writes succeed again."""
+
+        async def body(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO settings VALUES ('health_probe', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                str(now_us()).encode(),
+            )
+
+        await self.write(body)
+
+    async def expire_request_ids(self, retention_us: int = REQUEST_ID_RETENTION_US) -> int:
+        before = now_us() - retention_us
+        total = 0
+        while True:
+
+            async def body(conn: Conn) -> int:
+                status = await conn.execute(
+                    "DELETE FROM request_ids WHERE request_id IN (SELECT request_id FROM request_ids "
+                    "WHERE create_time < $1 ORDER BY create_time LIMIT $2)",
+                    before,
+                    EXPIRE_BATCH,
+                )
+                return int(status.split()[-1])
+
+            removed = await self.write(body)
+            total += removed
+            if removed < EXPIRE_BATCH:
+                return total
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _safe(dsn: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return dsn

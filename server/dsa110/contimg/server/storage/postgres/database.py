@@ -56,6 +56,10 @@ _UNREACHABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     ConnectionError,
+    # A session ended by the server (a restart) while idle between a transaction's statements leaves
+    # asyncpg's protocol mid-error: the next statement (often COMMIT, never sent) raises this, and so
+    # does the pool's reset on release (which then drops the connection). tests/test_postgres_replicas.py
+    asyncpg.InternalClientError,
 )
 
 

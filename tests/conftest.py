@@ -97,7 +97,9 @@ def engine() -> str:
 # A database migrated once per test session: each test's database is a copy of it (CREATE DATABASE
 # ... TEMPLATE, ~0.37 s), and after the test it is emptied (TRUNCATE, ~0.06 s) and kept for the next
 # test instead of dropped. Emptied means as a new copy would be: no rows, counters restarted, no
-# schema version but the release's, connections allowed.
+# schema version but the release's, connections allowed, and no page-token secret (the first server
+# to open it makes one, so each database has its own, as if migrated by itself: a page token of one
+# test's database is foreign to another's).
 _template: list[str] = []
 _free: list[str] = []
 _DATA_TABLES = (
@@ -118,6 +120,11 @@ async def _template_database(admin: asyncpg.Connection) -> str:
         migrated = Database(PostgresSettings(_url(name), pool_min=1, pool_max=1))
         await migrated.open()
         await migrated.close()
+        conn = await asyncpg.connect(_url(name))
+        try:
+            await conn.execute("DELETE FROM settings")
+        finally:
+            await conn.close()
         _template.append(name)
     return _template[0]
 
@@ -137,7 +144,7 @@ async def _empty(admin: asyncpg.Connection, name: str) -> bool:
             async with conn.transaction():
                 await conn.execute(f"TRUNCATE {_DATA_TABLES} RESTART IDENTITY CASCADE")
                 await conn.execute("UPDATE job_event_counter SET last = 0")
-                await conn.execute("DELETE FROM settings WHERE key != 'page_token_secret'")
+                await conn.execute("DELETE FROM settings")
                 await conn.execute("DELETE FROM schema_migrations WHERE version > $1", max(v for v, _, _ in MIGRATIONS))
         finally:
             await conn.close()

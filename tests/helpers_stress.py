@@ -4,7 +4,8 @@
   sys.executable), so it can be SIGKILLed, share a SQLite file with a second process, or have its
   RSS sampled from /proc.
 * Read-only views of the SQLite file (`table_counts`, `db_digest`, `photometry_invariants`) that
-  the tests compare before and after calls without going through the server.
+  the tests compare before and after calls without going through the server; `DirectSQL`, the same
+  kind of access to either engine's database (a SQLite file or a postgresql:// URL).
 * `env_int` / `env_float`: test sizes that CI keeps small and a manual run turns up.
 """
 
@@ -21,7 +22,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -46,7 +49,7 @@ class ServerProcess:
         self,
         data_dir: Path,
         *,
-        database: Path | None = None,
+        database: Path | str | None = None,
         args: Sequence[str] = (),
         name: str = "server",
         port: int = 0,
@@ -56,7 +59,7 @@ class ServerProcess:
         writes are allowed (--allow-anonymous-writes, as scripts/serve.sh runs)."""
         self.write_token = write_token
         self.data_dir = data_dir
-        self.database = database or data_dir / "contimg.sqlite3"
+        self.database = database or data_dir / "contimg.sqlite3"  # or a postgresql:// URL
         self.args = list(args)
         self.log_path = data_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -259,6 +262,16 @@ def db_digest(database: Path) -> dict[str, tuple[int, str]]:
         conn.close()
 
 
+# The queries behind `photometry_invariants`, the same on both engines, read in one snapshot.
+_PHOTOMETRY_QUERIES = (
+    "SELECT image_id, count(*) FROM photometry GROUP BY image_id",
+    "SELECT image_id, source_sids FROM image_photometry",
+    "SELECT id, photometry_count FROM images",
+    "SELECT s.id, s.detection_count, (SELECT count(*) FROM photometry p WHERE p.source_sid = s.sid) FROM sources s",
+    "SELECT count(*) FROM photometry p WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.id = p.image_id)",
+)
+
+
 def photometry_invariants(database: Path, batch_size: int | None = None) -> list[str]:
     """Violations of the all-or-nothing photometry rules, read in one snapshot.
 
@@ -266,37 +279,38 @@ def photometry_invariants(database: Path, batch_size: int | None = None) -> list
     every batch has that size); for every source, detection_count equals its photometry rows.
     """
     conn = ro_connect(database)
-    problems: list[str] = []
     try:
         conn.execute("BEGIN")
-        counts = dict(conn.execute("SELECT image_id, count(*) FROM photometry GROUP BY image_id").fetchall())
-        listed = {i: json.loads(s) for i, s in conn.execute("SELECT image_id, source_sids FROM image_photometry")}
-        image_ids = set()
-        for image_id, stored in conn.execute("SELECT id, photometry_count FROM images"):
-            image_ids.add(image_id)
-            rows = counts.get(image_id, 0)
-            if stored != rows:
-                problems.append(f"images/{image_id}: photometry_count {stored} but {rows} photometry rows")
-            if batch_size is not None and rows not in (0, batch_size):
-                problems.append(f"images/{image_id}: half-written batch of {rows} rows (batch size {batch_size})")
-            if len(listed.get(image_id, [])) != rows:
-                problems.append(f"images/{image_id}: image_photometry lists {len(listed.get(image_id, []))} sources")
-        if set(listed) - image_ids:
-            problems.append(f"image_photometry rows of missing images: {sorted(set(listed) - image_ids)}")
-        for source_id, stored, rows in conn.execute(
-            "SELECT s.id, s.detection_count, (SELECT count(*) FROM photometry p WHERE p.source_sid = s.sid) "
-            "FROM sources s"
-        ):
-            if stored != rows:
-                problems.append(f"sources/{source_id}: detection_count {stored} but {rows} photometry rows")
-        orphans = conn.execute(
-            "SELECT count(*) FROM photometry p WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.id = p.image_id)"
-        ).fetchone()[0]
-        if orphans:
-            problems.append(f"{orphans} photometry rows of missing images")
+        results = [conn.execute(sql).fetchall() for sql in _PHOTOMETRY_QUERIES]
         conn.execute("COMMIT")
     finally:
         conn.close()
+    return _photometry_violations(results, batch_size)
+
+
+def _photometry_violations(results: list[list[Any]], batch_size: int | None) -> list[str]:
+    per_image, image_photometry, images, sources, [(orphans,)] = results
+    problems: list[str] = []
+    counts = dict((i, n) for i, n in per_image)
+    # A JSON array on SQLite, bigint[] on PostgreSQL.
+    listed = {i: json.loads(s) if isinstance(s, str) else list(s) for i, s in image_photometry}
+    image_ids = set()
+    for image_id, stored in images:
+        image_ids.add(image_id)
+        rows = counts.get(image_id, 0)
+        if stored != rows:
+            problems.append(f"images/{image_id}: photometry_count {stored} but {rows} photometry rows")
+        if batch_size is not None and rows not in (0, batch_size):
+            problems.append(f"images/{image_id}: half-written batch of {rows} rows (batch size {batch_size})")
+        if len(listed.get(image_id, [])) != rows:
+            problems.append(f"images/{image_id}: image_photometry lists {len(listed.get(image_id, []))} sources")
+    if set(listed) - image_ids:
+        problems.append(f"image_photometry rows of missing images: {sorted(set(listed) - image_ids)}")
+    for source_id, stored, rows in sources:
+        if stored != rows:
+            problems.append(f"sources/{source_id}: detection_count {stored} but {rows} photometry rows")
+    if orphans:
+        problems.append(f"{orphans} photometry rows of missing images")
     return problems
 
 
@@ -313,3 +327,96 @@ def write_lock_free(database: Path) -> bool:
         return True
     finally:
         conn.close()
+
+
+# ---- either engine ------------------------------------------------------------------------------
+
+
+def is_postgres(database: Path | str) -> bool:
+    return str(database).startswith(("postgresql://", "postgres://"))
+
+
+class DirectSQL:
+    """A program's own connection to the server's database, either engine: SQL with `?` placeholders
+    (numbered $1, $2, ... on PostgreSQL), each statement committed on its own. `read_only` opens a
+    SQLite file read-only (`ro_connect`: never checkpoints the WAL away from the server)."""
+
+    def __init__(self, sqlite: sqlite3.Connection | None, pg: asyncpg.Connection | None):
+        self.sqlite, self.pg = sqlite, pg
+
+    @classmethod
+    async def connect(cls, database: Path | str, read_only: bool = False) -> DirectSQL:
+        if is_postgres(database):
+            return cls(None, await asyncpg.connect(str(database)))
+        if read_only:
+            return cls(ro_connect(Path(database)), None)
+        return cls(sqlite3.connect(database, isolation_level=None, timeout=10), None)
+
+    @staticmethod
+    def _numbered(sql: str) -> str:
+        parts = sql.split("?")
+        return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+
+    async def execute(self, sql: str, *args: object) -> None:
+        if self.pg is not None:
+            await self.pg.execute(self._numbered(sql), *args)
+        else:
+            assert self.sqlite is not None
+            self.sqlite.execute(sql, args)
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        if self.pg is not None:
+            return [tuple(r) for r in await self.pg.fetch(self._numbered(sql), *args)]
+        assert self.sqlite is not None
+        return [tuple(r) for r in self.sqlite.execute(sql, args)]
+
+    async def heard_by(self, *servers: Any, wait_s: float = 10.0) -> None:
+        """Wait until each in-process server (a conftest.RunningServer) has heard of every commit
+        made so far. PostgreSQL: a server learns of another's commit by its notification
+        (storage/postgres/changes.py), which can reach it just after the writer's reply; they
+        arrive in commit order, so once one committed now has arrived, every earlier one has.
+        SQLite: nothing to wait for (each read checks the file's data_version)."""
+        if self.pg is None:
+            return
+        listeners = [s.server.storage.db.changes for s in servers]
+        before = [listener.notified for listener in listeners]
+        await self.pg.execute("SELECT pg_notify('contimg_changes', '')")
+        deadline = time.monotonic() + wait_s
+        while any(listener.notified == n for listener, n in zip(listeners, before, strict=True)):
+            assert time.monotonic() < deadline, f"a server did not hear of a commit within {wait_s:.0f} s"
+            await asyncio.sleep(0.001)
+
+    async def close(self) -> None:
+        if self.pg is not None:
+            await self.pg.close()
+        if self.sqlite is not None:
+            self.sqlite.close()
+
+
+async def no_transaction_open(database: Path | str) -> bool:
+    """True when no server holds a transaction open on `database`: on SQLite, nobody holds the write
+    lock (`write_lock_free`); on PostgreSQL, no session of a contimg server is inside a transaction."""
+    if not is_postgres(database):
+        return write_lock_free(Path(database))
+    conn = await asyncpg.connect(str(database))
+    try:
+        open_ = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'contimg-server' AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return int(open_) == 0
+
+
+async def photometry_problems(database: Path | str, batch_size: int | None = None) -> list[str]:
+    """`photometry_invariants` on either engine (on PostgreSQL, in one repeatable-read snapshot)."""
+    if not is_postgres(database):
+        return photometry_invariants(Path(database), batch_size)
+    conn = await asyncpg.connect(str(database))
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            results = [[tuple(r) for r in await conn.fetch(sql)] for sql in _PHOTOMETRY_QUERIES]
+    finally:
+        await conn.close()
+    return _photometry_violations(results, batch_size)

@@ -18,6 +18,7 @@ from google.protobuf import field_mask_pb2, message
 from helpers import DOMAIN, error_info, expect_error, make_image, make_ms, violation_fields
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+ENGINES = ("sqlite", "postgres")
 BAD_REQUEST_ID = "not a uuid!"
 BAD_FILTER = "no_such_field = 1"
 

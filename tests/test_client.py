@@ -65,6 +65,7 @@ from grpc_status import rpc_status
 
 Job = jobs_pb2.Job
 JobEvent = jobs_pb2.JobEvent
+ENGINES = ("sqlite", "postgres")
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers

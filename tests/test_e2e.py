@@ -1,8 +1,9 @@
 """End to end: the `contimg-server` console script as a user runs it, then SIGTERM while a call is in flight.
 
-The in-flight call is made slow deterministically, not by timing: the test holds SQLite's write
-lock from its own connection, so the server's RecordPhotometry waits inside its transaction until
-the test lets go, which it does only after the shutdown has begun.
+The in-flight call is made slow deterministically, not by timing: the test holds a lock from its
+own connection (SQLite's write lock; on PostgreSQL, the image's row), so the server's
+RecordPhotometry waits inside its transaction until the test lets go, which it does only after the
+shutdown has begun. On both engines (ENGINES).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+import asyncpg
 import grpc
 from dsa110.contimg.v1 import (
     images_pb2,
@@ -33,8 +35,11 @@ from dsa110.contimg.v1 import (
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from conftest import PostgresDatabases
 from helpers_jobs import measurement
 from helpers_stress import alive, write_processes_of
+
+ENGINES = ("sqlite", "postgres")
 
 SERVICES = {
     "dsa110.contimg.v1.ImageService",
@@ -56,7 +61,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(exe: Path, port: int, data_dir: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_server(
+    exe: Path, port: int, data_dir: Path, log: Path, env: dict[str, str], database: str = ""
+) -> subprocess.Popen[bytes]:
     """`contimg-server serve` as a user types it; stderr (the server's log) goes to `log`."""
     with log.open("wb") as err:
         return subprocess.Popen(
@@ -71,6 +78,7 @@ def start_server(exe: Path, port: int, data_dir: Path, log: Path, env: dict[str,
                 "0",
                 "--grace-s",
                 str(GRACE_S),
+                *(["--database", database] if database else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -107,7 +115,8 @@ async def list_services(channel: grpc.aio.Channel) -> set[str]:
     return names
 
 
-async def test_serve_reflect_call_and_graceful_sigterm(tmp_path):
+async def test_serve_reflect_call_and_graceful_sigterm(tmp_path, engine, postgres_databases: PostgresDatabases):
+    url = await postgres_databases.new() if engine == "postgres" else ""  # SQLite: DATA_DIR/contimg.sqlite3
     port = free_port()
     data_dir = tmp_path / "data"
     log = tmp_path / "server.log"
@@ -115,12 +124,14 @@ async def test_serve_reflect_call_and_graceful_sigterm(tmp_path):
     exe = Path(sys.executable).parent / "contimg-server"
     assert exe.exists(), f"console script missing: {exe}"
     env = {**os.environ, "CONTIMG_WRITE_TOKENS": token}  # a token in the environment, not in `ps`
-    proc = start_server(exe, port, data_dir, log, env)
+    proc = start_server(exe, port, data_dir, log, env, url)
     lock: sqlite3.Connection | None = None
+    pg_lock: asyncpg.Connection | None = None
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_until_serving(channel, proc, log)
-            [writer_pid] = await write_processes_of(proc.pid)
+            # SQLite's engine writes photometry from a process of its own; PostgreSQL's has none.
+            [writer_pid] = await write_processes_of(proc.pid) if not url else [0]
             assert SERVICES | {"grpc.health.v1.Health"} <= await list_services(channel)
             health = health_pb2_grpc.HealthStub(channel)
             for service in SERVICES:
@@ -155,13 +166,18 @@ async def test_serve_reflect_call_and_graceful_sigterm(tmp_path):
                 metadata=auth,
             )
 
-            # Calls in flight at SIGTERM: a watch stream, and a write held up by our SQLite lock.
+            # Calls in flight at SIGTERM: a watch stream, and a write held up by our lock.
             watch = jobs.WatchJob(jobs_pb2.WatchJobRequest(name=job.name))
             assert (await watch.read()).type == jobs_pb2.JobEvent.TYPE_SNAPSHOT
             health_watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
             assert (await health_watch.read()).status == SERVING
-            lock = sqlite3.connect(data_dir / "contimg.sqlite3", isolation_level=None, timeout=10)
-            lock.execute("BEGIN IMMEDIATE")
+            if url:  # the image's row: RecordPhotometry locks it (storage/postgres/sources.py)
+                pg_lock = await asyncpg.connect(url)
+                await pg_lock.execute("BEGIN")
+                await pg_lock.execute("SELECT 1 FROM images WHERE id = $1 FOR UPDATE", int(image.name.split("/")[1]))
+            else:
+                lock = sqlite3.connect(data_dir / "contimg.sqlite3", isolation_level=None, timeout=10)
+                lock.execute("BEGIN IMMEDIATE")
             batch = [measurement(f"E2E{i:04d}", (i * 0.37) % 360, 40.0 + i / 1000) for i in range(200)]
             inflight = asyncio.ensure_future(
                 sources.RecordPhotometry(
@@ -178,9 +194,15 @@ async def test_serve_reflect_call_and_graceful_sigterm(tmp_path):
             assert update.status == NOT_SERVING  # load balancers are told first
             health_watch.cancel()
             assert not inflight.done(), "the write is still waiting for the lock"
-            lock.execute("ROLLBACK")
-            lock.close()
-            lock = None
+            if pg_lock is not None:
+                await pg_lock.execute("ROLLBACK")
+                await pg_lock.close()
+                pg_lock = None
+            else:
+                assert lock is not None
+                lock.execute("ROLLBACK")
+                lock.close()
+                lock = None
 
             response = await asyncio.wait_for(inflight, 10)  # the in-flight call completes, OK
             assert response.recorded_count == 200 and response.created_source_count == 200
@@ -188,7 +210,7 @@ async def test_serve_reflect_call_and_graceful_sigterm(tmp_path):
             remaining = GRACE_S + 5 - (time.monotonic() - sigterm_at)
             status = await asyncio.to_thread(proc.wait, remaining)  # TimeoutExpired fails the test
             assert status == 0, f"exit status {status}:\n{read_log(log)}"
-            assert not alive(writer_pid), "the write process outlived the server"
+            assert not writer_pid or not alive(writer_pid), "the write process outlived the server"
             # The open watch was ended by the shutdown rather than keeping the process alive.
             try:
                 leftover = await watch.read()
@@ -199,13 +221,22 @@ async def test_serve_reflect_call_and_graceful_sigterm(tmp_path):
     finally:
         if lock is not None:
             lock.close()
+        if pg_lock is not None:
+            await pg_lock.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
 
     # The write acknowledged during shutdown is on disk.
-    with sqlite3.connect(data_dir / "contimg.sqlite3") as db:
-        assert db.execute("SELECT count(*) FROM photometry").fetchone()[0] == 200
+    if url:
+        pg = await asyncpg.connect(url)
+        try:
+            assert await pg.fetchval("SELECT count(*) FROM photometry") == 200
+        finally:
+            await pg.close()
+    else:
+        with sqlite3.connect(data_dir / "contimg.sqlite3") as db:
+            assert db.execute("SELECT count(*) FROM photometry").fetchone()[0] == 200
 
     # One log line per RPC, with method, code, duration and peer; never the token.
     text = read_log(log)

@@ -9,7 +9,6 @@ of 56 tries), and a replay returned the resource as it is now.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import grpc
 from dsa110.contimg.server.storage.clock import now_us
@@ -18,8 +17,10 @@ from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2
 
 from conftest import RunningServer, Stubs
 from helpers import image_message, make_image, make_ms, new_request_id
+from helpers_stress import DirectSQL, is_postgres
 
 Job = jobs_pb2.Job
+ENGINES = ("sqlite", "postgres")
 
 
 async def test_each_concurrent_transition_returns_its_own_state(stubs: Stubs) -> None:
@@ -83,15 +84,21 @@ async def test_request_ids_are_forgotten_after_their_retention(server: RunningSe
     create = jobs_pb2.CreateJobRequest(job=Job(type=Job.TYPE_IMAGE), request_id=job_rid)
     first = await stubs.jobs.CreateJob(create)
     old = await stubs.jobs.CreateJob(jobs_pb2.CreateJobRequest(job=Job(type=Job.TYPE_IMAGE), request_id=old_rid))
-    with sqlite3.connect(server.config.database_path) as conn:  # the second as if stored 8 days ago
-        conn.execute(
+    sql = await DirectSQL.connect(server.config.database)
+    try:  # the second as if stored 8 days ago
+        await sql.execute(
             "UPDATE request_ids SET create_time = ? WHERE request_id = ?",
-            (now_us() - REQUEST_ID_RETENTION_US - 86_400_000_000, old_rid),
+            now_us() - REQUEST_ID_RETENTION_US - 86_400_000_000,
+            old_rid,
         )
-        plan = " ".join(
-            str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT 1 FROM request_ids WHERE create_time < 5")
-        )
-    conn.close()
+        if is_postgres(server.config.database):
+            await sql.execute("SET enable_seqscan = off")  # two rows: whether the index can serve, not the cost
+            explain = "EXPLAIN SELECT 1 FROM request_ids WHERE create_time < 5"
+        else:
+            explain = "EXPLAIN QUERY PLAN SELECT 1 FROM request_ids WHERE create_time < 5"
+        plan = " ".join(str(r) for r in await sql.fetch(explain))
+    finally:
+        await sql.close()
     assert "request_ids_by_time" in plan  # expiry walks an index, not the table
     assert await db.expire_request_ids() == 1
     assert await stubs.jobs.CreateJob(create) == first  # within the retention: the first result

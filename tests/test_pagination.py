@@ -8,6 +8,8 @@
   a token sent with a different filter / order_by, fail with INVALID_PAGE_TOKEN on `page_token`.
 * Filters and orderings are compared with a Python evaluation over ~200 random images and ~120
   random measurement sets (module-scoped server, read-only after it is populated).
+
+Every test runs on both engines (ENGINES; the module-scoped data set is made once per engine).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dsa110.contimg.server.config import ServerConfig
 from dsa110.contimg.v1 import images_pb2, measurement_sets_pb2
 from google.protobuf import timestamp_pb2
 
-from conftest import make_stubs
+from conftest import PostgresDatabases, make_stubs
 from helpers import (
     QA,
     Image,
@@ -47,6 +49,7 @@ from helpers import (
 
 MS = MeasurementSet
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+ENGINES = ("sqlite", "postgres")
 STRIPS = (16.27, 50.5, 54.57, 65.72)
 
 # ---------------------------------------------------------------------------------------------
@@ -418,13 +421,14 @@ async def test_token_reused_with_other_parameters_is_invalid_page_token(stubs: A
 
 
 async def test_token_from_another_database_is_invalid_page_token(
-    stubs: Any, server_factory: Any, tmp_path: Path
+    stubs: Any, server_factory: Any, tmp_path: Path, engine: str, postgres_databases: PostgresDatabases
 ) -> None:
     ms = await make_ms(stubs)
     for _ in range(3):
         await stubs.images.CreateImage(images_pb2.CreateImageRequest(image=image_message(ms.name)))
     token = (await stubs.images.ListImages(images_pb2.ListImagesRequest(page_size=1))).next_page_token
-    other = await server_factory(database=tmp_path / "other.sqlite3")
+    other_database = await postgres_databases.new() if engine == "postgres" else tmp_path / "other.sqlite3"
+    other = await server_factory(database=other_database)
     async with grpc.aio.insecure_channel(other.target) as channel:
         other_stubs = make_stubs(channel)
         await expect_error(
@@ -446,20 +450,22 @@ class Dataset:
     mss: list[measurement_sets_pb2.MeasurementSet]
 
 
-@pytest.fixture(scope="module")
-async def dataset(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dataset]:
+@pytest.fixture(scope="module", params=ENGINES)
+async def dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dataset]:
     root = tmp_path_factory.mktemp("pagination")
+    postgres = PostgresDatabases()  # the `engine` fixture is per test: this one is per module
+    database = await postgres.new() if request.param == "postgres" else str(root / "contimg.sqlite3")
     config = ServerConfig(
         host="127.0.0.1",
         port=0,
         data_dir=root,
-        database=str(root / "contimg.sqlite3"),
+        database=database,
         synchronous="NORMAL",
         allow_anonymous_writes=True,
     )
     server = ContimgServer(config)
-    await server.start()
     try:
+        await server.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stubs = make_stubs(channel)
             rng = random.Random(110)
@@ -492,6 +498,7 @@ async def dataset(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dat
             yield Dataset(stubs, images, mss)
     finally:
         await server.stop(0.5)
+        await postgres.drop_all()
 
 
 def _rfc3339(us: int) -> str:

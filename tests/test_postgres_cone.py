@@ -1,31 +1,46 @@
 """Cone search on PostgreSQL (storage/postgres/sources.py) against brute force over the same rows.
 
 The repository runs on a database of its own, filled straight with SQL: dense sources at both poles,
-on both sides of RA 0/360 and on the domain's edges (RA 0, RA just under 360, Dec +-90), plus the
-whole sky. Every cone of a dense grid of centres (the poles, the wrap, the edges of the pole boxes)
-and radii is answered by the server and by Python computing each source's squared chord distance
-with the same arithmetic (which PostgreSQL and Python share: the same libm, the same constants), so
-the answer must be identical: the same sources, in the same order, at the same separations, with
-the same total, across pages. The boxes that drive the index are also checked on their own
-(Hypothesis): every position within a cone lies in one of its boxes.
+on both sides of RA 0/360 and on the domain's edges (RA 0, RA just under 360, Dec +-90), on the rims
+of cones the grid asks for, plus the whole sky. Every cone of a dense grid of centres (the poles,
+the wrap, the edges of the pole boxes) and radii is answered by the server and by Python computing
+each source's squared chord distance with the same arithmetic (which PostgreSQL and Python share:
+the same libm, the same constants), so the answer must be identical: the same sources, in the same
+order, at the same separations, with the same total, across pages.
+
+Both ways of finding candidates run every test (the `pg` fixture's two parameters on one server):
+q3c's index, where the server has the extension (in CI it must: scripts/test.sh installs it, and
+the tests fail without it; elsewhere they skip), and the GiST box index, forced with the off switch
+PostgresSettings.q3c = False. The boxes are also checked on their own (Hypothesis): every position
+within a cone lies in one of them. q3c's coverage is checked by the same brute force, the rims
+above included (q3c's own distance test is strict and rounds differently: sources.py pads for it).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import random
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
+import asyncpg
 import pytest
+from dsa110.contimg.server.config import from_sources
 from dsa110.contimg.server.domain import sky
 from dsa110.contimg.server.domain.query import Condition
+from dsa110.contimg.server.events.local import LocalEventBus
 from dsa110.contimg.server.repositories.protocols import ListQuery
+from dsa110.contimg.server.storage.engine import open_storage
 from dsa110.contimg.server.storage.postgres.database import Conn, Database, PostgresSettings
+from dsa110.contimg.server.storage.postgres.schema import Q3C_INDEX
 from dsa110.contimg.server.storage.postgres.sources import PostgresSources, cone_boxes, cone_query
+from dsa110.contimg.server.storage.postgres.storage import PostgresStorage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import PostgresDatabases
+from conftest import POSTGRES_URL, PostgresDatabases
 
 
 def _sphere(
@@ -33,6 +48,15 @@ def _sphere(
 ) -> list[tuple[float, float]]:
     s_lo, s_hi = math.sin(math.radians(dec_lo)), math.sin(math.radians(dec_hi))
     return [(rng.uniform(ra_lo, ra_hi) % 360.0, math.degrees(math.asin(rng.uniform(s_lo, s_hi)))) for _ in range(n)]
+
+
+def _destination(ra: float, dec: float, bearing: float, distance: float) -> tuple[float, float]:
+    """The position `distance` degrees from (ra, dec) along `bearing` (from north, through east)."""
+    p1, l1, b, d = map(math.radians, (dec, ra, bearing, distance))
+    sin_p2 = math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(b)
+    p2 = math.asin(max(-1.0, min(1.0, sin_p2)))
+    l2 = l1 + math.atan2(math.sin(b) * math.sin(d) * math.cos(p1), math.cos(d) - math.sin(p1) * sin_p2)
+    return math.degrees(l2) % 360.0, math.degrees(p2)
 
 
 def _positions() -> list[tuple[float, float]]:
@@ -48,6 +72,10 @@ def _positions() -> list[tuple[float, float]]:
     sky_ += [(0.0, d) for d in range(-90, 91, 5)] + [(359.9999999, d) for d in range(-85, 90, 5)]
     sky_ += [(ra, 90.0) for ra in (0.0, 45.0, 180.0, 300.0)] + [(ra, -90.0) for ra in (0.0, 200.0)]
     sky_ += [(1.0, 45.5)] * 6 + [(0.0, 0.0)] * 3
+    # On the rims of cones of the grid below (rounded just inside or just outside: brute force says).
+    for ra, dec in [(0.0, 0.0), (359.9999999, 45.5), (0.3, -89.0), (180.0, 89.5), (7.5, 84.0), (0.0, -90.0)]:
+        for radius in (0.3, 2.0):
+            sky_ += [_destination(ra, dec, bearing, radius) for bearing in range(0, 360, 10)]
     return sky_
 
 
@@ -82,25 +110,48 @@ def brute_force(ra: float, dec: float, radius: float, keep: set[int] | None = No
     return sorted(found)
 
 
-@pytest.fixture
-async def pg(postgres_databases: PostgresDatabases) -> AsyncIterator[Database]:
-    db = Database(PostgresSettings(await postgres_databases.new(), pool_min=1, pool_max=4))
+PATHS = ("q3c", "boxes")
+
+
+def missing_q3c() -> None:
+    """The q3c path cannot run here: a failure in CI (where scripts/test.sh installs the extension),
+    a skip elsewhere."""
+    reason = (
+        "the q3c extension is not available on the test PostgreSQL server "
+        "(Debian: apt-get install postgresql-15-q3c, as scripts/test.sh does)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=PATHS)
+async def pg(request: pytest.FixtureRequest, postgres_databases: PostgresDatabases) -> AsyncIterator[Database]:
+    """A database of POSITIONS whose cone searches take the path of the parameter: q3c's index, or
+    (the off switch) the GiST boxes, on a database that has both indexes where q3c is installed."""
+    q3c = request.param == "q3c"
+    db = Database(PostgresSettings(await postgres_databases.new(), pool_min=1, pool_max=4, q3c=q3c))
     await db.open()
+    try:
+        if q3c and not db.q3c:
+            missing_q3c()
+        assert db.q3c == q3c
 
-    async def fill(conn: Conn) -> None:
-        await conn.execute(
-            "INSERT INTO sources (sid, id, ra_deg, dec_deg, mean_flux_jy, create_time, update_time) "
-            "SELECT sid, 'S' || sid, ra, dec, sid % 7, 0, 0 "
-            "FROM unnest($1::bigint[], $2::float8[], $3::float8[]) AS u(sid, ra, dec)",
-            list(range(1, len(POSITIONS) + 1)),
-            [ra for ra, _ in POSITIONS],
-            [dec for _, dec in POSITIONS],
-        )
-        await conn.execute("ANALYZE sources")
+        async def fill(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO sources (sid, id, ra_deg, dec_deg, mean_flux_jy, create_time, update_time) "
+                "SELECT sid, 'S' || sid, ra, dec, sid % 7, 0, 0 "
+                "FROM unnest($1::bigint[], $2::float8[], $3::float8[]) AS u(sid, ra, dec)",
+                list(range(1, len(POSITIONS) + 1)),
+                [ra for ra, _ in POSITIONS],
+                [dec for _, dec in POSITIONS],
+            )
+            await conn.execute("ANALYZE sources")
 
-    await db.write(fill)
-    yield db
-    await db.close()
+        await db.write(fill)
+        yield db
+    finally:
+        await db.close()
 
 
 def query(
@@ -160,22 +211,87 @@ async def test_random_cones_pages_and_filters(pg: Database) -> None:
         assert filtered.total_size == len(filtered.items)
 
 
+def _literal(value: object) -> str:
+    """A parameter of cone_query as SQL text, for EXECUTE (which takes no bound parameters)."""
+    if isinstance(value, tuple):
+        (ra_lo, dec_lo), (ra_hi, dec_hi) = value
+        return f"'(({ra_lo!r},{dec_lo!r}),({ra_hi!r},{dec_hi!r}))'::box"
+    return f"{value!r}::float8" if isinstance(value, float) else repr(value)
+
+
 async def test_the_cone_walks_the_position_index(pg: Database) -> None:
-    """Index-driven: the plan reads the GiST index over point(ra_deg, dec_deg), never the table."""
-    for ra, dec, radius in [(130.0, 55.0, 1.0), (0.2, 30.0, 2.0), (45.0, 89.5, 2.0)]:
-        sql, params = cone_query(ra, dec, radius, query(100))
-        plan = "\n".join(r[0] for r in await pg.fetch(f"EXPLAIN {sql}", *params))
-        assert "sources_by_position" in plan, plan
-        assert "Seq Scan on sources" not in plan, plan
+    """Index-driven: the plan reads q3c's index (or, switched off, the GiST index over
+    point(ra_deg, dec_deg)), never the whole table, with and without a filter whose own index could
+    compete, and without JIT. Both as a custom plan (the cone's values known to the planner) and as
+    the generic plan a prepared statement runs after its first executions (values unknown)."""
+    index = Q3C_INDEX if pg.q3c else "sources_by_position"
+    assert pg.pool is not None
+    cones = [(130.0, 55.0, 1.0), (0.2, 30.0, 2.0), (45.0, 89.5, 2.0), (359.9, -89.9, 0.5), (0.0, 0.0, 10.0)]
+    for (ra, dec, radius), conditions in itertools.product(cones, [[], [Condition("mean_flux_jy", ">=", 6.0)]]):
+        sql, params = cone_query(ra, dec, radius, query(100, conditions=conditions), q3c=pg.q3c)
+        async with pg.pool.acquire() as conn:
+            custom = [r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *params)]
+            await conn.execute(f"PREPARE cone AS {sql}")
+            try:
+                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                generic = [r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE cone({', '.join(map(_literal, params))})")]
+            finally:
+                await conn.execute("RESET plan_cache_mode")
+                await conn.execute("DEALLOCATE cone")
+        for kind, lines in (("custom", custom), ("generic", generic)):
+            plan = "\n".join(lines)
+            assert index in plan, (kind, plan)
+            assert "Seq Scan on sources" not in plan and "JIT" not in plan, (kind, plan)
+        if pg.q3c:  # the generic plan is one: the cone's values are parameters, not planned in
+            assert "$" in "\n".join(generic)
 
 
-def _destination(ra: float, dec: float, bearing: float, distance: float) -> tuple[float, float]:
-    """The position `distance` degrees from (ra, dec) along `bearing` (from north, through east)."""
-    p1, l1, b, d = map(math.radians, (dec, ra, bearing, distance))
-    sin_p2 = math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(b)
-    p2 = math.asin(max(-1.0, min(1.0, sin_p2)))
-    l2 = l1 + math.atan2(math.sin(b) * math.sin(d) * math.cos(p1), math.cos(d) - math.sin(p1) * sin_p2)
-    return math.degrees(l2) % 360.0, math.degrees(p2)
+async def test_a_server_that_cannot_create_q3c_still_opens_and_searches_with_the_boxes(
+    postgres_databases: PostgresDatabases, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The q3c step never fails an open: a role that is not a superuser cannot create the
+    extension (q3c is not trusted), so its database opens with the GiST path, which answers."""
+    await postgres_databases.new()  # the suite's skip rule (and a server that answers)
+    tag = uuid.uuid4().hex[:12]
+    role, name = f"contimg_plain_{tag}", f"contimg_noq3c_{tag}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+        url = POSTGRES_URL.replace("://postgres@", f"://{role}@").rsplit("/", 1)[0] + "/" + name
+        db = Database(PostgresSettings(url, pool_min=1, pool_max=2))
+        await db.open()
+        try:
+            assert db.q3c is False
+            assert not await db.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'q3c')")
+            if await db.fetchval("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'q3c')"):
+                assert "cannot create the q3c sky index" in caplog.text
+
+            async def fill(conn: Conn) -> None:
+                await conn.execute(
+                    "INSERT INTO sources (id, ra_deg, dec_deg, create_time, update_time) "
+                    "VALUES ('A', 359.99, 10.0, 0, 0), ('B', 0.01, 10.0, 0, 0), ('C', 5.0, 10.0, 0, 0)"
+                )
+
+            await db.write(fill)
+            page = await PostgresSources(db).search(0.0, 10.0, 1.0, query())
+            assert sorted(m.item.id for m in page.items) == ["A", "B"] and page.total_size == 2
+        finally:
+            await db.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+
+
+def test_the_off_switch_reaches_the_database() -> None:
+    """--no-q3c / CONTIMG_Q3C=0 is PostgresSettings.q3c = False for the server's storage."""
+    url = "postgresql://postgres@127.0.0.1/none"
+    for environ, expected in [({}, True), ({"CONTIMG_Q3C": "0"}, False), ({"CONTIMG_Q3C": "on"}, True)]:
+        config = from_sources(environ={"CONTIMG_DATABASE": url, **environ})
+        storage = open_storage(config, LocalEventBus())
+        assert isinstance(storage, PostgresStorage)
+        assert storage.db.settings.q3c is expected
 
 
 @settings(max_examples=1500, deadline=None)

@@ -1,11 +1,14 @@
 """No reply is stale once a write has returned, whoever wrote (readcache.py).
 
-Three writers share one SQLite file: the server under test (A, read cache on, as it ships), a second
-server *process* (B), and a program writing the file with sqlite3 directly (C: no update_time kept,
-rows inserted and deleted behind the servers' backs). Each round makes one random write through one
-of them, then asks A every cached read RPC twice (so the second may be a reused reply) and holds each
-reply to an uncached server on the same file (the oracle: `--read-cache-mb 0`). A difference is a
-stale read.
+Three writers share one database (a SQLite file, or a PostgreSQL database): the server under test
+(A, read cache on, as it ships), a second server *process* (B), and a program writing the database
+with SQL directly (C: no update_time kept, rows inserted and deleted behind the servers' backs).
+Each round makes one random write through one of them, then asks A every cached read RPC twice (so
+the second may be a reused reply) and holds each reply to an uncached server on the same database
+(the oracle: `--read-cache-mb 0`). A difference is a stale read. On PostgreSQL a server learns of
+another writer's commit by its notification, which can reach it just after the writer's reply
+(storage/postgres/changes.py): there each round waits for A to have it (DirectSQL.heard_by) before
+asking, so what is checked is that nothing stale is served once the notification has arrived.
 
 Below it, the stale reads this design removed, each as it was reported: a row changed by SQL without
 a new update_time (never shown until restart), and Redis troubles (a writer cut off from Redis, two
@@ -15,7 +18,6 @@ FLUSHALLs) that left lists stale for up to 30 s.
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,14 @@ from google.protobuf.message import Message
 
 from conftest import ServerFactory, make_stubs
 from helpers_jobs import make_image, make_ms, measurement, record
-from helpers_stress import ServerProcess, env_int
+from helpers_stress import DirectSQL, ServerProcess, env_int
 
 IMAGES = "/dsa110.contimg.v1.ImageService/"
 SOURCES = "/dsa110.contimg.v1.SourceService/"
 JOBS = "/dsa110.contimg.v1.JobService/"
 MS = "/dsa110.contimg.v1.MSService/"
 ROUNDS = env_int("CONTIMG_CONSISTENCY_ROUNDS", 60)
+ENGINES = ("sqlite", "postgres")
 
 Reply = tuple[str, Any]  # ("ok", messages) or ("error", (code, details))
 
@@ -244,60 +247,64 @@ def api_writes(s: Any, world: World) -> list[Callable[[], Awaitable[object]]]:
     return [update_image, create_image, record_photometry, delete_image, update_ms, job_step]
 
 
-def direct_writes(db: sqlite3.Connection, world: World) -> list[Callable[[], None]]:
-    """What a program with the file may do: no update_time kept, rows added and removed."""
+def direct_writes(db: DirectSQL, world: World) -> list[Callable[[], Awaitable[None]]]:
+    """What a program with the database may do: no update_time kept, rows added and removed."""
     rng = world.rng
 
-    def image_noise() -> None:
+    async def image_noise() -> None:
         image_id = int(rng.choice(world.images).split("/")[1])
-        db.execute("UPDATE images SET noise_jy = ? WHERE id = ?", (rng.choice([0.0002, 0.0007, 0.0011]), image_id))
+        await db.execute("UPDATE images SET noise_jy = ? WHERE id = ?", rng.choice([0.0002, 0.0007, 0.0011]), image_id)
 
-    def source_designation() -> None:
-        db.execute("UPDATE sources SET designation = ? WHERE id = ?", (f"D{world.next()}", rng.choice(world.sources)))
+    async def source_designation() -> None:
+        designation = f"D{world.next()}"
+        await db.execute("UPDATE sources SET designation = ? WHERE id = ?", designation, rng.choice(world.sources))
 
-    def source_statistic() -> None:
-        db.execute("UPDATE sources SET mean_flux_jy = mean_flux_jy * 1.5 WHERE id = ?", (rng.choice(world.sources),))
+    async def source_statistic() -> None:
+        await db.execute("UPDATE sources SET mean_flux_jy = mean_flux_jy * 1.5 WHERE id = ?", rng.choice(world.sources))
 
-    def ms_field() -> None:
-        db.execute(
+    async def ms_field() -> None:
+        await db.execute(
             "UPDATE measurement_sets SET field_name = ? WHERE path = ?",
-            (f"sql-{world.next()}", rng.choice(world.ms).removeprefix("measurement_sets/")),
+            f"sql-{world.next()}",
+            rng.choice(world.ms).removeprefix("measurement_sets/"),
         )
 
-    def job_progress() -> None:
-        db.execute(
+    async def job_progress() -> None:
+        await db.execute(
             "UPDATE jobs SET progress_percent = ? WHERE id = ?",
-            (rng.uniform(0, 100), rng.choice(world.jobs).removeprefix("jobs/")),
+            rng.uniform(0, 100),
+            rng.choice(world.jobs).removeprefix("jobs/"),
         )
 
-    def point_added() -> None:
-        rows = db.execute("SELECT * FROM photometry").fetchall()
+    async def point_added() -> None:
+        rows = await db.fetch("SELECT * FROM photometry")
         if rows:
             row = list(rng.choice(rows))
             row[1] += 0.01 * world.next()  # observation_mjd: a new epoch of the same source
             row[6] *= 1.3  # peak_flux_jy
-            db.execute(f"INSERT INTO photometry VALUES ({','.join('?' * len(row))})", row)
+            await db.execute(f"INSERT INTO photometry VALUES ({','.join('?' * len(row))})", *row)
 
-    def point_changed() -> None:
-        db.execute(
+    async def point_changed() -> None:
+        await db.execute(
             "UPDATE photometry SET peak_flux_jy = peak_flux_jy * 0.5 WHERE (source_sid, observation_mjd, image_id) IN "
             "(SELECT source_sid, observation_mjd, image_id FROM photometry ORDER BY random() LIMIT 1)"
         )
 
-    def point_removed() -> None:
-        db.execute(
+    async def point_removed() -> None:
+        await db.execute(
             "DELETE FROM photometry WHERE (source_sid, observation_mjd, image_id) IN "
             "(SELECT source_sid, observation_mjd, image_id FROM photometry ORDER BY random() LIMIT 1)"
         )
 
-    def log_line() -> None:
+    async def log_line() -> None:
         job = rng.choice(world.jobs).removeprefix("jobs/")
-        db.execute(
+        await db.execute(
             "INSERT INTO job_logs (job_id, line_number, time, text) "
-            "SELECT ?, coalesce(max(line_number), 0) + 1, 1, 'by sql' FROM job_logs WHERE job_id = ?",
-            (job, job),
+            "SELECT CAST(? AS TEXT), coalesce(max(line_number), 0) + 1, 1, 'by sql' FROM job_logs WHERE job_id = ?",
+            job,
+            job,
         )
-        db.execute("UPDATE jobs SET log_line_count = log_line_count + 1 WHERE id = ?", (job,))
+        await db.execute("UPDATE jobs SET log_line_count = log_line_count + 1 WHERE id = ?", job)
 
     return [
         image_noise,
@@ -313,14 +320,14 @@ def direct_writes(db: sqlite3.Connection, world: World) -> list[Callable[[], Non
 
 
 async def test_no_reply_is_stale_once_a_write_has_returned(server_factory: ServerFactory, tmp_path: Path) -> None:
-    shared = tmp_path / "shared.sqlite3"
     rng = random.Random(20261205)
     world = World(rng)
-    cached = await server_factory(database=shared)
-    oracle = await server_factory(database=shared, read_cache_mb=0)
+    cached = await server_factory()  # servers started without a database share the test's
+    oracle = await server_factory(read_cache_mb=0)
+    shared = cached.config.database
     other = ServerProcess(tmp_path, database=shared, name="other")
     await other.start()
-    direct = sqlite3.connect(shared, isolation_level=None, timeout=10)
+    direct = await DirectSQL.connect(shared)
     compared = stale = 0
     try:
         async with (
@@ -334,13 +341,15 @@ async def test_no_reply_is_stale_once_a_write_has_returned(server_factory: Serve
             sql_writes = direct_writes(direct, world)
             differences: list[str] = []
             for round_number in range(ROUNDS):
-                who = rng.choice(["this server", "another process", "sqlite3"])
-                if who == "sqlite3":
+                who = rng.choice(["this server", "another process", "sql"])
+                if who == "sql":
                     write = rng.choice(sql_writes)
-                    write()
+                    await write()
                 else:
                     write = rng.choice(writers[who])
                     await write()
+                if who != "this server":  # PostgreSQL: until A has its notification (DirectSQL.heard_by)
+                    await direct.heard_by(cached)
                 # The write has returned. Every read now, twice: the second may be a kept reply.
                 first_pages = {}
                 for key, path, req in (
@@ -371,13 +380,11 @@ async def test_no_reply_is_stale_once_a_write_has_returned(server_factory: Serve
             hits = cached.server.storage.read_cache.hits
             assert hits > compared // 4, "the cache under test was hardly used"
     finally:
-        direct.close()
+        await direct.close()
         other.terminate()
 
 
-async def test_a_row_changed_by_sql_without_a_new_update_time_shows_at_once(
-    server_factory: ServerFactory, tmp_path: Path
-) -> None:
+async def test_a_row_changed_by_sql_without_a_new_update_time_shows_at_once(server_factory: ServerFactory) -> None:
     """Reported: such a change never showed through the server until restart, and a List matched the
     new value while displaying the old one."""
     running = await server_factory()
@@ -393,10 +400,11 @@ async def test_a_row_changed_by_sql_without_a_new_update_time_shows_at_once(
             assert (
                 await s.sources.GetSource(sources_pb2.GetSourceRequest(name="sources/SQL1"))
             ).designation != "renamed"
-        conn = sqlite3.connect(running.config.database_path, isolation_level=None)
-        conn.execute("UPDATE images SET noise_jy = 0.005 WHERE id = ?", (int(img.name.split("/")[1]),))
-        conn.execute("UPDATE sources SET designation = 'renamed' WHERE id = 'SQL1'")
-        conn.close()
+        conn = await DirectSQL.connect(running.config.database)
+        await conn.execute("UPDATE images SET noise_jy = 0.005 WHERE id = ?", int(img.name.split("/")[1]))
+        await conn.execute("UPDATE sources SET designation = 'renamed' WHERE id = 'SQL1'")
+        await conn.heard_by(running)
+        await conn.close()
         assert (await s.images.GetImage(images_pb2.GetImageRequest(name=img.name))).noise_jy == 0.005
         [shown] = (await s.images.ListImages(listed)).images
         assert shown.noise_jy == 0.005
@@ -414,17 +422,14 @@ async def _list_names(s: Any) -> set[str]:
     return {i.name for i in (await s.images.ListImages(images_pb2.ListImagesRequest(page_size=100))).images}
 
 
-async def test_redis_never_decides_what_a_read_shows(
-    server_factory: ServerFactory, redis_server: str, tmp_path: Path
-) -> None:
+async def test_redis_never_decides_what_a_read_shows(server_factory: ServerFactory, redis_server: str) -> None:
     """Reported with the Redis query cache: a writing replica cut off from Redis left the other
     replica's lists stale for 29.7-29.9 s, and two FLUSHALLs within 30 s left lists stale for 30 s.
     Reads no longer depend on Redis at all: both cases show the write at once."""
-    shared = tmp_path / "redis.sqlite3"
-    reader = await server_factory(database=shared, redis_url=redis_server)
+    reader = await server_factory(redis_url=redis_server)  # the three share the test's database
     # The writer's Redis is unreachable (a port nothing listens on): it writes without telling anyone.
-    cut_off = await server_factory(database=shared, redis_url="redis://127.0.0.1:9/0")
-    flushed = await server_factory(database=shared, redis_url=redis_server)
+    cut_off = await server_factory(redis_url="redis://127.0.0.1:9/0")
+    flushed = await server_factory(redis_url=redis_server)
     async with (
         grpc.aio.insecure_channel(reader.target) as ch_r,
         grpc.aio.insecure_channel(cut_off.target) as ch_w,
@@ -432,16 +437,20 @@ async def test_redis_never_decides_what_a_read_shows(
     ):
         r, w, f = make_stubs(ch_r), make_stubs(ch_w), make_stubs(ch_f)
         flush = redis.asyncio.Redis.from_url(redis_server)
+        sql = await DirectSQL.connect(reader.config.database)
         ms = await make_ms(w, "/data/ms/redis.ms", mid_mjd=60300.0)
         first = await make_image(w, ms.name, "/data/images/redis-0.fits", 60300.0)
         for _ in range(2):
             assert await _list_names(r) == {first.name}
         second = await make_image(w, ms.name, "/data/images/redis-1.fits", 60300.1)
+        await sql.heard_by(reader)  # PostgreSQL: the reader has the writer's notification
         assert await _list_names(r) == {first.name, second.name}
 
         for _ in range(2):
             await flush.flushall()
             assert await _list_names(r) == await _list_names(f)
         third = await make_image(f, ms.name, "/data/images/redis-2.fits", 60300.2)
+        await sql.heard_by(reader)
         assert await _list_names(r) == {first.name, second.name, third.name}
         await flush.aclose()
+        await sql.close()

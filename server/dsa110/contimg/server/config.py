@@ -47,6 +47,13 @@ class ServerConfig:
         metadata={"help": "try quick reads on the event loop (~1 ms budget) before the reader threads"},
     )
     statement_timeout_s: float = field(default=30.0, metadata={"help": "cap on one storage query, seconds"})
+    q3c: bool = field(
+        default=True,
+        metadata={
+            "help": "PostgreSQL: cone search through the q3c extension's sky index where the server has it "
+            "(made at start); off: the GiST box index, no extension"
+        },
+    )
     max_message_mb: int = field(
         default=32,
         metadata={"help": "max message size, MiB: RecordPhotometry's 100,000 measurements are ~17 MiB"},

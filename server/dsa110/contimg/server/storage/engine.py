@@ -66,7 +66,10 @@ def open_storage(config: ServerConfig, publisher: EventPublisher) -> Storage:
 
         return PostgresStorage(
             PostgresSettings(
-                config.database, pool_max=max(2, config.readers * 2), statement_timeout_s=config.statement_timeout_s
+                config.database,
+                pool_max=max(2, config.readers * 2),
+                statement_timeout_s=config.statement_timeout_s,
+                q3c=config.q3c,
             ),
             publisher,
             read_cache_bytes=cache_bytes,
@@ -94,7 +97,7 @@ async def migrate_only(config: ServerConfig) -> str:
         from .postgres.database import Database as PostgresDatabase
         from .postgres.database import PostgresSettings
 
-        pg = PostgresDatabase(PostgresSettings(config.database, pool_min=1, pool_max=1))
+        pg = PostgresDatabase(PostgresSettings(config.database, pool_min=1, pool_max=1, q3c=config.q3c))
         await pg.open()
         try:
             return f"schema version {await pg.schema_version()} at {pg.description}"

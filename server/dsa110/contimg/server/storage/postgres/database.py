@@ -24,7 +24,7 @@ from ...domain.errors import DomainError, QueryTimeout, StartupError, StorageUna
 from ...readcache import ReadCache
 from ..clock import now_us
 from .changes import ChangeListener
-from .schema import migrate
+from .schema import migrate, sky_index
 
 __all__ = ["Database", "PostgresSettings", "is_postgres_url"]
 
@@ -73,6 +73,9 @@ class PostgresSettings:
     pool_min: int = 2
     pool_max: int = 10
     statement_timeout_s: float = 30.0
+    # Cone search through the q3c extension's index where it can be had (schema.sky_index); False
+    # keeps the extension out and searches with the GiST box index (`--no-q3c`).
+    q3c: bool = True
 
 
 def storage_error(exc: BaseException) -> Exception:
@@ -95,6 +98,8 @@ class Database:
         self.changes = ChangeListener(settings.dsn)
         self.read_cache = ReadCache(self.version, read_cache_bytes)
         self.page_token_secret = b""
+        # Whether cone searches walk the q3c index (else the GiST box index): found at open.
+        self.q3c = False
         self._fault: DomainError | None = None
 
     async def open(self) -> None:
@@ -104,10 +109,18 @@ class Database:
                 self.settings.dsn,
                 min_size=self.settings.pool_min,
                 max_size=self.settings.pool_max,
-                server_settings={"statement_timeout": str(timeout_ms), "application_name": "contimg-server"},
+                # JIT off: this server's statements are short index walks, and PostgreSQL compiles
+                # anew at every execution whose estimated cost passes jit_above_cost (~300 ms measured
+                # for the q3c cone, sources.py, whose join it cannot estimate, to run ~1 ms).
+                server_settings={
+                    "statement_timeout": str(timeout_ms),
+                    "application_name": "contimg-server",
+                    "jit": "off",
+                },
             )
             async with self.pool.acquire() as conn:
                 self.page_token_secret = await migrate(conn, secrets.token_bytes(32))
+                self.q3c = await sky_index(conn, self.settings.q3c)
         except StartupError:
             await self.close()
             raise

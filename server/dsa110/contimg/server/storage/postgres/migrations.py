@@ -8,7 +8,9 @@ what PostgreSQL does better or differently:
 * text compares byte by byte (COLLATE "C"), as in SQLite: lists sort the same on both engines and
   whatever the server's locale, and a page token from one engine continues on the other;
 * sky positions: a GiST index over `point(ra_deg, dec_deg)` for cone search and over each image
-  footprint's RA/Dec box for image search (no extension needed; storage/postgres/sky.py);
+  footprint's RA/Dec box for image search (no extension needed; storage/postgres/sky.py); where
+  the server has the q3c extension, also q3c's index over the sources for cone search, which is
+  not a migration but an optional step at every open (schema.py says why);
 * the job event log's numbers come from one counter row locked by the writing transaction, so
   sequence order is commit order across replicas (storage/postgres/jobs.py explains why);
 * every statement writing a table a read can depend on notifies `contimg_changes` (statement-level

@@ -2,8 +2,13 @@
 
 The same behaviour as storage/sqlite/sources.py; what differs is how PostgreSQL is made to do it:
 
-* the cone search walks the GiST index over `point(ra_deg, dec_deg)` with one or two RA/Dec boxes
-  that hold the cone (`cone_boxes`), then keeps what the exact squared chord distance admits;
+* the cone search takes its candidates from an index, then keeps what the exact squared chord
+  distance admits (the same arithmetic as SQLite's and as brute force in Python), so both ways
+  answer alike. Two indexes can give them: q3c's over `q3c_ang2ipix(ra_deg, dec_deg)` (the sky
+  index of the big astronomy archives), probed for the cells of q3c's radial query (`q3c_cells`),
+  where the database has the extension (schema.sky_index, found at open: `Database.q3c`); else the
+  GiST index over `point(ra_deg, dec_deg)` with one or two RA/Dec boxes that hold the cone
+  (`cone_boxes`), which needs no extension;
 * photometry batches recorded at the same time in this process share one transaction (`_Ingest`),
   as the SQLite writer's groups do, so a source measured by every batch of a group has its
   statistics row locked, read and written once per group instead of once per batch.
@@ -100,39 +105,100 @@ def cone_boxes(ra_deg: float, dec_deg: float, radius_deg: float) -> list[Box]:
 # The distance is that of storage/sqlite/sources.py's _CONE, term for term (squared chord between
 # unit vectors: monotonic in the angle, and the same double-precision arithmetic as Python's), so
 # both engines find the same sources in the same order. $1-$3: the centre's unit vector; $4: the
-# chord^2; $5, $6: the keyset (d2, sid); $7: page size + 1; then the boxes and filter values. The
-# first column of every row is the total; a cone with no page has one row of NULLs after it.
+# chord^2; $5, $6: the keyset (d2, sid); then the candidates' parameters (boxes, or q3c's centre and
+# radius) and filter values. The page size + 1 is written into the statement (one statement per
+# page size): a generic plan, which a prepared statement runs after its first executions, then
+# knows how many rows the page joins back to sources, instead of guessing a tenth of the hits (the
+# q3c path's hits are estimated in millions, and a tenth of them would be joined by reading the
+# whole primary key: ~320 ms measured). The first column of every row is the total; a cone with
+# no page has one row of NULLs after it.
 _CONE = (
-    "WITH hits AS MATERIALIZED ("
+    "WITH {cells}hits AS MATERIALIZED ("
     "SELECT sid, dx * dx + dy * dy + dz * dz AS d2 FROM ("
     "SELECT sources.sid AS sid, "
     "cos(radians(sources.dec_deg)) * cos(radians(sources.ra_deg)) - $1 AS dx, "
     "cos(radians(sources.dec_deg)) * sin(radians(sources.ra_deg)) - $2 AS dy, "
     "sin(radians(sources.dec_deg)) - $3 AS dz "
-    "FROM sources WHERE ({boxes}){filters} OFFSET 0) AS candidates "
+    "FROM {source_rows} WHERE ({candidates}){filters} OFFSET 0) AS candidates "
     "WHERE dx * dx + dy * dy + dz * dz <= $4), "
-    "page AS (SELECT sid, d2 FROM hits WHERE (d2, sid) > ($5, $6) ORDER BY d2, sid LIMIT $7) "
+    "page AS (SELECT sid, d2 FROM hits WHERE (d2, sid) > ($5, $6) ORDER BY d2, sid LIMIT {limit}) "
     f"SELECT total.n, page.d2, page.sid, {rows.SOURCE_SELECT} "
     "FROM (SELECT count(*) AS n FROM hits) AS total "
     "LEFT JOIN (page JOIN sources ON sources.sid = page.sid) ON true ORDER BY page.d2, page.sid"
 )
 
+# What q3c's radius adds to the cone's, in degrees: q3c computes its cells in its own arithmetic,
+# ours decides membership (d2 <= chord^2); they round differently (by ~1e-16 of the radius, and
+# ~1e-14 degrees for the smallest cones), so the cells are those of a slightly larger cone, which
+# hold every position the exact test can admit.
+_Q3C_PAD_DEG = 1e-9
+# q3c 2's radial query: up to 50 ranges of q3c_ang2ipix values for cells the cone covers fully and
+# 50 for cells it covers in part; slots it does not need read (1, -1).
+_Q3C_RANGES = 50
 
-def cone_query(ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> tuple[str, list[Any]]:
-    """_CONE for this cone, filters and page, with its parameters."""
+
+def q3c_cells(ra_deg: float, dec_deg: float, radius_deg: float, params: Params, columns: Sequence[str]) -> str:
+    """Two CTEs for _CONE: `ranges`, the cone's cells as ranges of q3c_ang2ipix values (lo, hi
+    exclusive), and `cone_cells`, the sources in them (their `columns`: the position and what the
+    filters read), found through the index over q3c_ang2ipix(ra_deg, dec_deg) (schema.Q3C_INDEX)
+    probed once per range.
+
+    Why not q3c_radial_query(ra_deg, dec_deg, ...) in the WHERE clause, q3c's documented call: it
+    expands into an OR of 100 ranges whose ends are computed at planning time, so PostgreSQL plans
+    it anew at every execution (~2.8 ms of planning for ~0.4 ms of execution, measured; a 1-degree
+    cone over 1,000,001 sources took 4.9 ms against ~1.6 ms this way), and a generic plan that would
+    avoid it cannot be costed (q3c 2's selectivity function reads the radius as a constant). Here
+    the ranges are rows computed at execution by the function q3c_radial_query calls (it keeps the
+    last cone's ranges, so it computes them once per cone), and one plan serves every cone.
+
+    q3c's ranges are distinct cells of its quadtree, hence disjoint: no source is found twice
+    (checked on 20,000 cones, the poles and RA 0 among them; a duplicate would also break the
+    brute-force tests' totals). Both CTEs are materialized: PostgreSQL cannot know how many rows a
+    range holds and assumes a ninth of the table each, an estimate that would make a filter's index
+    look cheaper than the cone's; fenced, the cone is always found first and filters apply to its
+    rows. (That estimate would also have every execution JIT-compiled, ~300 ms, were JIT not off
+    for this server's sessions: database.py.)"""
+    radius = min(radius_deg, 180.0) + _Q3C_PAD_DEG
+    ra, dec, r = (f"{params.add(v)}::float8" for v in (ra_deg, dec_deg, radius))
+    return (
+        "ranges AS MATERIALIZED (SELECT lo, hi FROM ("
+        f"SELECT q3c_radial_query_it({ra}, {dec}, {r}, 2 * i, f) AS lo, "
+        f"q3c_radial_query_it({ra}, {dec}, {r}, 2 * i + 1, f) AS hi "
+        f"FROM generate_series(0, {_Q3C_RANGES - 1}) AS i, (VALUES (0), (1)) AS flags(f)) AS cells WHERE lo < hi), "
+        f"cone_cells AS MATERIALIZED (SELECT {', '.join(columns)} FROM ranges JOIN sources "
+        "ON q3c_ang2ipix(sources.ra_deg, sources.dec_deg) >= ranges.lo "
+        "AND q3c_ang2ipix(sources.ra_deg, sources.dec_deg) < ranges.hi), "
+    )
+
+
+def cone_query(
+    ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery, *, q3c: bool = False
+) -> tuple[str, list[Any]]:
+    """_CONE for this cone, filters and page, with its parameters; candidates from the q3c index
+    when `q3c` (the database has it: Database.q3c), else from the GiST index with `cone_boxes`."""
     check_after(query.after, 2, numeric=True)
     x, y, z = sky.unit_vector(ra_deg, dec_deg)
     chord = sky.chord(radius_deg)
     after = (
         (float(cast(float, query.after[0])), int(cast(int, query.after[1]))) if query.after is not None else (-1.0, 0)
     )
-    params = Params(x, y, z, chord * chord, *after, query.page_size + 1)
-    boxes = " OR ".join(
-        f"point(sources.ra_deg, sources.dec_deg) <@ {params.add(box)}::box"
-        for box in cone_boxes(ra_deg, dec_deg, radius_deg)
-    )
+    params = Params(x, y, z, chord * chord, *after)
+    if q3c:
+        # The filters below name sources' columns: the cone's rows stand in for the table.
+        columns = dict.fromkeys(["sources.sid", "sources.ra_deg", "sources.dec_deg"])
+        columns.update(dict.fromkeys(_COLUMNS[c.field] for c in query.conditions))
+        cells = q3c_cells(ra_deg, dec_deg, radius_deg, params, list(columns))
+        source_rows, candidates = "cone_cells AS sources", "true"
+    else:
+        cells, source_rows = "", "sources"
+        candidates = " OR ".join(
+            f"point(sources.ra_deg, sources.dec_deg) <@ {params.add(box)}::box"
+            for box in cone_boxes(ra_deg, dec_deg, radius_deg)
+        )
     filters = "".join(f" AND {c}" for c in where(query.conditions, _COLUMNS, params))
-    return _CONE.format(boxes=boxes, filters=filters), params.values
+    limit = int(query.page_size) + 1
+    sql = _CONE.format(cells=cells, source_rows=source_rows, candidates=candidates, filters=filters, limit=limit)
+    return sql, params.values
 
 
 class PostgresSources:
@@ -151,8 +217,8 @@ class PostgresSources:
 
     async def search(self, ra_deg: float, dec_deg: float, radius_deg: float, query: ListQuery) -> Page[Match[Source]]:
         """The cone in one statement (_CONE): candidates from the index, distances, total, one page
-        of whole rows. The total is counted over the cone's hits, never over a box's candidates."""
-        sql, params = cone_query(ra_deg, dec_deg, radius_deg, query)
+        of whole rows. The total is counted over the cone's hits, never over the candidates."""
+        sql, params = cone_query(ra_deg, dec_deg, radius_deg, query, q3c=self.db.q3c)
         found = await self.db.fetch(sql, *params)
         total = int(found[0][0])
         hits = [r for r in found if r[1] is not None]

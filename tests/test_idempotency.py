@@ -12,7 +12,7 @@ import asyncio
 
 import grpc
 from dsa110.contimg.server.storage.clock import now_us
-from dsa110.contimg.server.storage.sqlite.idempotency import REQUEST_ID_RETENTION_US
+from dsa110.contimg.server.storage.request_ids import REQUEST_ID_RETENTION_US
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2
 
 from conftest import RunningServer, Stubs

@@ -23,6 +23,7 @@ import asyncpg
 from ...domain.errors import DomainError, QueryTimeout, StartupError, StorageUnavailable
 from ...readcache import ReadCache
 from ..clock import now_us
+from ..request_ids import EXPIRE_BATCH, REQUEST_ID_RETENTION_US
 from .changes import ChangeListener
 from .schema import migrate, sky_index
 
@@ -41,9 +42,6 @@ else:
 Body = Callable[[Conn], Awaitable[T]]
 
 DEFAULT_READ_CACHE_BYTES = 256 << 20
-# Request ids are kept as long as on SQLite (storage/sqlite/idempotency.py).
-REQUEST_ID_RETENTION_US = 7 * 24 * 3600 * 1_000_000
-EXPIRE_BATCH = 5000
 _RETRIES = 5
 # What PostgreSQL answers when two writers met: run the transaction again.
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
@@ -215,12 +213,16 @@ class Database:
             try:
                 async with self.connection() as conn, conn.transaction():
                     result = await body(conn)
-            except (*_RETRYABLE, asyncpg.UniqueViolationError):
+            except (*_RETRYABLE, asyncpg.UniqueViolationError) as exc:
                 # A unique violation is a race SQLite's single writer never had: two writers both
                 # found a key free (a path, a job id) and the second's insert failed once the first
                 # committed. Run again, the body sees the committed row and answers as it would
                 # have in sequence (ALREADY_EXISTS, or a request_id's first result).
                 if attempt + 1 == _RETRIES:
+                    if isinstance(exc, asyncpg.UniqueViolationError):
+                        # Every run met it: not a race but the body's own duplicate, the caller's
+                        # to report (ingest then runs each batch of a group alone: sources.py).
+                        raise
                     raise StorageUnavailable("the write kept conflicting with others; retry") from None
                 await asyncio.sleep(0.005 * (attempt + 1))
                 continue

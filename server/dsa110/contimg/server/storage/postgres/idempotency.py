@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ...domain.errors import RequestIdMismatch
 from ...repositories.protocols import Idempotency
 from ..clock import now_us
+from ..request_ids import first_result
 
 # pg_advisory_xact_lock(class, key)'s class for request ids: two-key locks never meet the one-key
 # lock of migrations (schema.py).
@@ -32,12 +32,7 @@ async def check_request_id(conn: Conn, idem: Idempotency | None) -> Any | None:
     row = await conn.fetchrow(
         "SELECT method, fingerprint, result FROM request_ids WHERE request_id = $1", idem.request_id
     )
-    if row is None:
-        return None
-    method, fingerprint, result = row
-    if method != idem.method or fingerprint != idem.fingerprint:
-        raise RequestIdMismatch(idem.request_id)
-    return json.loads(result)
+    return first_result(tuple(row) if row is not None else None, idem)
 
 
 async def remember_request_id(conn: Conn, idem: Idempotency | None, result: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from ...domain.variability import FluxSums
 from ..clock import now_us
@@ -14,7 +14,6 @@ from ..statistics import STATS_COLUMNS, stats_values
 if TYPE_CHECKING:
     from .database import Conn
 
-T = TypeVar("T")
 
 STATS_SET = ", ".join(f"{c} = ${i}" for i, c in enumerate(STATS_COLUMNS, start=1))
 _N_STATS = len(STATS_COLUMNS)

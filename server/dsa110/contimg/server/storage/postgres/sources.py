@@ -325,9 +325,6 @@ MAX_GROUP_ROWS = 64_000
 # Groups in flight at once: while one holds the statistics locks and commits, the next one copies
 # its photometry.
 CONCURRENT_GROUPS = 2
-# A group that met a request_id another transaction inserted without check_request_id's lock runs
-# again, and then finds that request's result (or a mismatch).
-_RACE_RETRIES = 3
 # Turns of the event loop from a caller's answer to its next batch's arrival (asyncio.shield's
 # future, then the caller's task).
 _RESUBMIT_TURNS = 3
@@ -433,13 +430,8 @@ class _Ingest:
     async def _outcomes(self, group: list[_Request]) -> list[PhotometryResult | Exception]:
         """Each batch's result or error, from one transaction when it commits."""
         try:
-            for attempt in range(_RACE_RETRIES):
-                try:
-                    return list(await self.db.write(lambda conn: _ingest_group(conn, group)))
-                except asyncpg.UniqueViolationError as exc:
-                    if exc.table_name != "request_ids" or attempt + 1 == _RACE_RETRIES:
-                        raise
-            raise AssertionError("unreachable")
+            # A lost race on a key (a request_id, a new source) is rerun by Database.write.
+            return list(await self.db.write(lambda conn: _ingest_group(conn, group)))
         except DomainError as exc:  # the database's own state (unreachable, timed out): for all
             return [exc] * len(group)
         except Exception as exc:

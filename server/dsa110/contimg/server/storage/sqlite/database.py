@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from ...domain.errors import DomainError, StartupError, StorageFull, StorageUnavailable
 from ...readcache import ReadCache
 from ..clock import now_us
+from ..request_ids import EXPIRE_BATCH, REQUEST_ID_RETENTION_US
 from .changes import ChangeProbe
 from .connect import SQLiteSettings, connect_writer, has_math, translate
 from .guard import FAULTS, FREE_AFTER_FULL_BYTES, DatabaseFile, WriteState, free_bytes
-from .idempotency import EXPIRE_BATCH, REQUEST_ID_RETENTION_US, expire_batch
+from .idempotency import expire_batch
 from .reads import Reads, Row
 from .schema import migrate
 from .write_process import WriteProcess

@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...domain.errors import RequestIdMismatch
 from ...repositories.protocols import Idempotency
 from ..clock import now_us
+from ..request_ids import EXPIRE_BATCH, first_result
 from .writer import Txn
-
-# How long a request_id is remembered: a retry of a write within this time returns the first
-# result; later, the request is new. Long past any client's retries and a pipeline's restart,
-# short enough that the table stays small.
-REQUEST_ID_RETENTION_US = 7 * 24 * 3600 * 1_000_000
-EXPIRE_BATCH = 5000
 
 
 def check_request_id(txn: Txn, idem: Idempotency | None) -> Any | None:
@@ -22,12 +16,7 @@ def check_request_id(txn: Txn, idem: Idempotency | None) -> Any | None:
     if idem is None:
         return None
     row = txn.fetchone("SELECT method, fingerprint, result FROM request_ids WHERE request_id = ?", (idem.request_id,))
-    if row is None:
-        return None
-    method, fingerprint, result = row
-    if method != idem.method or fingerprint != idem.fingerprint:
-        raise RequestIdMismatch(idem.request_id)
-    return json.loads(result)
+    return first_result(row, idem)
 
 
 def remember_request_id(txn: Txn, idem: Idempotency | None, result: Any) -> None:

@@ -18,7 +18,6 @@ class SQLiteStorage:
         self, settings: SQLiteSettings, publisher: EventPublisher, read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES
     ):
         self.db = Database(settings, read_cache_bytes)
-        self.settings_path = settings.path
         self.measurement_sets = SQLiteMeasurementSets(self.db)
         self.images = SQLiteImages(self.db)
         self.sources = SQLiteSources(self.db)
@@ -38,7 +37,7 @@ class SQLiteStorage:
 
     @property
     def description(self) -> str:
-        return str(self.settings_path)
+        return str(self.db.settings.path)
 
     async def open(self) -> None:
         await self.db.open()

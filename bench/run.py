@@ -3,6 +3,7 @@
     python bench/run.py                       # 100,000 images, every case, 3 interleaved rounds
     python bench/run.py --images 1000000      # the large scale
     python bench/run.py --smoke               # seconds: proves the harness works (CI runs this)
+    python bench/run.py --engine both         # SQLite and PostgreSQL on the same data, interleaved
 
 Loopback only; every load is bounded in time. Results go to stdout and, with --write, into
 bench/README.md (between the RESULTS markers) with the exact command, machine and date.
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import platform
 import random
+import signal
 import socket
 import sqlite3
 import statistics
@@ -78,8 +82,27 @@ def wait_healthy(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"server on port {port} never became healthy")
 
 
+# Every server this run started: stopped at exit, whichever way the run ends.
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _stop_started() -> None:
+    for proc in STARTED:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in STARTED:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+
+
+# A run stopped by SIGTERM stops its servers too (atexit runs on SystemExit, not on a signal's death).
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    STARTED.append(proc)
     try:
         wait_healthy(port)
     except Exception:
@@ -93,7 +116,7 @@ def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subpr
 WATCH_FLAGS = ("--max-watch-streams", "5000", "--max-watch-streams-per-caller", "5000")
 
 
-def serve_cmd(data_dir: Path, port: int, *extra: str) -> list[str]:
+def serve_cmd(data_dir: Path, port: int, *extra: str, database: str | None = None) -> list[str]:
     return [
         str(BIN / "contimg-server"),
         "serve",
@@ -101,10 +124,60 @@ def serve_cmd(data_dir: Path, port: int, *extra: str) -> list[str]:
         str(port),
         "--data-dir",
         str(data_dir),
+        *(("--database", database) if database else ()),
         "--no-log-rpcs",
         "--allow-anonymous-writes",
         *extra,
     ]
+
+
+def pg_version(url: str) -> str:
+    import asyncpg
+
+    async def ask() -> str:
+        conn = await asyncpg.connect(url)
+        try:
+            return str(await conn.fetchval("SHOW server_version")).split()[0]
+        finally:
+            await conn.close()
+
+    return asyncio.run(ask())
+
+
+def fresh_copies(seed: Path, scratch: Path, url: str) -> None:
+    """What a run with PostgreSQL measures: a copy of the seeded SQLite database in `scratch` and one
+    made anew in PostgreSQL at `url` (dropped first), so that both engines start from the same rows
+    (the ingest case adds some to each, with their own times) and no run measures an earlier run's."""
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+    if "bench" not in name:
+        raise SystemExit(f"--postgres-url: {name!r} would be dropped; name a database with 'bench' in it")
+    scratch.mkdir(exist_ok=True)
+    for old in scratch.glob("contimg.sqlite3*"):
+        old.unlink()
+    with sqlite3.connect(f"file:{seed}?mode=ro", uri=True) as src, sqlite3.connect(scratch / "contimg.sqlite3") as dst:
+        src.backup(dst)
+
+    async def recreate() -> None:
+        conn = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(recreate())
+    t0 = time.perf_counter()
+    cmd = [str(BIN / "contimg-server"), "copy-data", "--from", str(seed), "--to", url, "--log-level", "WARNING"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    print(f"copied the SQLite database into {url} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+@dataclass
+class Served:
+    port: int
+    proc: subprocess.Popen[bytes]
 
 
 @dataclass
@@ -125,10 +198,28 @@ def raw_call(port: int, method: str, request: bytes, streaming: bool) -> list[by
         return [ch.unary_unary(method)(request, timeout=30)]
 
 
+REPLY_TYPES = {
+    "GetImage": images_pb2.Image,
+    "ListImages": images_pb2.ListImagesResponse,
+    "GetLightcurve": sources_pb2.GetLightcurveResponse,
+    "SearchSources": sources_pb2.SearchSourcesResponse,
+}
+
+
+def same_replies(method: str, replies: list[bytes]) -> list[bytes]:
+    """The replies in a form two engines must agree on byte for byte: map fields (an image's QA
+    metrics) may be written in any order, so each is re-serialized deterministically."""
+    reply_type = REPLY_TYPES[method.rsplit("/", 1)[1]]
+    return [reply_type.FromString(r).SerializeToString(deterministic=True) for r in replies]
+
+
 def pick_targets(db: Path) -> dict[str, object]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    n_images = con.execute("SELECT count(*) FROM images").fetchone()[0]
-    image_id = con.execute("SELECT id FROM images ORDER BY id LIMIT 1 OFFSET ?", (n_images // 2,)).fetchone()[0]
+    # Not the images the ingest case adds (/bench/...), as below.
+    n_images = con.execute("SELECT count(*) FROM images WHERE path NOT LIKE '/bench/%'").fetchone()[0]
+    image_id = con.execute(
+        "SELECT id FROM images WHERE path NOT LIKE '/bench/%' ORDER BY id LIMIT 1 OFFSET ?", (n_images // 2,)
+    ).fetchone()[0]
     # Not the sources the ingest case adds (BENCH...): a second run must measure the same targets.
     source = con.execute(
         "SELECT id, detection_count FROM sources WHERE id NOT LIKE 'BENCH%' "
@@ -288,9 +379,16 @@ async def ingest(
 async def watchers(port: int, count: int, record: dict[str, bytes] | None = None) -> dict[str, float]:
     """`count` WatchJob streams on one job; latency from each transition request to each receipt.
     `record` receives the replies and events as bytes (for the reference server's WatchJob)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = jobs_pb2_grpc.JobServiceStub(ch)
-        job = await stub.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)))
+    # The transitions go over a connection of their own: the watchers fill theirs up to the server's
+    # limit of concurrent streams per connection (--max-streams-per-connection, 1,000).
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch_w,
+    ):
+        stub, driver = jobs_pb2_grpc.JobServiceStub(ch), jobs_pb2_grpc.JobServiceStub(ch_w)
+        job = await driver.CreateJob(
+            jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)), timeout=30
+        )
         ready = 0
         all_ready = asyncio.Event()
         received: dict[int, list[float]] = {}
@@ -316,10 +414,10 @@ async def watchers(port: int, count: int, record: dict[str, bytes] | None = None
         # Latency counts from just before each transition request is sent (it includes that call).
         sent: dict[int, float] = {}
         t0 = time.perf_counter()
-        started = await stub.StartJob(jobs_pb2.StartJobRequest(name=job.name))
+        started = await driver.StartJob(jobs_pb2.StartJobRequest(name=job.name), timeout=30)
         sent[started.transitions[-1].sequence] = t0
         t0 = time.perf_counter()
-        succeeded = await stub.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name))
+        succeeded = await driver.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name), timeout=30)
         sent[succeeded.transitions[-1].sequence] = t0
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     if record is not None:
@@ -360,6 +458,17 @@ def main() -> None:
         help="seed this many extra (unmeasured, faint) catalog sources: SearchSources at 1,000,000",
     )
     p.add_argument("--workers", action="store_true", help="also compare 1 vs 2 worker processes")
+    p.add_argument(
+        "--engine",
+        choices=("sqlite", "postgres", "both"),
+        default="sqlite",
+        help="the storage engine of the server measured (both: the two, interleaved in one run)",
+    )
+    p.add_argument(
+        "--postgres-url",
+        default="postgresql://postgres@127.0.0.1:5432/contimg_bench",
+        help="PostgreSQL database for --engine postgres/both (made from the SQLite one when missing)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny database, 1-second loads, 1 round")
     p.add_argument("--write", action="store_true", help="record the results in bench/README.md")
     args = p.parse_args()
@@ -388,14 +497,28 @@ def main() -> None:
         print(f"seeded {args.images} images in {time.perf_counter() - t0:.1f} s", flush=True)
     targets = pick_targets(db)
     print(f"database: {json.dumps(targets)}", flush=True)
+    engines = ["sqlite", "postgres"] if args.engine == "both" else [args.engine]
+    served_dir = data_dir
+    if "postgres" in engines:
+        served_dir = data_dir / "run"
+        fresh_copies(db, served_dir, args.postgres_url)
 
-    port, ref_port = free_port(), free_port()
-    server = start(serve_cmd(data_dir, port, *WATCH_FLAGS), port)
+    ref_port = free_port()
+    servers: dict[str, Served] = {}
+    for engine in engines:
+        port = free_port()
+        database = args.postgres_url if engine == "postgres" else None
+        servers[engine] = Served(port, start(serve_cmd(served_dir, port, *WATCH_FLAGS, database=database), port))
+    port = servers[engines[0]].port
     responses = Path(tempfile.mkdtemp(prefix="contimg-bench-responses-"))
     cases = unary_cases(targets)
     expected: dict[str, int] = {}
     for case in cases:
         replies = raw_call(port, case.method, case.request, case.streaming)
+        for other in engines[1:]:  # the engines answer alike, or their figures mean nothing
+            theirs = raw_call(servers[other].port, case.method, case.request, case.streaming)
+            if same_replies(case.method, theirs) != same_replies(case.method, replies):
+                raise SystemExit(f"{case.name}: {other} answers differently from {engines[0]}")
         if case.method.endswith("/SearchSources"):
             targets["cone_matches"] = sources_pb2.SearchSourcesResponse.FromString(replies[0]).total_size
         expected[case.name] = sum(len(r) + 5 for r in replies)
@@ -407,6 +530,7 @@ def main() -> None:
         (responses / f"watch.{name}.bin").write_bytes(reply)
     ref_cmd = reference_cmd(ref_port, responses, [c.method for c in cases if c.streaming])
     ref_proc = subprocess.Popen(ref_cmd, stdout=subprocess.DEVNULL)
+    STARTED.append(ref_proc)
     time.sleep(0)  # the health check below is the real wait
     try:
         _wait_port(ref_port)
@@ -424,7 +548,8 @@ def main() -> None:
             ]
         ]
         for case in cases:
-            ours, refs = [], []
+            ours: dict[str, list[dict[str, float]]] = {engine: [] for engine in engines}
+            refs = []
             # Warm-up runs (not recorded) also size the counted runs to about --seconds each.
             size = {
                 p: max(
@@ -436,80 +561,93 @@ def main() -> None:
                         * args.seconds
                     ),
                 )
-                for p in (ref_port, port)
+                for p in (ref_port, *(s.port for s in servers.values()))
             }
-            for _ in range(args.rounds):  # interleaved so machine noise hits both alike
+            for _ in range(args.rounds):  # interleaved so machine noise hits all alike
                 refs.append(measure(ref_port, ref_proc.pid, case, size[ref_port], expected[case.name]))
-                ours.append(measure(port, server.pid, case, size[port], expected[case.name]))
-            med = {k: statistics.median(r[k] for r in ours) for k in ours[0]}
+                for engine, served in servers.items():
+                    ours[engine].append(
+                        measure(served.port, served.proc.pid, case, size[served.port], expected[case.name])
+                    )
             ref = {k: statistics.median(r[k] for r in refs) for k in refs[0]}
-            results.append(
-                [
-                    case.name,
-                    f"{med['rps']:.0f}",
-                    f"{ref['rps']:.0f}",
-                    f"{med['rps'] / ref['rps']:.2f}x",
-                    f"{med['p50']:.1f}",
-                    f"{med['p99']:.1f}",
-                    f"{ref['p99']:.1f}",
-                    f"{med['cpu_us']:.0f}",
-                    f"{ref['cpu_us']:.0f}",
-                ]
-            )
-            print(results[-1], flush=True)
-        rss = peak_rss_mb(server.pid)
+            for engine in engines:
+                med = {k: statistics.median(r[k] for r in ours[engine]) for k in ours[engine][0]}
+                results.append(
+                    [
+                        case.name + (f", {engine}" if len(engines) > 1 else ""),
+                        f"{med['rps']:.0f}",
+                        f"{ref['rps']:.0f}",
+                        f"{med['rps'] / ref['rps']:.2f}x",
+                        f"{med['p50']:.1f}",
+                        f"{med['p99']:.1f}",
+                        f"{ref['p99']:.1f}",
+                        f"{med['cpu_us']:.0f}",
+                        f"{ref['cpu_us']:.0f}",
+                    ]
+                )
+                print(results[-1], flush=True)
+        rss = {engine: peak_rss_mb(served.proc.pid) for engine, served in servers.items()}
         # 64 writers is the issue's default concurrency (a backfill with many photometry workers); 4 is a
         # small pipeline. Each image's batch measures the same field's sources, as consecutive drift
         # scans do, so concurrent batches overlap.
         ingests = []
         for w, n, columnar in ((64, 256, False), (4, 40, False), (64, 256, True), (4, 40, True)):
             # Like every case above, the median of the rounds (a single run swung ±20 % here): the run
-            # with the median rate, with the others' range.
-            runs = sorted(
-                (
-                    asyncio.run(
-                        ingest(
-                            port, server.pid, 1000 if not args.smoke else 100, n if not args.smoke else 3, w, columnar
-                        )
+            # with the median rate, with the others' range. The engines take turns in each round.
+            by_engine: dict[str, list[dict[str, float]]] = {engine: [] for engine in engines}
+            for _ in range(args.rounds):
+                for engine, served in servers.items():
+                    rows, images = (1000, n) if not args.smoke else (100, 3)
+                    by_engine[engine].append(
+                        asyncio.run(ingest(served.port, served.proc.pid, rows, images, w, columnar))
                     )
-                    for _ in range(args.rounds)
-                ),
-                key=lambda r: r["rows_per_s"],
-            )
-            ingests.append(
-                {
-                    **runs[len(runs) // 2],
-                    "low": runs[0]["rows_per_s"],
-                    "high": runs[-1]["rows_per_s"],
-                    "runs": len(runs),
-                }
-            )
-        watch_ours, watch_refs = [], []
+            for engine in engines:
+                runs = sorted(by_engine[engine], key=lambda r: r["rows_per_s"])
+                ingests.append(
+                    {
+                        **runs[len(runs) // 2],
+                        "low": runs[0]["rows_per_s"],
+                        "high": runs[-1]["rows_per_s"],
+                        "runs": len(runs),
+                        "engine": engine,
+                    }
+                )
+        watch_ours: dict[str, list[dict[str, float]]] = {engine: [] for engine in engines}
+        watch_refs = []
         for _ in range(args.rounds):  # interleaved, as above
             watch_refs.append(asyncio.run(watchers(ref_port, args.watchers)))
-            watch_ours.append(asyncio.run(watchers(port, args.watchers)))
-        watch_r = {k: statistics.median(r[k] for r in watch_ours) for k in ("p50_ms", "p99_ms")}
-        watch_r["ref_p99_ms"] = statistics.median(r["p99_ms"] for r in watch_refs)
-        watch_r["all_received"] = float(all(r["all_received"] for r in watch_ours))
+            for engine, served in servers.items():
+                watch_ours[engine].append(asyncio.run(watchers(served.port, args.watchers)))
+        watch_ref_p99 = statistics.median(r["p99_ms"] for r in watch_refs)
     finally:
-        server.terminate()
+        for served in servers.values():
+            served.proc.terminate()
         ref_proc.terminate()
-        server.wait(30)
+        for served in servers.values():
+            served.proc.wait(30)
         ref_proc.wait(30)
+
+    def on(engine: str) -> str:
+        return f" ({engine})" if len(engines) > 1 else ""
 
     extra = [
         *(
-            f"- RecordPhotometry{' (columns)' if r['columnar'] else ''}, {r['concurrency']:.0f} concurrent writers: "
+            f"- RecordPhotometry{' (columns)' if r['columnar'] else ''}{on(str(r['engine']))}, "
+            f"{r['concurrency']:.0f} concurrent writers: "
             f"**{r['rows_per_s']:,.0f} rows/s** durably "
             f"committed ({r['batches']:.0f} batches of {r['rows_per_batch']:.0f} rows, synchronous=FULL; median of "
             f"{r['runs']} runs, {r['low']:,.0f}-{r['high']:,.0f}); server CPU {r['cpu_us_per_row']:.1f} us/row."
             for r in ingests
         ),
-        f"- WatchJob: {args.watchers} concurrent watchers, two transitions, transition-to-receipt p50 "
-        f"{watch_r['p50_ms']:.1f} ms, p99 **{watch_r['p99_ms']:.1f} ms** (median of {args.rounds} rounds; the "
-        f"reference's p99 {watch_r['ref_p99_ms']:.1f} ms); every watcher got every transition: "
-        f"{bool(watch_r['all_received'])}.",
-        f"- Server peak RSS: {rss:.0f} MB.",
+        *(
+            f"- WatchJob{on(engine)}: {args.watchers} concurrent watchers, two transitions, transition-to-receipt "
+            f"p50 {statistics.median(r['p50_ms'] for r in runs):.1f} ms, p99 "
+            f"**{statistics.median(r['p99_ms'] for r in runs):.1f} ms** (median of {args.rounds} rounds; the "
+            f"reference's p99 {watch_ref_p99:.1f} ms); every watcher got every transition: "
+            f"{all(r['all_received'] for r in runs)}."
+            for engine, runs in watch_ours.items()
+        ),
+        *(f"- Server peak RSS{on(engine)}: {mb:.0f} MB." for engine, mb in rss.items()),
     ]
     if args.workers and not args.smoke:
         extra.append(compare_workers(data_dir, cases[0], args.seconds, expected[cases[0].name]))
@@ -518,7 +656,8 @@ def main() -> None:
             f"### {args.images:,} images, {targets['photometry']:,} photometry rows, {targets['sources']:,} sources",
             "",
             f"`{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}` on {machine()}, "
-            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. 64 concurrent streams (h2load -c 16 -m 4), "
+            + (f"PostgreSQL {pg_version(args.postgres_url)} on the same machine, " if "postgres" in engines else "")
+            + f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. 64 concurrent streams (h2load -c 16 -m 4), "
             f"{args.seconds:g} s per run, median of {args.rounds} interleaved rounds (one caller where the case says "
             f"so). The SearchSources cone holds {targets['cone_matches']:,} sources; pages of 100.",
             "",

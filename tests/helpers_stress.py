@@ -370,22 +370,6 @@ class DirectSQL:
         assert self.sqlite is not None
         return [tuple(r) for r in self.sqlite.execute(sql, args)]
 
-    async def heard_by(self, *servers: Any, wait_s: float = 10.0) -> None:
-        """Wait until each in-process server (a conftest.RunningServer) has heard of every commit
-        made so far. PostgreSQL: a server learns of another's commit by its notification
-        (storage/postgres/changes.py), which can reach it just after the writer's reply; they
-        arrive in commit order, so once one committed now has arrived, every earlier one has.
-        SQLite: nothing to wait for (each read checks the file's data_version)."""
-        if self.pg is None:
-            return
-        listeners = [s.server.storage.db.changes for s in servers]
-        before = [listener.notified for listener in listeners]
-        await self.pg.execute("SELECT pg_notify('contimg_changes', '')")
-        deadline = time.monotonic() + wait_s
-        while any(listener.notified == n for listener, n in zip(listeners, before, strict=True)):
-            assert time.monotonic() < deadline, f"a server did not hear of a commit within {wait_s:.0f} s"
-            await asyncio.sleep(0.001)
-
     async def close(self) -> None:
         if self.pg is not None:
             await self.pg.close()

@@ -19,6 +19,8 @@ import pytest
 from dsa110.contimg.client import AsyncClient, ClientConfig
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 
+ENGINES = ("sqlite", "postgres")
+
 MS = measurement_sets_pb2.MeasurementSet
 Image = images_pb2.Image
 Job = jobs_pb2.Job

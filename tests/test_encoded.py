@@ -31,6 +31,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from helpers_jobs import expect_error, make_images, measurement, record
 
+ENGINES = ("sqlite", "postgres")
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 IMAGES = "/dsa110.contimg.v1.ImageService/"

@@ -29,12 +29,13 @@ import pytest
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from conftest import Stubs, make_stubs
+from conftest import PostgresDatabases, Stubs, make_stubs
 from helpers import error_info
 from helpers_stress import ServerProcess, env_float, env_int
 from hostile import RawClient
 
 pytestmark = pytest.mark.slow
+ENGINES = ("sqlite", "postgres")
 
 CLIENTS = env_int("CONTIMG_LOAD_CLIENTS", 200)
 SECONDS = env_float("CONTIMG_LOAD_SECONDS", 10.0)
@@ -249,8 +250,11 @@ async def _refused_when_full_then_released(port: int) -> None:
         raise AssertionError("the slots of a client that went away were not given back")
 
 
-async def test_load_with_a_small_concurrency_limit(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, args=["--max-concurrent-reads", str(LIMIT)])
+async def test_load_with_a_small_concurrency_limit(
+    tmp_path: Path, engine: str, postgres_databases: PostgresDatabases
+) -> None:
+    database = await postgres_databases.new() if engine == "postgres" else None
+    server = ServerProcess(tmp_path, database=database, args=["--max-concurrent-reads", str(LIMIT)])
     try:
         await server.start()
         tally, elapsed = await _run(server, max(3.0, SECONDS / 2), None)
@@ -269,8 +273,11 @@ async def test_load_with_a_small_concurrency_limit(tmp_path: Path) -> None:
         server.kill()
 
 
-async def test_load_and_soak_with_room_for_every_client(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, args=["--max-concurrent-reads", str(max(256, 2 * CLIENTS))])
+async def test_load_and_soak_with_room_for_every_client(
+    tmp_path: Path, engine: str, postgres_databases: PostgresDatabases
+) -> None:
+    database = await postgres_databases.new() if engine == "postgres" else None
+    server = ServerProcess(tmp_path, database=database, args=["--max-concurrent-reads", str(max(256, 2 * CLIENTS))])
     rss: list[tuple[float, int]] = []
     try:
         await server.start()

@@ -6,9 +6,9 @@ with SQL directly (C: no update_time kept, rows inserted and deleted behind the 
 Each round makes one random write through one of them, then asks A every cached read RPC twice (so
 the second may be a reused reply) and holds each reply to an uncached server on the same database
 (the oracle: `--read-cache-mb 0`). A difference is a stale read. On PostgreSQL a server learns of
-another writer's commit by its notification, which can reach it just after the writer's reply
-(storage/postgres/changes.py): there each round waits for A to have it (DirectSQL.heard_by) before
-asking, so what is checked is that nothing stale is served once the notification has arrived.
+another writer's commit by its notification, which can reach it just after the writer's reply; a
+kept reply is reused only after a round trip on the listening session has brought every earlier
+notification in (storage/postgres/changes.py), so no round waits for anything either.
 
 Below it, the stale reads this design removed, each as it was reported: a row changed by SQL without
 a new update_time (never shown until restart), and Redis troubles (a writer cut off from Redis, two
@@ -348,8 +348,6 @@ async def test_no_reply_is_stale_once_a_write_has_returned(server_factory: Serve
                 else:
                     write = rng.choice(writers[who])
                     await write()
-                if who != "this server":  # PostgreSQL: until A has its notification (DirectSQL.heard_by)
-                    await direct.heard_by(cached)
                 # The write has returned. Every read now, twice: the second may be a kept reply.
                 first_pages = {}
                 for key, path, req in (
@@ -403,7 +401,6 @@ async def test_a_row_changed_by_sql_without_a_new_update_time_shows_at_once(serv
         conn = await DirectSQL.connect(running.config.database)
         await conn.execute("UPDATE images SET noise_jy = 0.005 WHERE id = ?", int(img.name.split("/")[1]))
         await conn.execute("UPDATE sources SET designation = 'renamed' WHERE id = 'SQL1'")
-        await conn.heard_by(running)
         await conn.close()
         assert (await s.images.GetImage(images_pb2.GetImageRequest(name=img.name))).noise_jy == 0.005
         [shown] = (await s.images.ListImages(listed)).images
@@ -437,20 +434,16 @@ async def test_redis_never_decides_what_a_read_shows(server_factory: ServerFacto
     ):
         r, w, f = make_stubs(ch_r), make_stubs(ch_w), make_stubs(ch_f)
         flush = redis.asyncio.Redis.from_url(redis_server)
-        sql = await DirectSQL.connect(reader.config.database)
         ms = await make_ms(w, "/data/ms/redis.ms", mid_mjd=60300.0)
         first = await make_image(w, ms.name, "/data/images/redis-0.fits", 60300.0)
         for _ in range(2):
             assert await _list_names(r) == {first.name}
         second = await make_image(w, ms.name, "/data/images/redis-1.fits", 60300.1)
-        await sql.heard_by(reader)  # PostgreSQL: the reader has the writer's notification
         assert await _list_names(r) == {first.name, second.name}
 
         for _ in range(2):
             await flush.flushall()
             assert await _list_names(r) == await _list_names(f)
         third = await make_image(f, ms.name, "/data/images/redis-2.fits", 60300.2)
-        await sql.heard_by(reader)
         assert await _list_names(r) == {first.name, second.name, third.name}
         await flush.aclose()
-        await sql.close()

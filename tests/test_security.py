@@ -19,6 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import ServerFactory, make_stubs
 
+ENGINES = ("sqlite", "postgres")
+
 WRITE, READ = "w-secret-token-1", "r-secret-token-2"
 MS = measurement_sets_pb2.MeasurementSet(path="/stage/ms/2025-10-28T13:30:07.ms", mid_mjd=60976.5)
 
@@ -80,8 +82,7 @@ async def test_reads_are_open_unless_required(server_factory: ServerFactory) -> 
         page = await stubs.jobs.ListJobs(jobs_pb2.ListJobsRequest())
         assert page.total_size == 0
 
-    closed = await server_factory(
-        database=open_srv.config.database_path.with_name("other.sqlite3"),
+    closed = await server_factory(  # on the same database
         allow_anonymous_writes=False,
         write_tokens=WRITE,
         read_tokens=READ,

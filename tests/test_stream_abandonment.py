@@ -27,9 +27,11 @@ from dsa110.contimg.client import AsyncClient, Client, ClientConfig
 from dsa110.contimg.v1 import jobs_pb2, jobs_pb2_grpc, sources_pb2, sources_pb2_grpc
 from google.protobuf import struct_pb2
 
-from conftest import make_stubs
+from conftest import PostgresDatabases, make_stubs
 from helpers_jobs import make_images, measurement, record
 from helpers_stress import SERVING, ServerProcess, env_int, health_status
+
+ENGINES = ("sqlite", "postgres")
 
 STREAMS = env_int("CONTIMG_ABANDONED_STREAMS", 600)  # ~565 watch streams, the rest lightcurves
 AT_ONCE = 40
@@ -245,8 +247,12 @@ async def _until_dead(server: ServerProcess) -> int:
 
 
 @pytest.mark.slow
-async def test_abandoned_streams_never_crash_the_server(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path)  # the defaults users get: request logging, uvloop, write process
+async def test_abandoned_streams_never_crash_the_server(
+    tmp_path: Path, engine: str, postgres_databases: PostgresDatabases
+) -> None:
+    database = await postgres_databases.new() if engine == "postgres" else None
+    # The defaults users get: request logging, uvloop, the write process (SQLite).
+    server = ServerProcess(tmp_path, database=database)
     await server.start()
     try:
         target = server.target

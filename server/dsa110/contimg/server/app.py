@@ -103,7 +103,9 @@ class ContimgServer:
         if self.redis is not None:
             await self.redis.start(self.health)
         await self.tailer.start(self.storage.jobs)
-        paging = Paging(self.storage.page_token_secret)
+        paging = Paging(await self.storage.db.page_token_keys())
+        self.housekeeping.tokens = paging.tokens
+        self.housekeeping.reads = self.storage.read_cache
         write_tokens, read_tokens = token_sets(self.config)
         policy = TokenPolicy(
             write_tokens, read_tokens, self.config.require_read_token, self.config.allow_anonymous_writes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Coroutine
@@ -13,6 +14,7 @@ from typing import Any
 
 from . import config as config_mod
 from .domain.errors import StartupError
+from .domain.page_keys import GRACE_S, RELOAD_S
 from .portclaim import AddressTaken, PortClaim, claim_port
 
 
@@ -60,6 +62,16 @@ def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> 
         serve_one()
 
 
+def _read_key(path: Path) -> bytes:
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"contimg-server: cannot read a hex key from {path}: {exc}") from None
+    if len(key) < 16:
+        raise SystemExit(f"contimg-server: {path} holds {len(key)} bytes; a page-token key needs at least 16")
+    return key
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="contimg-server", description="DSA-110 continuum imaging gRPC backend")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +101,23 @@ def main(argv: list[str] | None = None) -> None:
     config_mod.add_arguments(copy_p)
     copy_p.add_argument("--from", dest="copy_from", type=Path, required=True, help="the SQLite file")
     copy_p.add_argument("--to", dest="copy_to", required=True, help="postgresql://user@host:port/db (empty)")
+    rotate_p = sub.add_parser(
+        "rotate-page-token-key",
+        help="add a new page-token key; every replica accepts it at once and signs with it after a grace period",
+    )
+    config_mod.add_arguments(rotate_p)
+    rotate_p.add_argument(
+        "--key-file",
+        type=Path,
+        help="the new key: a file of at least 32 hex digits (e.g. `openssl rand -hex 32`); default: random",
+    )
+    rotate_p.add_argument(
+        "--signs-after-s",
+        type=float,
+        default=GRACE_S,
+        help=f"seconds before the new key signs (default {GRACE_S:.0f}; under {RELOAD_S:.0f}, replicas not yet "
+        "reloaded refuse the new key's tokens)",
+    )
     args = parser.parse_args(argv)
     cfg = config_mod.from_sources(args)
     logging.basicConfig(
@@ -124,6 +153,18 @@ def main(argv: list[str] | None = None) -> None:
             print(f"copied and verified in {time.perf_counter() - started:.1f} s")
 
         _start(run_copy(), False)
+    elif args.command == "rotate-page-token-key":
+        from .storage.engine import rotate_page_token_key
+
+        new = _read_key(args.key_file) if args.key_file else secrets.token_bytes(32)
+
+        async def run_rotate() -> None:
+            try:
+                print(await rotate_page_token_key(cfg, new, args.signs_after_s))
+            except ValueError as exc:
+                raise SystemExit(f"contimg-server: {exc}") from None
+
+        _start(run_rotate(), False)
     else:
         from .storage.engine import migrate_only
 

@@ -54,6 +54,13 @@ class ServerConfig:
             "(made at start); off: the GiST box index, no extension"
         },
     )
+    read_barrier: bool = field(
+        default=True,
+        metadata={
+            "help": "PostgreSQL: before reusing a kept reply, one round trip (shared by concurrent reads) so that "
+            "every write returned through any replica shows; off: up to one notification delay stale"
+        },
+    )
     max_message_mb: int = field(
         default=32,
         metadata={"help": "max message size, MiB: RecordPhotometry's 100,000 measurements are ~17 MiB"},

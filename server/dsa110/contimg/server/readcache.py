@@ -38,9 +38,19 @@ _ITEM = object()  # the version of items: they never go stale (module docstring)
 
 
 class ReadCache:
-    def __init__(self, version: Callable[[], Hashable | None], max_bytes: int):
-        """`version()`: the storage's change version; None when it cannot tell (nothing is kept)."""
+    def __init__(
+        self,
+        version: Callable[[], Hashable | None],
+        max_bytes: int,
+        barrier: Callable[[], Awaitable[None]] | None = None,
+    ):
+        """`version()`: the storage's change version; None when it cannot tell (nothing is kept).
+        `barrier()`, for a version that learns of other writers' commits by message (PostgreSQL):
+        returns once every commit that had returned before the call is counted in `version()`; a
+        kept result is reused only after one (`confirm`). None where `version()` is exact at once
+        (SQLite's data_version)."""
         self.version = version
+        self.barrier = barrier
         self.max_bytes = max_bytes
         self.size = 0
         self.hits = 0
@@ -79,6 +89,19 @@ class ReadCache:
         self.misses += 1
         return None
 
+    async def confirm(self, found: Any, version: Hashable | None) -> tuple[Any | None, Hashable | None]:
+        """`found`, what `get(key, version)` returned: (found, version) if it is still valid once
+        every commit returned so far is counted, else (None, the version now). Only needed when
+        `barrier` is set."""
+        assert self.barrier is not None
+        await self.barrier()
+        now = self.version()
+        if now == version:
+            return found, version
+        self.hits -= 1
+        self.misses += 1
+        return None, now
+
     def keep(self, key: Hashable, version: Hashable | None, value: Any, size: int) -> None:
         """Keep `value`, computed after `version` was read: a commit during the computation leaves it
         under the older version, which the next read finds outdated. (None: not kept.)"""
@@ -89,6 +112,8 @@ class ReadCache:
         """`compute()`'s result, reused while nothing commits."""
         version = self.version()
         found = self.get(key, version)
+        if found is not None and self.barrier is not None:
+            found, version = await self.confirm(found, version)
         if found is not None:
             return found  # type: ignore[no-any-return]
         value = await compute()

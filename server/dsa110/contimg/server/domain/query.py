@@ -11,12 +11,14 @@ import hmac
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, IntEnum
 
 from .errors import InvalidArgument
+from .page_keys import PageKey, signing_key
 
 MAX_FILTER_LEN = 2048
 MAX_CONDITIONS = 32
@@ -187,17 +189,34 @@ def fingerprint(*parts: object) -> str:
 
 
 class PageTokens:
-    """Opaque tokens: the keyset of the last row, bound to the query and signed with HMAC-SHA256."""
+    """Opaque tokens: the keyset of the last row, bound to the query and signed with HMAC-SHA256 by
+    the database's current page-token key; any key of its set is accepted (page_keys.py)."""
 
-    def __init__(self, secret: bytes):
-        self._secret = secret
+    def __init__(self, keys: bytes | Sequence[PageKey]):
+        self.use((PageKey(keys, 0),) if isinstance(keys, bytes) else keys)
 
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+    def use(self, keys: Sequence[PageKey]) -> None:
+        """Sign and check with `keys` from now on (a reloaded set)."""
+        self.keys = tuple(keys)
+        self._accepted = tuple(k.key for k in self.keys)
+        self._signing = b""
+        self._next_switch_us = -1  # re-chosen at the next encode
+
+    def _signing_key(self) -> bytes:
+        now = time.time_ns() // 1000
+        if now >= self._next_switch_us:
+            self._signing = signing_key(self.keys, now).key
+            later = [k.signs_from_us for k in self.keys if k.signs_from_us > now]
+            self._next_switch_us = min(later) if later else 1 << 62
+        return self._signing
+
+    @staticmethod
+    def _mac(key: bytes, body: bytes) -> bytes:
+        return hmac.new(key, body, hashlib.sha256).digest()[:16]
 
     def encode(self, after: Sequence[object], query: str) -> str:
         body = json.dumps({"a": list(after), "q": query}, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(self._mac(body) + body).decode().rstrip("=")
+        return base64.urlsafe_b64encode(self._mac(self._signing_key(), body) + body).decode().rstrip("=")
 
     def decode(self, token: str, query: str) -> list[object] | None:
         if not token:
@@ -210,7 +229,7 @@ class PageTokens:
         except (ValueError, TypeError):
             raise bad from None
         mac, body = raw[:16], raw[16:]
-        if len(mac) != 16 or not hmac.compare_digest(mac, self._mac(body)):
+        if len(mac) != 16 or not any(hmac.compare_digest(mac, self._mac(key, body)) for key in self._accepted):
             raise bad
         try:
             data = json.loads(body)

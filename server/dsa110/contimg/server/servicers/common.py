@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 
 from ..domain.checks import Checker, page_size
 from ..domain.errors import InvalidArgument
+from ..domain.page_keys import PageKey
 from ..domain.query import FieldSpec, OrderKey, PageTokens, fingerprint, parse_filter, parse_order_by
 from ..domain.records import Page
 from ..domain.validation import MAX_BATCH_GET, check_request_id
@@ -32,8 +33,8 @@ SEARCH_MAX_PAGE_SIZE = 100
 class Paging:
     """Builds ListQuery objects from List/Search requests and signs their next page tokens."""
 
-    def __init__(self, secret: bytes):
-        self.tokens = PageTokens(secret)
+    def __init__(self, keys: Sequence[PageKey]):
+        self.tokens = PageTokens(keys)
 
     def query(
         self,

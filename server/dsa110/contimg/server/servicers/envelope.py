@@ -55,7 +55,8 @@ def _encoded(reply: Any) -> Encoded[Any]:
 
 class _Lookup:
     """A reusable read's request looked up in the read cache: what was kept for it, if still valid,
-    and the key and version to keep its new reply under; `request` decoded when it must be computed."""
+    and the key and version to keep its new reply under; `request` decoded when it must be computed.
+    Where the cache has a barrier (PostgreSQL), a kept reply still needs `confirmed()`."""
 
     __slots__ = ("kept", "key", "request", "version")
 
@@ -72,6 +73,12 @@ class _Lookup:
                     return
             request = request.decode()
         self.request = request
+
+    async def confirmed(self, reads: ReadCache, raw: Raw) -> None:
+        """Drop the kept reply if a commit that returned before now is not in it (readcache.py)."""
+        self.kept, self.version = await reads.confirm(self.kept, self.version)
+        if self.kept is None:
+            self.request = raw.decode()
 
     def keep(self, reads: ReadCache, reply: Any, size: int) -> None:
         if self.key is not None:
@@ -107,6 +114,8 @@ def read(fn: Callable[[Any, Any, Ctx], Awaitable[Any]]) -> Callable[..., Awaitab
         await _admit(self, name, context)
         try:
             found = _Lookup(self.reads, name, request)
+            if found.kept is not None and self.reads.barrier is not None:
+                await found.confirmed(self.reads, request)
             if found.kept is not None:
                 return found.kept  # type: ignore[no-any-return]
             await _refuse_unreadable(found.request, context)
@@ -157,6 +166,8 @@ def read_stream(
         await _admit(self, name, context)
         try:
             found = _Lookup(self.reads, name, request)
+            if found.kept is not None and self.reads.barrier is not None:
+                await found.confirmed(self.reads, request)
             if found.kept is not None:
                 await send_all(context, _replay(found.kept))
                 return

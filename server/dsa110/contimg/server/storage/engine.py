@@ -5,10 +5,13 @@ Both hand out the same repositories (repositories/protocols.py); the server sees
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..domain.errors import DomainError
+from ..domain.page_keys import RELOAD_S, PageKey
 from ..readcache import ReadCache
 from ..repositories.protocols import (
     EventPublisher,
@@ -17,17 +20,23 @@ from ..repositories.protocols import (
     MeasurementSetRepository,
     SourceRepository,
 )
+from .clock import now_us
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
 
 
 class Upkeep(Protocol):
-    """What health.py and housekeeping.py ask of an engine's database."""
+    """What health.py, housekeeping.py and the one-shot commands ask of an engine's database."""
 
     def fault(self) -> DomainError | None: ...
     async def probe(self) -> None: ...
     async def expire_request_ids(self) -> int: ...
+    async def page_token_keys(self) -> tuple[PageKey, ...]: ...
+    async def rotate_page_token_key(self, new: bytes, signs_from_us: int) -> tuple[PageKey, ...]: ...
+    async def schema_version(self) -> int: ...
+    @property
+    def description(self) -> str: ...
 
 
 class Storage(Protocol):
@@ -46,8 +55,6 @@ class Storage(Protocol):
 
     @property
     def read_cache(self) -> ReadCache: ...
-    @property
-    def page_token_secret(self) -> bytes: ...
     @property
     def description(self) -> str: ...
     def version(self) -> Hashable | None: ...
@@ -70,6 +77,7 @@ def open_storage(config: ServerConfig, publisher: EventPublisher) -> Storage:
                 pool_max=max(2, config.readers * 2),
                 statement_timeout_s=config.statement_timeout_s,
                 q3c=config.q3c,
+                read_barrier=config.read_barrier,
             ),
             publisher,
             read_cache_bytes=cache_bytes,
@@ -91,24 +99,40 @@ def open_storage(config: ServerConfig, publisher: EventPublisher) -> Storage:
     )
 
 
-async def migrate_only(config: ServerConfig) -> str:
-    """`contimg-server migrate`: bring the database to this release's schema; a line saying where."""
+@asynccontextmanager
+async def opened_database(config: ServerConfig) -> AsyncIterator[Upkeep]:
+    """The database alone (migrated, no repositories, no serving): for the one-shot commands."""
+    db: Any
     if config.postgres:
         from .postgres.database import Database as PostgresDatabase
         from .postgres.database import PostgresSettings
 
-        pg = PostgresDatabase(PostgresSettings(config.database, pool_min=1, pool_max=1, q3c=config.q3c))
-        await pg.open()
-        try:
-            return f"schema version {await pg.schema_version()} at {pg.description}"
-        finally:
-            await pg.close()
-    from .sqlite.database import Database as SQLiteDatabase
-    from .sqlite.database import SQLiteSettings
+        db = PostgresDatabase(PostgresSettings(config.database, pool_min=1, pool_max=1, q3c=config.q3c))
+    else:
+        from .sqlite.database import Database as SQLiteDatabase
+        from .sqlite.database import SQLiteSettings
 
-    lite = SQLiteDatabase(SQLiteSettings(config.database_path))
-    await lite.open()
+        db = SQLiteDatabase(SQLiteSettings(config.database_path))
+    await db.open()
     try:
-        return f"schema version {await lite.schema_version()} at {config.database_path}"
+        yield db
     finally:
-        await lite.close()
+        await db.close()
+
+
+async def migrate_only(config: ServerConfig) -> str:
+    """`contimg-server migrate`: bring the database to this release's schema; a line saying where."""
+    async with opened_database(config) as db:
+        return f"schema version {await db.schema_version()} at {db.description}"
+
+
+async def rotate_page_token_key(config: ServerConfig, new: bytes, grace_s: float) -> str:
+    """`contimg-server rotate-page-token-key`: add `new` to the database's key set (page_keys.py)."""
+    signs_from = now_us() + int(grace_s * 1e6)
+    async with opened_database(config) as db:
+        keys = await db.rotate_page_token_key(new, signs_from)
+    when = datetime.fromtimestamp(signs_from / 1e6, UTC).isoformat(timespec="seconds")
+    return (
+        f"page-token key {new.hex()[:8]}... added at {db.description}: accepted by every replica within "
+        f"{RELOAD_S:.0f} s, signing from {when}; {len(keys) - 1} older key(s) still accepted"
+    )

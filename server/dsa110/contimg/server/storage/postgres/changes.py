@@ -11,15 +11,23 @@ received, this process's own commits):
   `committed()` after COMMIT), so a caller never reads its own write's old value from the replica
   it wrote through;
 * any other writer (another replica, `psql`, a pipeline script) moves it when its notification
-  arrives: PostgreSQL sends it at that writer's COMMIT, before the writer's client is answered,
-  over a connection already open, so another replica sees it within the network's latency;
+  arrives. PostgreSQL signals every listening session at that writer's COMMIT, before the writer's
+  client is answered (AtCommit_Notify in src/backend/commands/async.c), and an idle session sends
+  the notifications it was signalled for before it answers its next query (PostgresMain in
+  src/backend/tcop/postgres.c runs ProcessNotifyInterrupt before ReadyForQuery). So a round trip
+  on the listening session, begun after a write returned anywhere, comes back after that write's
+  notification: `barrier()`. A reply is reused only after such a round trip, begun after the read
+  arrived, has found the version unchanged (servicers/envelope.py). Reads arriving together share
+  one round trip (one in flight, the next one gathering everyone who arrives meanwhile), so under
+  load the cost is one query per batch of reads, not one per read;
 * while the listening session is down the version is None ("cannot tell"): nothing is reused until
   it is back, and reconnecting starts a new epoch, so nothing kept before the gap is served after.
+  A round trip that fails counts as a notification: nothing kept before it is reused.
 
 Why not a counter row bumped in each writing transaction and read before every cached read: the row
-lock would serialize every write of every replica on one row, and the read would add a round trip
-to each warm read. Why not `pg_current_snapshot()`: it moves with every transaction of the cluster,
-other databases' included, and it too costs a round trip per read.
+lock would serialize every write of every replica on one row. Why not `pg_current_snapshot()`: it
+moves with every transaction of the cluster, other databases' included, so under any write load
+elsewhere nothing would be reused.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "contimg_changes"
 RECONNECT_S = 0.5
+# A barrier round trip slower than this is given up: the reads waiting for it are computed afresh.
+BARRIER_TIMEOUT_S = 2.0
 
 
 class ChangeListener:
@@ -50,12 +60,20 @@ class ChangeListener:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._lost = asyncio.Event()
+        # barrier(): the round trip that the reads arriving now will wait for, not yet begun.
+        self._gathering: asyncio.Future[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self.round_trips = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pg-change-listener")
         await self._ready.wait()
 
     async def stop(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -71,6 +89,40 @@ class ChangeListener:
     def committed(self) -> None:
         """This process committed a write: readers here must not see what was kept before it."""
         self.local += 1
+
+    async def barrier(self) -> None:
+        """Return once every notification of a commit that had returned to its writer before this
+        call has been counted in `version()` (module docstring)."""
+        if self._conn is None:
+            return  # version() is None: nothing is reused anyway
+        if self._gathering is None:
+            self._gathering = asyncio.get_running_loop().create_future()
+            if self._prober is None:
+                self._prober = asyncio.create_task(self._probe(), name="pg-change-barrier")
+        await asyncio.shield(self._gathering)
+
+    async def _probe(self) -> None:
+        """Round trips on the listening session, one at a time, while reads wait for one."""
+        try:
+            while self._gathering is not None:
+                waiting = self._gathering
+                self._gathering = None
+                try:
+                    conn = self._conn
+                    if conn is None:
+                        raise ConnectionError("not listening")
+                    await conn.execute("SELECT 1", timeout=BARRIER_TIMEOUT_S)
+                    self.round_trips += 1
+                except Exception:
+                    self.notified += 1  # cannot tell what was missed: nothing kept so far is reused
+                finally:
+                    waiting.set_result(None)  # also when cancelled: no read waits for ever
+        finally:
+            self._prober = None
+            if self._gathering is not None:  # cancelled while reads gathered: let them go
+                self.notified += 1
+                self._gathering.set_result(None)
+                self._gathering = None
 
     def _on_notify(self, *_: Any) -> None:
         self.notified += 1

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import asyncpg
 
 from ...domain.errors import DomainError, QueryTimeout, StartupError, StorageUnavailable
+from ...domain.page_keys import LEGACY_SETTING as LEGACY
+from ...domain.page_keys import SETTING, PageKey, decode_keys, encode_keys, rotated
 from ...readcache import ReadCache
 from ..clock import now_us
 from ..request_ids import EXPIRE_BATCH, REQUEST_ID_RETENTION_US
@@ -74,6 +76,9 @@ class PostgresSettings:
     # Cone search through the q3c extension's index where it can be had (schema.sky_index); False
     # keeps the extension out and searches with the GiST box index (`--no-q3c`).
     q3c: bool = True
+    # Reuse a kept reply only after a round trip on the listening session (changes.py: `barrier`);
+    # False (`--no-read-barrier`) reuses it at once, which can be stale by one notification's delay.
+    read_barrier: bool = True
 
 
 def storage_error(exc: BaseException) -> Exception:
@@ -94,7 +99,8 @@ class Database:
         self.settings = settings
         self.pool: asyncpg.Pool | None = None
         self.changes = ChangeListener(settings.dsn)
-        self.read_cache = ReadCache(self.version, read_cache_bytes)
+        barrier = self.changes.barrier if settings.read_barrier else None
+        self.read_cache = ReadCache(self.version, read_cache_bytes, barrier)
         self.page_token_secret = b""
         # Whether cone searches walk the q3c index (else the GiST box index): found at open.
         self.q3c = False
@@ -278,10 +284,36 @@ class Database:
             if removed < EXPIRE_BATCH:
                 return total
 
+    # ---- page-token keys (domain/page_keys.py) ---------------------------------------------------
+
+    async def page_token_keys(self) -> tuple[PageKey, ...]:
+        stored = await self.fetchval("SELECT value FROM settings WHERE key = $1", SETTING)
+        return decode_keys(bytes(stored) if stored is not None else None, self.page_token_secret)
+
+    async def rotate_page_token_key(self, new: bytes, signs_from_us: int) -> tuple[PageKey, ...]:
+        async def body(conn: Conn) -> tuple[PageKey, ...]:
+            found = await conn.fetch(
+                "SELECT key, value FROM settings WHERE key IN ($1, $2) FOR UPDATE", SETTING, LEGACY
+            )
+            rows: dict[str, Any] = {r["key"]: r["value"] for r in found}
+            keys = rotated(decode_keys(_bytes(rows.get(SETTING)), bytes(rows[LEGACY])), new, signs_from_us)
+            await conn.execute(
+                "INSERT INTO settings VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                SETTING,
+                encode_keys(keys),
+            )
+            return keys
+
+        return await self.write(body)
+
 
 def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _bytes(value: Any) -> bytes | None:
+    return bytes(value) if value is not None else None
 
 
 def _safe(dsn: str) -> str:

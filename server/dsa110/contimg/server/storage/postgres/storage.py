@@ -31,10 +31,6 @@ class PostgresStorage:
         return self.db.version()
 
     @property
-    def page_token_secret(self) -> bytes:
-        return self.db.page_token_secret
-
-    @property
     def description(self) -> str:
         return self.db.description
 

@@ -15,6 +15,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from ...domain.errors import DomainError, StartupError, StorageFull, StorageUnavailable
+from ...domain.page_keys import LEGACY_SETTING as LEGACY
+from ...domain.page_keys import SETTING, PageKey, decode_keys, encode_keys, rotated
 from ...readcache import ReadCache
 from ..clock import now_us
 from ..request_ids import EXPIRE_BATCH, REQUEST_ID_RETENTION_US
@@ -83,6 +85,10 @@ class Database:
             await self._writer.call(lambda conn: conn.execute("PRAGMA optimize").fetchall())
             await self._writer.close()
         await self.reads.close()
+
+    @property
+    def description(self) -> str:
+        return str(self.settings.path)
 
     async def schema_version(self) -> int:
         rows = await self.fetchall("SELECT max(version) FROM schema_migrations")
@@ -171,3 +177,20 @@ class Database:
             total += removed
             if removed < EXPIRE_BATCH:
                 return total
+
+    # ---- page-token keys (domain/page_keys.py) ---------------------------------------------------
+
+    async def page_token_keys(self) -> tuple[PageKey, ...]:
+        rows = await self.fetchall("SELECT value FROM settings WHERE key = ?", (SETTING,))
+        return decode_keys(bytes(rows[0][0]) if rows else None, self.page_token_secret)
+
+    async def rotate_page_token_key(self, new: bytes, signs_from_us: int) -> tuple[PageKey, ...]:
+        return await self.write(partial(_rotate_page_token_key, new=new, signs_from_us=signs_from_us))
+
+
+def _rotate_page_token_key(txn: sqlite3.Connection, new: bytes, signs_from_us: int) -> tuple[PageKey, ...]:
+    rows = dict(txn.execute("SELECT key, value FROM settings WHERE key IN (?, ?)", (SETTING, LEGACY)).fetchall())
+    stored = rows.get(SETTING)
+    keys = rotated(decode_keys(bytes(stored) if stored is not None else None, bytes(rows[LEGACY])), new, signs_from_us)
+    txn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (SETTING, encode_keys(keys)))
+    return keys

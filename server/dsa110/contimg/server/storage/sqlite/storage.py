@@ -32,12 +32,8 @@ class SQLiteStorage:
         return self.db.version()
 
     @property
-    def page_token_secret(self) -> bytes:
-        return self.db.page_token_secret
-
-    @property
     def description(self) -> str:
-        return str(self.db.settings.path)
+        return self.db.description
 
     async def open(self) -> None:
         await self.db.open()

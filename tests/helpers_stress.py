@@ -247,19 +247,23 @@ def db_digest(database: Path) -> dict[str, tuple[int, str]]:
     """Per table: row count and a hash of every row (in one read transaction, so one snapshot)."""
     conn = ro_connect(database)
     try:
-        conn.execute("BEGIN")
-        out: dict[str, tuple[int, str]] = {}
-        for table in _tables(conn):
-            h = hashlib.sha256()
-            n = 0
-            for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY 1, 2'):
-                h.update(repr(row).encode())
-                n += 1
-            out[table] = (n, h.hexdigest()[:16])
-        conn.execute("COMMIT")
-        return out
+        return _digest_of(conn)
     finally:
         conn.close()
+
+
+def _digest_of(conn: sqlite3.Connection) -> dict[str, tuple[int, str]]:
+    conn.execute("BEGIN")
+    out: dict[str, tuple[int, str]] = {}
+    for table in _tables(conn):
+        h = hashlib.sha256()
+        n = 0
+        for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY 1, 2'):
+            h.update(repr(row).encode())
+            n += 1
+        out[table] = (n, h.hexdigest()[:16])
+    conn.execute("COMMIT")
+    return out
 
 
 # The queries behind `photometry_invariants`, the same on both engines, read in one snapshot.
@@ -375,6 +379,25 @@ class DirectSQL:
             await self.pg.close()
         if self.sqlite is not None:
             self.sqlite.close()
+
+    async def digest(self) -> dict[str, tuple[int, str]]:
+        """`db_digest` on either engine: per table, its row count and a hash of every row, read in
+        one snapshot (PostgreSQL: one REPEATABLE READ transaction over the public schema's tables)."""
+        if self.pg is None:
+            assert self.sqlite is not None
+            return _digest_of(self.sqlite)
+        out: dict[str, tuple[int, str]] = {}
+        async with self.pg.transaction(isolation="repeatable_read", readonly=True):
+            tables = await self.pg.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+            )
+            for (table,) in tables:
+                h = hashlib.sha256()
+                rows = await self.pg.fetch(f'SELECT * FROM "{table}" ORDER BY 1, 2')
+                for row in rows:
+                    h.update(repr(tuple(row)).encode())
+                out[table] = (len(rows), h.hexdigest()[:16])
+        return out
 
 
 async def no_transaction_open(database: Path | str) -> bool:

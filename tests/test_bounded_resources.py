@@ -23,9 +23,13 @@ import grpc
 import pytest
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 
-from conftest import make_stubs
+from conftest import PostgresDatabases, make_stubs
 from helpers_stress import CONSOLE_SCRIPT, ServerProcess, env_int
 from hostile import RawClient, count_ended, grpc_frame
+
+# The floods run on both engines (the `served` fixture); the wide cones on SQLite only, where the
+# 50 ms bound on GetImage was set.
+ENGINES = ("sqlite", "postgres")
 
 MEMORY_BOUND_MB = 1024  # README: "Limits"
 TOKEN = "pipeline-token"
@@ -73,8 +77,9 @@ async def during(flood: Callable[[], Awaitable[None]], measure: Awaitable[list[f
 
 
 @pytest.fixture
-async def served(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = ServerProcess(tmp_path, args=["--demo-images", "300"], write_token=TOKEN)
+async def served(tmp_path: Path, engine: str, postgres_databases: PostgresDatabases):  # type: ignore[no-untyped-def]
+    database = await postgres_databases.new() if engine == "postgres" else None
+    server = ServerProcess(tmp_path, database=database, args=["--demo-images", "300"], write_token=TOKEN)
     await server.start(wait_s=120)
     yield server
     assert server.terminate() == 0, server.log_tail()

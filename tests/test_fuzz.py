@@ -10,7 +10,8 @@ request_ids, and undecodable bytes on the wire.
 
 For each call: the status is never INTERNAL or UNKNOWN (nor UNAVAILABLE: nothing here should make
 storage unavailable), the server still answers grpc.health.v1 with SERVING, and a call that failed
-changed nothing in the database (every table's rows, compared read-only with sqlite3).
+changed nothing in the database (every table's rows, read directly: helpers_stress.DirectSQL.digest).
+Every test runs on SQLite and on PostgreSQL.
 
 CONTIMG_FUZZ_EXAMPLES sets the examples per RPC (default 30; the whole file runs in well under 60 s).
 """
@@ -22,7 +23,6 @@ import hashlib
 import hmac
 import json
 import os
-import sqlite3
 import string
 import uuid
 from collections.abc import Callable
@@ -48,7 +48,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RunningServer, ServerFactory, Stubs, make_stubs
-from helpers_stress import db_digest, env_int
+from helpers_stress import DirectSQL, env_int
+
+ENGINES = ("sqlite", "postgres")
 
 MAX_MESSAGE_MB = ServerConfig().max_message_mb
 
@@ -183,7 +185,7 @@ class World:
         return world
 
 
-async def seed(stubs: Stubs, database: str) -> World:
+async def seed(stubs: Stubs, sql: DirectSQL) -> World:
     world = World()
     ms_paths = ["/data/fuzz/2025-10-28T13:30:07.ms", "/data/fuzz/with space/b.ms"]
     for i, path in enumerate(ms_paths):
@@ -256,11 +258,8 @@ async def seed(stubs: Stubs, database: str) -> World:
     ]
     world.tokens = [p.next_page_token for p in pages if p.next_page_token]
     assert len(world.tokens) == len(pages), "every seeded listing has a second page"
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        world.secret = bytes(conn.execute("SELECT value FROM settings WHERE key = 'page_token_secret'").fetchone()[0])
-    finally:
-        conn.close()
+    [(secret,)] = await sql.fetch("SELECT value FROM settings WHERE key = 'page_token_secret'")
+    world.secret = bytes(secret)
     return world
 
 
@@ -814,12 +813,12 @@ async def assert_serving(channel: grpc.aio.Channel) -> None:
 
 
 class Fixture:
-    def __init__(self, server: RunningServer, channel: grpc.aio.Channel, world: World):
+    def __init__(self, server: RunningServer, channel: grpc.aio.Channel, world: World, sql: DirectSQL):
         self.server = server
         self.channel = channel
         self.stubs = make_stubs(channel)
         self.world = world
-        self.database = server.config.database_path
+        self.sql = sql  # reads the database directly: what a failed call must have left unchanged
         self.calls: dict[grpc.StatusCode, int] = {}
         self.strategies: dict[str, st.SearchStrategy[Message]] = {}
 
@@ -831,9 +830,11 @@ async def fuzz_env(server_factory: ServerFactory) -> Any:
         server.target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
     ) as channel:
         stubs = make_stubs(channel)
-        world = await seed(stubs, str(server.config.database_path))
-        env = Fixture(server, channel, world)
+        sql = await DirectSQL.connect(server.config.database, read_only=True)
+        world = await seed(stubs, sql)
+        env = Fixture(server, channel, world, sql)
         yield env
+        await sql.close()
         await assert_serving(channel)
         if os.environ.get("CONTIMG_FUZZ_VERBOSE"):
             print(f"\n{sorted((c.name, n) for c, n in env.calls.items())}")
@@ -852,12 +853,12 @@ FUZZ_SETTINGS = settings(
 
 
 async def _one(env: Fixture, service: str, method: descriptor.MethodDescriptor, request: Message) -> None:
-    before = db_digest(env.database)
+    before = await env.sql.digest()
     code = await call_rpc(env.stubs, service, method, request)
     env.calls[code] = env.calls.get(code, 0) + 1
     await assert_serving(env.channel)
     if code != grpc.StatusCode.OK:
-        after = db_digest(env.database)
+        after = await env.sql.digest()
         changed = {t: (before.get(t), after.get(t)) for t in after if before.get(t) != after.get(t)}
         assert not changed, f"{service}.{method.name} failed with {code} but changed {changed}"
 
@@ -983,7 +984,7 @@ async def test_known_bad_input_is_invalid_argument(fuzz_env: Fixture, case: str)
     """Each is INVALID_ARGUMENT with error details small enough for any client to read; one larger
     than its method takes is refused before it is decoded (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE)."""
     [(_, stub, method, request)] = [c for c in _known_bad(fuzz_env.world) if c[0] == case]
-    before = db_digest(fuzz_env.database)
+    before = await fuzz_env.sql.digest()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await getattr(getattr(fuzz_env.stubs, stub), method)(request, timeout=30)
     err = caught.value
@@ -994,7 +995,7 @@ async def test_known_bad_input_is_invalid_argument(fuzz_env: Fixture, case: str)
     assert trailers < MAX_TRAILER_BYTES and len((err.details() or "").encode()) < 2048, trailers
     assert any(k == "grpc-status-details-bin" for k, _ in err.trailing_metadata() or ())
     await assert_serving(fuzz_env.channel)
-    assert db_digest(fuzz_env.database) == before
+    assert await fuzz_env.sql.digest() == before
 
 
 # ---- undecodable bytes --------------------------------------------------------------------------
@@ -1052,7 +1053,7 @@ async def test_undecodable_request_bytes(
 ) -> None:
     payload = data.draw(wire_bytes(method), label="payload")
     path = f"/{method.containing_service.full_name}/{method.name}"
-    before = db_digest(fuzz_env.database)
+    before = await fuzz_env.sql.digest()
     try:
         if method.server_streaming:
             call = fuzz_env.channel.unary_stream(path, request_serializer=None, response_deserializer=None)
@@ -1068,7 +1069,7 @@ async def test_undecodable_request_bytes(
         assert code not in BAD_CODES, f"{path} with {payload[:40]!r}: {code} {err.details()!r}"
     await assert_serving(fuzz_env.channel)
     if code not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED):
-        assert db_digest(fuzz_env.database) == before
+        assert await fuzz_env.sql.digest() == before
 
 
 # ---- message size limits ------------------------------------------------------------------------
@@ -1095,12 +1096,14 @@ async def test_oversized_request_is_resource_exhausted(
     assert request.ByteSize() > 2_000_000
     async with grpc.aio.insecure_channel(server.target) as channel:
         stubs = make_stubs(channel)
-        before = db_digest(server.config.database_path)
+        sql = await DirectSQL.connect(server.config.database, read_only=True)
+        before = await sql.digest()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await getattr(getattr(stubs, stub_name), method)(request, timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
         await assert_serving(channel)
-        assert db_digest(server.config.database_path) == before
+        assert await sql.digest() == before
+        await sql.close()
         # The connection is still usable for normal calls.
         page = await stubs.ms.ListMeasurementSets(measurement_sets_pb2.ListMeasurementSetsRequest(), timeout=10)
         assert page.total_size == 0

@@ -27,7 +27,7 @@ import grpc
 import pytest
 from dsa110.contimg.v1 import jobs_pb2, jobs_pb2_grpc
 
-from conftest import free_port
+from conftest import PostgresDatabases, free_port
 from helpers_stress import (
     SERVING,
     ServerProcess,
@@ -39,6 +39,8 @@ from helpers_stress import (
 )
 
 ARGS = ["--synchronous", "NORMAL", "--grace-s", "2"]
+# Only the tests that take `engine` run on both; the others are about processes and SQLite files.
+ENGINES = ("sqlite", "postgres")
 DEADLINE_S = 30.0
 
 
@@ -49,13 +51,14 @@ class Servers:
         self.tmp_path = tmp_path
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def server(self, name: str, workers: int, port: int = 0) -> ServerProcess:
+    def server(self, name: str, workers: int, port: int = 0, database: str | None = None) -> ServerProcess:
         data_dir = self.tmp_path / name
         data_dir.mkdir(exist_ok=True)
-        return ServerProcess(data_dir, name=name, args=[*ARGS, "--workers", str(workers)], port=port)
+        args = [*ARGS, "--workers", str(workers)]
+        return ServerProcess(data_dir, name=name, args=args, port=port, database=database)
 
-    async def start(self, name: str, workers: int, port: int = 0) -> ServerProcess:
-        server = self.server(name, workers, port)
+    async def start(self, name: str, workers: int, port: int = 0, database: str | None = None) -> ServerProcess:
+        server = self.server(name, workers, port, database)
         try:
             await server.start()
         finally:
@@ -270,11 +273,14 @@ def _connections(worker: int, port: int) -> int:
     return count
 
 
-async def test_without_redis_every_worker_delivers_every_transition_to_its_watchers(servers: Servers) -> None:
+async def test_without_redis_every_worker_delivers_every_transition_to_its_watchers(
+    servers: Servers, engine: str, postgres_databases: PostgresDatabases
+) -> None:
     """Watchers on one worker see the transitions made through another (they once hung to their
     deadline, 4 of 8: each worker published only its own commits): the event log in the shared
-    database is the stream (events/tail.py)."""
-    server = await servers.start("events", workers=2)
+    database is the stream (events/tail.py; on PostgreSQL, woken by LISTEN/NOTIFY)."""
+    database = await postgres_databases.new() if engine == "postgres" else None
+    server = await servers.start("events", workers=2, database=database)
     workers = await workers_of(server, 2)
     # One channel per watcher, each its own TCP connection: the kernel spreads them over the workers.
     options = [("grpc.use_local_subchannel_pool", 1)]

@@ -66,6 +66,22 @@ def check_after(after: list[object] | None, n: int, *, numeric: bool = False) ->
         raise InvalidArgument.single("page_token", "invalid page token", reason="INVALID_PAGE_TOKEN")
 
 
+_INTEGRAL = {"smallint": 15, "integer": 31, "bigint": 63}
+_REAL = {"double precision", "real", "float8"}
+
+
+def _fits(value: object, sql_type: str) -> bool:
+    """Whether a keyset value can be bound as `sql_type` (check_after has vetted its kind)."""
+    if sql_type == "text":
+        return isinstance(value, str)
+    if sql_type in _INTEGRAL:
+        bits = _INTEGRAL[sql_type]
+        return isinstance(value, int) and -(2**bits) <= value < 2**bits
+    if sql_type in _REAL:
+        return isinstance(value, int | float)
+    return True
+
+
 def keyset(
     keys: Sequence[tuple[str, bool]], after: list[object] | None, params: Params, types: Sequence[str] | None = None
 ) -> str | None:
@@ -75,6 +91,9 @@ def keyset(
     if after is None:
         return None
     casts = list(types) if types is not None else [""] * len(keys)
+    if not all(_fits(v, t) for v, t in zip(after, casts, strict=True)):
+        # PostgreSQL, unlike SQLite, refuses a string where its column holds numbers (and the reverse).
+        raise InvalidArgument.single("page_token", "invalid page token", reason="INVALID_PAGE_TOKEN")
     marks = [params.add(v) + (f"::{t}" if t else "") for v, t in zip(after, casts, strict=True)]
     if all(desc == keys[0][1] for _, desc in keys):
         cols = ", ".join(col for col, _ in keys)

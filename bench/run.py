@@ -125,7 +125,6 @@ def serve_cmd(data_dir: Path, port: int, *extra: str, database: str | None = Non
         "--data-dir",
         str(data_dir),
         *(("--database", database) if database else ()),
-        "--no-log-rpcs",
         "--allow-anonymous-writes",
         *extra,
     ]

@@ -1,4 +1,4 @@
-"""Assembles and runs the server: storage, event bus, servicers, health, reflection, interceptors.
+"""Assembles and runs the server: storage, event bus, servicers, health, reflection, access log.
 
 This module owns every gRPC server option.
 """
@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2  # noqa: F401  (registers ErrorInfo/Bad
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from .accesslog import AccessLog, quiet_departures
 from .config import ServerConfig, token_sets
 from .domain.errors import StartupError
 from .events.local import LocalEventBus
@@ -24,7 +25,6 @@ from .events.tail import EventTailer
 from .events.watch import JobWatcher
 from .health import StorageHealth
 from .housekeeping import Housekeeping
-from .interceptors.logging import LoggingInterceptor, quiet_departures
 from .reflection import enable_server_reflection
 from .replicas import RedisFeatures
 from .servicers.admission import Admission, Limits, TokenPolicy
@@ -95,6 +95,8 @@ class ContimgServer:
         self.health = HealthServicer()
         self.storage_health = StorageHealth(self.storage.db, self.health)
         self.housekeeping = Housekeeping(self.storage.db)
+        # One line per RPC, written off the hot path (accesslog.py).
+        self.access = AccessLog(self.config.log_format == "json") if self.config.log_rpcs else None
         self._server: grpc.aio.Server | None = None
         self.servicers: dict[str, object] = {}  # service name -> servicer, once started
 
@@ -113,7 +115,7 @@ class ContimgServer:
         if not write_tokens and not self.config.allow_anonymous_writes:
             log.warning("no write token configured: every write will be refused (see --write-tokens)")
         # Tokens and capacity are checked inside each RPC (servicers/admission.py: an interceptor
-        # costs every call ~7 us); logging stays an interceptor. Not grpc's maximum_concurrent_rpcs:
+        # costs every call ~7 us), and logging wraps each method (accesslog.py). Not grpc's maximum_concurrent_rpcs:
         # its refusals carry no ErrorInfo, and it cannot keep reads from taking writers' capacity.
         cfg = self.config
         limits = Limits(
@@ -124,8 +126,7 @@ class ContimgServer:
         )
         admission = Admission(policy, limits)
         quiet_departures()
-        interceptors: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor()] if self.config.log_rpcs else []
-        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.config))
+        server = grpc.aio.server(options=server_options(self.config))
         servicers: list[tuple[ServiceDescriptor, ImageServicer | SourceServicer | JobServicer | MSServicer]] = [
             (IMAGE_SERVICE, ImageServicer(self.storage.images, paging)),
             (SOURCE_SERVICE, SourceServicer(self.storage.sources, paging)),
@@ -137,7 +138,7 @@ class ContimgServer:
             servicer.admission = admission
             servicer.reads = self.storage.read_cache
             # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).
-            add_service(server, service, servicer)
+            add_service(server, service, servicer, self.access.wrap if self.access is not None else None)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
         try:
@@ -157,6 +158,8 @@ class ContimgServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.storage_health.start()  # "" SERVING while the database takes writes
         self.housekeeping.start()
+        if self.access is not None:
+            self.access.start()
         log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.storage.description)
         return self.port
 
@@ -189,6 +192,8 @@ class ContimgServer:
         if self.redis is not None:
             await self.redis.stop()
         await self.storage.close()
+        if self.access is not None:
+            await self.access.stop()  # the lines of the last calls
         log.info("stopped")
 
     async def wait(self) -> None:

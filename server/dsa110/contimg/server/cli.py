@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
+from .accesslog import JsonFormatter
 from .domain.errors import StartupError
 from .domain.page_keys import GRACE_S, RELOAD_S
 from .portclaim import AddressTaken, PortClaim, claim_port
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if cfg.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
 
     if args.command == "serve":
         # Before the database, gRPC and any fork: a second instance leaves the first one's alone.

@@ -85,6 +85,7 @@ class ServerConfig:
     grace_s: float = field(default=10.0, metadata={"help": "shutdown grace for in-flight RPCs, seconds"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_rpcs: bool = field(default=True, metadata={"help": "log one line per RPC"})
+    log_format: str = field(default="text", metadata={"help": "text or json (one JSON object per line)"})
     uvloop: bool = field(default=True, metadata={"help": "run on uvloop when installed"})
     write_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to write"})
     read_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to read only"})
@@ -183,6 +184,8 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
         raise SystemExit("--tls-cert and --tls-key go together")
     if config.tls_client_ca and not config.tls_cert:
         raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+    if config.log_format not in ("text", "json"):
+        raise SystemExit("--log-format must be text or json")
     if config.read_cache_mb < 0:
         raise SystemExit("--read-cache-mb must be 0 or more")
     if config.workers < 1 or config.readers < 1:

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from .domain.errors import DatabaseReplaced, DomainError
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("contimg.health")
 
@@ -45,11 +46,8 @@ class StorageHealth:
         self._task = asyncio.create_task(self._run(), name="storage-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def check(self) -> bool:
         """Whether writes succeed (probing with a write while they did not); health follows."""

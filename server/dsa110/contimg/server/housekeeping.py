@@ -12,13 +12,13 @@ Page-token keys (domain/page_keys.py): every RELOAD_S, so a key rotated in by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
 from .domain.page_keys import RELOAD_S, PageKey
 from .domain.query import PageTokens
 from .readcache import ReadCache
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("contimg.housekeeping")
 
@@ -45,9 +45,7 @@ class Housekeeping:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
 
     async def reload_page_token_keys(self) -> None:

@@ -1,1 +1,0 @@
-"""Server interceptors, one concern per module."""

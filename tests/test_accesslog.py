@@ -1,0 +1,59 @@
+"""The access log as shipped (accesslog.py): one line per RPC from a real server process, in text
+or JSON, every call counted once with its code, none lost at shutdown, and silent below INFO."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from dsa110.contimg.v1 import jobs_pb2
+
+from conftest import make_stubs
+from helpers_stress import ServerProcess
+
+ENGINES = ("sqlite",)  # the log is the server's, not the storage's
+
+
+async def _calls(server: ServerProcess) -> dict[str, list[str]]:
+    """Three GetJob (one OK, two NOT_FOUND), a CreateJob, a WatchJob stream of its snapshot: the codes
+    expected per method."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        jobs = make_stubs(channel).jobs
+        job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)))
+        await jobs.GetJob(jobs_pb2.GetJobRequest(name=job.name))
+        for missing in ("jobs/nope-1", "jobs/nope-2"):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await jobs.GetJob(jobs_pb2.GetJobRequest(name=missing))
+        call = jobs.WatchJob(jobs_pb2.WatchJobRequest(name=job.name))
+        await call.read()  # the snapshot
+        call.cancel()
+    return {"CreateJob": ["OK"], "GetJob": ["OK", "NOT_FOUND", "NOT_FOUND"], "WatchJob": ["CANCELLED"]}
+
+
+async def test_json_lines_parse_and_count_every_call(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, args=["--log-format", "json"])
+    await server.start()
+    expected = await _calls(server)
+    assert server.terminate() == 0  # the lines still waiting are written at shutdown
+    lines = [ln for ln in server.log_path.read_text().splitlines() if not ln.startswith("---- start")]
+    records = [json.loads(line) for line in lines]  # every line the server wrote is JSON
+    rpcs = [r for r in records if r["logger"] == "contimg.rpc"]
+    by_method: dict[str, list[str]] = {}
+    for r in rpcs:
+        assert set(r) >= {"time", "level", "method", "code", "duration_ms", "peer"}, r
+        assert r["peer"].startswith("ipv4:127.0.0.1:") and r["duration_ms"] >= 0
+        by_method.setdefault(r["method"].rsplit("/", 1)[1], []).append(r["code"])
+    assert {m: by_method.get(m) for m in expected} == expected
+    assert any(r["logger"] != "contimg.rpc" and "serving on" in r["message"] for r in records)
+    [watch] = [r for r in rpcs if r["method"].endswith("/WatchJob")]
+    assert watch["messages"] >= 1
+
+
+async def test_below_info_no_rpc_line_is_written(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, args=["--log-level", "WARNING"])
+    await server.start()
+    await _calls(server)
+    assert server.terminate() == 0
+    assert "rpc method=" not in server.log_path.read_text()

@@ -63,6 +63,28 @@ def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> 
         serve_one()
 
 
+def _backup_or_restore(cfg: config_mod.ServerConfig, args: argparse.Namespace) -> None:
+    from .storage.sqlite.backup import BackupError, backup, restore
+
+    if cfg.postgres:
+        raise SystemExit(
+            "contimg-server: on PostgreSQL use its own tools: pg_dump -Fc URL -f FILE (online, consistent), "
+            "pg_restore -d URL FILE into an empty database (README)"
+        )
+    try:
+        if args.command == "backup":
+            done = backup(cfg.database_path, args.dest)
+            print(
+                f"backed up {cfg.database_path} to {done.path}: {done.bytes:,} bytes in {done.seconds:.1f} s, "
+                "integrity ok"
+            )
+        else:
+            done = restore(args.backup_file, cfg.database_path)
+            print(f"restored {args.backup_file} to {done.path}: {done.bytes:,} bytes in {done.seconds:.1f} s")
+    except BackupError as exc:
+        raise SystemExit(f"contimg-server: {exc}") from None
+
+
 def _read_key(path: Path) -> bytes:
     try:
         key = bytes.fromhex(path.read_text().strip())
@@ -119,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"seconds before the new key signs (default {GRACE_S:.0f}; under {RELOAD_S:.0f}, replicas not yet "
         "reloaded refuse the new key's tokens)",
     )
+    backup_p = sub.add_parser("backup", help="copy the SQLite database, consistently, while it is served and written")
+    config_mod.add_arguments(backup_p)
+    backup_p.add_argument("dest", type=Path, help="the copy's path (must not exist)")
+    restore_p = sub.add_parser("restore", help="put a backup in place of the SQLite database (stop the server first)")
+    config_mod.add_arguments(restore_p)
+    restore_p.add_argument("backup_file", type=Path, help="a file made by `contimg-server backup`")
     args = parser.parse_args(argv)
     cfg = config_mod.from_sources(args)
     logging.basicConfig(
@@ -157,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"copied and verified in {time.perf_counter() - started:.1f} s")
 
         _start(run_copy(), False)
+    elif args.command in ("backup", "restore"):
+        _backup_or_restore(cfg, args)
     elif args.command == "rotate-page-token-key":
         from .storage.engine import rotate_page_token_key
 

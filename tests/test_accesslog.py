@@ -17,8 +17,8 @@ ENGINES = ("sqlite",)  # the log is the server's, not the storage's
 
 
 async def _calls(server: ServerProcess) -> dict[str, list[str]]:
-    """Three GetJob (one OK, two NOT_FOUND), a CreateJob, a WatchJob stream of its snapshot: the codes
-    expected per method."""
+    """A CreateJob, three GetJob (one OK, two NOT_FOUND), a WatchJob stream that ends with the job
+    (snapshot, started, succeeded): the codes expected per method."""
     async with grpc.aio.insecure_channel(server.target) as channel:
         jobs = make_stubs(channel).jobs
         job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)))
@@ -27,9 +27,20 @@ async def _calls(server: ServerProcess) -> dict[str, list[str]]:
             with pytest.raises(grpc.aio.AioRpcError):
                 await jobs.GetJob(jobs_pb2.GetJobRequest(name=missing))
         call = jobs.WatchJob(jobs_pb2.WatchJobRequest(name=job.name))
-        await call.read()  # the snapshot
-        call.cancel()
-    return {"CreateJob": ["OK"], "GetJob": ["OK", "NOT_FOUND", "NOT_FOUND"], "WatchJob": ["CANCELLED"]}
+        await call.read()  # the snapshot: watching
+        await jobs.StartJob(jobs_pb2.StartJobRequest(name=job.name))
+        await jobs.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name))
+        rest = []
+        while (event := await call.read()) is not grpc.aio.EOF:
+            rest.append(event)
+        assert len(rest) == 2  # started, succeeded: the stream ends after the final state
+    return {
+        "CreateJob": ["OK"],
+        "GetJob": ["OK", "NOT_FOUND", "NOT_FOUND"],
+        "WatchJob": ["OK"],
+        "StartJob": ["OK"],
+        "SucceedJob": ["OK"],
+    }
 
 
 async def test_json_lines_parse_and_count_every_call(tmp_path: Path) -> None:
@@ -48,7 +59,7 @@ async def test_json_lines_parse_and_count_every_call(tmp_path: Path) -> None:
     assert {m: by_method.get(m) for m in expected} == expected
     assert any(r["logger"] != "contimg.rpc" and "serving on" in r["message"] for r in records)
     [watch] = [r for r in rpcs if r["method"].endswith("/WatchJob")]
-    assert watch["messages"] >= 1
+    assert watch["messages"] == 3
 
 
 async def test_below_info_no_rpc_line_is_written(tmp_path: Path) -> None:

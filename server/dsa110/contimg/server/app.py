@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
@@ -98,6 +98,7 @@ class ContimgServer:
         # One line per RPC, written off the hot path (accesslog.py).
         self.access = AccessLog(self.config.log_format == "json") if self.config.log_rpcs else None
         self._server: grpc.aio.Server | None = None
+        self.admission: Admission | None = None  # tokens and capacity, once started
         self.servicers: dict[str, object] = {}  # service name -> servicer, once started
 
     async def start(self) -> int:
@@ -108,7 +109,10 @@ class ContimgServer:
         paging = Paging(await self.storage.db.page_token_keys())
         self.housekeeping.tokens = paging.tokens
         self.housekeeping.reads = self.storage.read_cache
-        write_tokens, read_tokens = token_sets(self.config)
+        try:
+            write_tokens, read_tokens = token_sets(self.config)
+        except (ValueError, OSError) as exc:
+            raise SystemExit(f"contimg-server: {exc}") from None
         policy = TokenPolicy(
             write_tokens, read_tokens, self.config.require_read_token, self.config.allow_anonymous_writes
         )
@@ -124,7 +128,7 @@ class ContimgServer:
             watches=cfg.max_watch_streams,
             watches_per_caller=cfg.max_watch_streams_per_caller,
         )
-        admission = Admission(policy, limits)
+        admission = self.admission = Admission(policy, limits)
         quiet_departures()
         server = grpc.aio.server(options=server_options(self.config))
         servicers: list[tuple[ServiceDescriptor, ImageServicer | SourceServicer | JobServicer | MSServicer]] = [
@@ -162,6 +166,18 @@ class ContimgServer:
             self.access.start()
         log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.storage.description)
         return self.port
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: read the tokens file (and flags) again; a file that cannot be read changes nothing."""
+        if self.admission is None:
+            return
+        try:
+            write_tokens, read_tokens = token_sets(self.config)
+        except (ValueError, OSError) as exc:
+            log.error("SIGHUP: tokens not reloaded, those in use stay: %s", exc)
+            return
+        self.admission.policy = replace(self.admission.policy, write_tokens=write_tokens, read_tokens=read_tokens)
+        log.info("SIGHUP: tokens reloaded: %d write, %d read", len(write_tokens), len(read_tokens))
 
     def _bind(self, server: grpc.aio.Server) -> int:
         cfg = self.config
@@ -202,13 +218,15 @@ class ContimgServer:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads the tokens."""
     server = ContimgServer(config)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a --workers child kept it blocked until now
     # Serving already; the first RecordPhotometry should not wait for the write process to start.
     await server.storage.start_background()
     await stopping.wait()

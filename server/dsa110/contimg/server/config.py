@@ -118,7 +118,8 @@ class ServerConfig:
 
 
 def token_sets(config: ServerConfig) -> tuple[frozenset[str], frozenset[str]]:
-    """(write tokens, read tokens) from the flags/env and the tokens file."""
+    """(write tokens, read tokens) from the flags/env and the tokens file (read again at SIGHUP:
+    app.py); a line that is neither 'write TOKEN' nor 'read TOKEN' is a ValueError naming it."""
     write = {t.strip() for t in config.write_tokens.split(",") if t.strip()}
     read = {t.strip() for t in config.read_tokens.split(",") if t.strip()}
     if config.tokens_file:
@@ -127,7 +128,7 @@ def token_sets(config: ServerConfig) -> tuple[frozenset[str], frozenset[str]]:
             if not words or words[0].startswith("#"):
                 continue
             if len(words) != 2 or words[0] not in ("write", "read"):
-                raise SystemExit(f"{config.tokens_file}:{number}: expected 'write TOKEN' or 'read TOKEN'")
+                raise ValueError(f"{config.tokens_file}:{number}: expected 'write TOKEN' or 'read TOKEN'")
             (write if words[0] == "write" else read).add(words[1])
     return frozenset(write), frozenset(read)
 

@@ -21,6 +21,7 @@ What the parent and the workers do when one of them goes:
   replacement in the parent: a worker failing at start (database unreadable, port taken) would be
   respawned forever, and serving on with fewer workers would halve capacity unnoticed.
 * SIGTERM or SIGINT to the parent: forwarded; the parent exits 0 once every worker has exited 0.
+* SIGHUP to the parent: forwarded (each worker reloads its tokens).
 * Stopping takes longer than --grace-s + 20 s: the parent SIGKILLs the workers left and exits 1.
 
 The parent waits for signals synchronously (sigtimedwait on SIGCHLD, SIGTERM, SIGINT, blocked from
@@ -47,7 +48,10 @@ log = logging.getLogger("contimg.workers")
 
 STOP_MARGIN_S = 20.0  # beyond --grace-s: storage close (the write process gets 10 s), redis, exit
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-_WATCHED = _STOP_SIGNALS | {signal.SIGCHLD}
+# Passed on to every worker (SIGHUP: reload the tokens file). A worker keeps it blocked until its
+# server has a handler for it (app.serve): its default action would end the worker.
+_FORWARDED = frozenset({signal.SIGHUP})
+_WATCHED = _STOP_SIGNALS | _FORWARDED | {signal.SIGCHLD}
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -100,7 +104,7 @@ def _worker(
         if claim is not None:
             claim.close()  # the parent's alone: a restart must not wait for draining workers to drop it
         _watch_parent(watch_r, limit_s)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED - _FORWARDED)
         serve_one()
         return 0
     except SystemExit as exc:
@@ -167,6 +171,8 @@ def _supervise(children: dict[int, int], limit_s: float, stopping: bool = False)
             _send(children, signal.SIGKILL)
             status, deadline = status or 1, None  # SIGKILL cannot be refused: wait for their exit
             continue
+        if info.si_signo in _FORWARDED:
+            _send(children, info.si_signo)
         if info.si_signo in _STOP_SIGNALS:
             log.info("%s received: stopping %d workers", signal.Signals(info.si_signo).name, len(children))
             _send(children, info.si_signo)

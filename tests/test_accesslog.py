@@ -44,9 +44,18 @@ async def _calls(server: ServerProcess) -> dict[str, list[str]]:
 
 
 async def test_json_lines_parse_and_count_every_call(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, args=["--log-format", "json"])
+    tokens = tmp_path / "tokens"
+    tokens.write_text("write pipeline-imaging s3cret-token\nwrite unnamed-one\n")
+    server = ServerProcess(tmp_path, args=["--log-format", "json", "--tokens-file", str(tokens)])
     await server.start()
     expected = await _calls(server)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        jobs = make_stubs(channel).jobs
+        for token in ("s3cret-token", "unnamed-one", "forged"):
+            try:
+                await jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=(("authorization", f"Bearer {token}"),))
+            except grpc.aio.AioRpcError as err:
+                assert token == "forged" and err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert server.terminate() == 0  # the lines still waiting are written at shutdown
     lines = [ln for ln in server.log_path.read_text().splitlines() if not ln.startswith("---- start")]
     records = [json.loads(line) for line in lines]  # every line the server wrote is JSON
@@ -57,6 +66,10 @@ async def test_json_lines_parse_and_count_every_call(tmp_path: Path) -> None:
         assert r["peer"].startswith("ipv4:127.0.0.1:") and r["duration_ms"] >= 0
         by_method.setdefault(r["method"].rsplit("/", 1)[1], []).append(r["code"])
     assert {m: by_method.get(m) for m in expected} == expected
+    callers = [r["caller"] for r in rpcs]
+    assert callers[:-3] == ["anonymous"] * (len(rpcs) - 3)
+    assert callers[-3:] == ["pipeline-imaging", "unnamed-token", "invalid-token"]  # in call order
+    assert "s3cret-token" not in "\n".join(lines)
     assert any(r["logger"] != "contimg.rpc" and "serving on" in r["message"] for r in records)
     [watch] = [r for r in rpcs if r["method"].endswith("/WatchJob")]
     assert watch["messages"] == 3

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from .accesslog import AccessLog, quiet_departures
-from .config import ServerConfig, token_sets
+from .config import ServerConfig, read_tokens
 from .domain.errors import StartupError
 from .events.local import LocalEventBus
 from .events.tail import EventTailer
@@ -110,13 +110,13 @@ class ContimgServer:
         self.housekeeping.tokens = paging.tokens
         self.housekeeping.reads = self.storage.read_cache
         try:
-            write_tokens, read_tokens = token_sets(self.config)
+            tokens = read_tokens(self.config)
         except (ValueError, OSError) as exc:
             raise SystemExit(f"contimg-server: {exc}") from None
         policy = TokenPolicy(
-            write_tokens, read_tokens, self.config.require_read_token, self.config.allow_anonymous_writes
+            tokens.write, tokens.read, self.config.require_read_token, self.config.allow_anonymous_writes, tokens.names
         )
-        if not write_tokens and not self.config.allow_anonymous_writes:
+        if not tokens.write and not self.config.allow_anonymous_writes:
             log.warning("no write token configured: every write will be refused (see --write-tokens)")
         # Tokens and capacity are checked inside each RPC (servicers/admission.py: an interceptor
         # costs every call ~7 us), and logging wraps each method (accesslog.py). Not grpc's maximum_concurrent_rpcs:
@@ -129,6 +129,8 @@ class ContimgServer:
             watches_per_caller=cfg.max_watch_streams_per_caller,
         )
         admission = self.admission = Admission(policy, limits)
+        if self.access is not None:
+            self.access.caller = lambda token: admission.policy.caller_name(token)  # the policy SIGHUP swapped in
         quiet_departures()
         server = grpc.aio.server(options=server_options(self.config))
         servicers: list[tuple[ServiceDescriptor, ImageServicer | SourceServicer | JobServicer | MSServicer]] = [
@@ -172,12 +174,14 @@ class ContimgServer:
         if self.admission is None:
             return
         try:
-            write_tokens, read_tokens = token_sets(self.config)
+            tokens = read_tokens(self.config)
         except (ValueError, OSError) as exc:
             log.error("SIGHUP: tokens not reloaded, those in use stay: %s", exc)
             return
-        self.admission.policy = replace(self.admission.policy, write_tokens=write_tokens, read_tokens=read_tokens)
-        log.info("SIGHUP: tokens reloaded: %d write, %d read", len(write_tokens), len(read_tokens))
+        self.admission.policy = replace(
+            self.admission.policy, write_tokens=tokens.write, read_tokens=tokens.read, names=tokens.names
+        )
+        log.info("SIGHUP: tokens reloaded: %d write, %d read", len(tokens.write), len(tokens.read))
 
     def _bind(self, server: grpc.aio.Server) -> int:
         cfg = self.config

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 
@@ -91,7 +94,10 @@ class ServerConfig:
     read_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to read only"})
     tokens_file: str = field(
         default="",
-        metadata={"help": "file of tokens, one per line as 'write TOKEN' or 'read TOKEN' (keeps them out of ps)"},
+        metadata={
+            "help": "file of tokens, one per line as 'write TOKEN', 'read TOKEN' or 'write NAME TOKEN' (NAME: the "
+            "caller in the log); keeps them out of ps; reloaded on SIGHUP"
+        },
     )
     require_read_token: bool = field(default=False, metadata={"help": "reads need a read or write token too"})
     allow_anonymous_writes: bool = field(
@@ -117,20 +123,41 @@ class ServerConfig:
         return f"{self.host}:{self.port}"
 
 
-def token_sets(config: ServerConfig) -> tuple[frozenset[str], frozenset[str]]:
-    """(write tokens, read tokens) from the flags/env and the tokens file (read again at SIGHUP:
-    app.py); a line that is neither 'write TOKEN' nor 'read TOKEN' is a ValueError naming it."""
+_CALLER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The bearer tokens a server accepts, and the caller name each named one logs as."""
+
+    write: frozenset[str]
+    read: frozenset[str]
+    names: Mapping[str, str]  # token -> caller name ('write NAME TOKEN' lines)
+
+
+def read_tokens(config: ServerConfig) -> Tokens:
+    """The tokens of the flags/env and of the tokens file (read again at SIGHUP: app.py). File lines:
+    'write TOKEN', 'read TOKEN', or with a caller name, 'write NAME TOKEN'; anything else is a
+    ValueError naming the line."""
     write = {t.strip() for t in config.write_tokens.split(",") if t.strip()}
     read = {t.strip() for t in config.read_tokens.split(",") if t.strip()}
+    names: dict[str, str] = {}
     if config.tokens_file:
         for number, line in enumerate(Path(config.tokens_file).read_text().splitlines(), 1):
             words = line.split()
             if not words or words[0].startswith("#"):
                 continue
-            if len(words) != 2 or words[0] not in ("write", "read"):
-                raise ValueError(f"{config.tokens_file}:{number}: expected 'write TOKEN' or 'read TOKEN'")
-            (write if words[0] == "write" else read).add(words[1])
-    return frozenset(write), frozenset(read)
+            if len(words) not in (2, 3) or words[0] not in ("write", "read"):
+                raise ValueError(
+                    f"{config.tokens_file}:{number}: expected 'write TOKEN', 'read TOKEN' or 'write NAME TOKEN'"
+                )
+            token = words[-1]
+            if len(words) == 3:
+                if not _CALLER_NAME.fullmatch(words[1]):
+                    raise ValueError(f"{config.tokens_file}:{number}: a caller name is 1-64 of A-Z a-z 0-9 . _ -")
+                names[token] = words[1]
+            (write if words[0] == "write" else read).add(token)
+    return Tokens(frozenset(write), frozenset(read), MappingProxyType(names))
 
 
 def _convert(kind: Any, text: str) -> Any:

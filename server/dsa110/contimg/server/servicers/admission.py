@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
+from types import MappingProxyType
 from typing import Any, cast
 
 import grpc
@@ -51,6 +52,16 @@ class TokenPolicy:
     read_tokens: frozenset[str]
     require_read_token: bool = False
     allow_anonymous_writes: bool = False
+    names: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # token -> caller name
+
+    def caller_name(self, token: str | None) -> str:
+        """Who a call came from, for the log: its token's name, else what kind of caller it was."""
+        if token is None:
+            return "anonymous"
+        name = self.names.get(token)
+        if name is not None:
+            return name
+        return "unnamed-token" if token in self.write_tokens or token in self.read_tokens else "invalid-token"
 
     @staticmethod
     def _match(token: str, candidates: Iterable[str]) -> bool:

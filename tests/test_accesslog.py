@@ -3,11 +3,14 @@ or JSON, every call counted once with its code, none lost at shutdown, and silen
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from pathlib import Path
 
 import grpc
 import pytest
+from dsa110.contimg.server.accesslog import MAX_WAITING, AccessLog
 from dsa110.contimg.v1 import jobs_pb2
 
 from conftest import make_stubs
@@ -81,3 +84,19 @@ async def test_below_info_no_rpc_line_is_written(tmp_path: Path) -> None:
     await _calls(server)
     assert server.terminate() == 0
     assert "rpc method=" not in server.log_path.read_text()
+
+
+def test_lines_waiting_are_bounded_and_drops_are_reported() -> None:
+    """With the flusher stalled, the lines held stop at MAX_WAITING; the next flush writes them and
+    one line saying how many were dropped."""
+    out = io.StringIO()
+    access = AccessLog(stream=lambda: out)
+    entry = (time.time(), "/dsa110.contimg.v1.JobService/GetJob", "OK", 0.5, "ipv4:127.0.0.1:1", -1, "anonymous")
+    for _ in range(MAX_WAITING + 7):
+        access.keep(entry)
+    assert access.dropped == 7
+    access.flush()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == MAX_WAITING + 1 and "7 access log lines dropped" in lines[-1]
+    access.flush()
+    assert len(out.getvalue().splitlines()) == MAX_WAITING + 1  # nothing held, nothing written twice

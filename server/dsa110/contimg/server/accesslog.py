@@ -33,6 +33,9 @@ from .tasks import cancel_and_wait
 NAME = "contimg.rpc"
 FLUSH_S = 0.1
 CHUNK = 4096  # PIPE_BUF on Linux
+# Lines waiting for the next flush, at most: ~20 s of calls at the server's fastest. Beyond (stderr
+# blocked, the flusher gone), lines are counted as dropped, never kept without bound.
+MAX_WAITING = 100_000
 
 log = logging.getLogger(NAME)
 
@@ -45,6 +48,7 @@ class AccessLog:
         self.json_lines = json_lines
         self._stream = stream
         self._waiting: list[Entry] = []
+        self.dropped = 0
         self._task: asyncio.Task[None] | None = None
         self._second = -1
         self._stamp = ""
@@ -55,7 +59,7 @@ class AccessLog:
         self, method: str, behaviour: Callable[..., Awaitable[Any]], streams: bool
     ) -> Callable[..., Awaitable[Any]]:
         """`behaviour` (a servicer method: request, context) with its call logged as `method`."""
-        waiting = self._waiting
+        keep = self.keep
 
         async def logged(request: Any, context: Ctx) -> Any:
             if not log.isEnabledFor(logging.INFO):
@@ -77,9 +81,16 @@ class AccessLog:
             finally:
                 sent = counting.sent if counting is not None else -1
                 who = self.caller(bearer_token(context.invocation_metadata()))  # Python-side state: safe here
-                waiting.append((time.time(), method, code, (time.perf_counter() - start) * 1000, peer, sent, who))
+                keep((time.time(), method, code, (time.perf_counter() - start) * 1000, peer, sent, who))
 
         return logged
+
+    def keep(self, entry: Entry) -> None:
+        """Hold one call's line until the next flush (MAX_WAITING at most)."""
+        if len(self._waiting) < MAX_WAITING:
+            self._waiting.append(entry)
+        else:
+            self.dropped += 1
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="access-log")
@@ -92,14 +103,19 @@ class AccessLog:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a line that cannot be formatted must not end the flushing
+                log.exception("writing the access log failed")
 
     def flush(self) -> None:
-        if not self._waiting:
+        if not self._waiting and not self.dropped:
             return
         entries = self._waiting[:]
         del self._waiting[: len(entries)]
         lines = [self._json(e) if self.json_lines else self._text(e) for e in entries]
+        if self.dropped:
+            lines.append(self._dropped_line())
         stream = self._stream()
         chunk: list[str] = []
         size = 0
@@ -127,6 +143,13 @@ class AccessLog:
         messages = f" messages={sent}" if sent >= 0 else ""
         head = f"{self._asctime(t)} INFO {NAME} rpc"
         return f"{head} method={method} code={code} duration_ms={ms:.2f} peer={peer} caller={who}{messages}\n"
+
+    def _dropped_line(self) -> str:
+        dropped, self.dropped = self.dropped, 0
+        if self.json_lines:
+            message = {"time": _iso(time.time()), "level": "WARNING", "logger": NAME, "dropped_lines": dropped}
+            return json.dumps(message) + "\n"
+        return f"{self._asctime(time.time())} WARNING {NAME} {dropped} access log lines dropped (stderr too slow)\n"
 
     @staticmethod
     def _json(e: Entry) -> str:

@@ -55,8 +55,9 @@ async def test_json_lines_parse_and_count_every_call(tmp_path: Path) -> None:
     async with grpc.aio.insecure_channel(server.target) as channel:
         jobs = make_stubs(channel).jobs
         for token in ("s3cret-token", "unnamed-one", "forged"):
+            metadata = (("authorization", f"Bearer {token}"), ("x-request-id", f"req {token[:3]}"))
             try:
-                await jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=(("authorization", f"Bearer {token}"),))
+                await jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=metadata)
             except grpc.aio.AioRpcError as err:
                 assert token == "forged" and err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert server.terminate() == 0  # the lines still waiting are written at shutdown
@@ -72,6 +73,10 @@ async def test_json_lines_parse_and_count_every_call(tmp_path: Path) -> None:
     callers = [r["caller"] for r in rpcs]
     assert callers[:-3] == ["anonymous"] * (len(rpcs) - 3)
     assert callers[-3:] == ["pipeline-imaging", "unnamed-token", "invalid-token"]  # in call order
+    # A caller's x-request-id is its call's (one word); the others are numbered, each once.
+    request_ids = [r["request_id"] for r in rpcs]
+    assert request_ids[-3:] == ["req_s3c", "req_unn", "req_for"]
+    assert len(set(request_ids[:-3])) == len(rpcs) - 3 and all(request_ids)
     assert "s3cret-token" not in "\n".join(lines)
     assert any(r["logger"] != "contimg.rpc" and "serving on" in r["message"] for r in records)
     [watch] = [r for r in rpcs if r["method"].endswith("/WatchJob")]
@@ -91,7 +96,7 @@ def test_lines_waiting_are_bounded_and_drops_are_reported() -> None:
     one line saying how many were dropped."""
     out = io.StringIO()
     access = AccessLog(stream=lambda: out)
-    entry = (time.time(), "/dsa110.contimg.v1.JobService/GetJob", "OK", 0.5, "ipv4:127.0.0.1:1", -1, "anonymous")
+    entry = (time.time(), "/dsa110.contimg.v1.JobService/GetJob", "OK", 0.5, "ipv4:127.0.0.1:1", -1, "anonymous", "r-1")
     for _ in range(MAX_WAITING + 7):
         access.keep(entry)
     assert access.dropped == 7

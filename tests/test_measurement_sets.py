@@ -35,7 +35,7 @@ ENGINES = ("sqlite", "postgres")
 Code = grpc.StatusCode
 INVALID = Code.INVALID_ARGUMENT
 MS = MeasurementSet
-OUTPUT_ONLY = ("name", "create_time", "update_time", "stage_update_time", "image_count")
+OUTPUT_ONLY = ("name", "create_time", "update_time", "stage_update_time", "image_count", "creator", "last_modifier")
 
 
 async def _get(stubs: Any, name: str) -> pb.MeasurementSet:

@@ -76,3 +76,15 @@ async def test_sighup_reloads_the_tokens_file_in_every_worker(tmp_path: Path) ->
         assert server.proc is not None and server.proc.poll() is None, "SIGHUP stopped the server"
     finally:
         assert server.terminate() == 0, server.log_tail()
+
+
+async def test_a_tokens_file_that_does_not_parse_stops_the_start(tmp_path: Path) -> None:
+    """Exit 1 with the line at fault, before the database is opened: it once hung beside its open storage."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("write a-token\nbogus\n")
+    server = ServerProcess(tmp_path, args=["--tokens-file", str(tokens)], port=free_port())
+    with server.log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(*server.command(server.port), stderr=log)
+        assert await asyncio.wait_for(proc.wait(), DEADLINE_S) == 1
+    assert f"{tokens}:2: expected 'write TOKEN'" in server.log_path.read_text()
+    assert not (tmp_path / "contimg.sqlite3").exists()

@@ -289,8 +289,8 @@ async def test_a_failed_batch_leaves_its_group_nothing_to_misuse(tmp_path: Path)
         outcomes = run_group(
             conn,
             [
-                (partial(_ingest, 1, batch(1e-170, "X"), None), _update_source_statistics),
-                (partial(_ingest, 2, batch(0.01, "Y", "X"), None), _update_source_statistics),
+                (partial(_ingest, 1, batch(1e-170, "X"), None, "test"), _update_source_statistics),
+                (partial(_ingest, 2, batch(0.01, "Y", "X"), None, "test"), _update_source_statistics),
             ],
             translate,
         )

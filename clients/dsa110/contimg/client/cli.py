@@ -108,6 +108,7 @@ EVENT_COLUMNS: Columns = [
     ("SEQ", lambda e: str(e.sequence)),
     ("EVENT", lambda e: _enum(e, "type")),
     *[(header, lambda e, row=row: row(e.job)) for header, row in JOB_COLUMNS[:5]],
+    ("ACTOR", lambda e: e.transition.actor or "-"),  # who made the change ("-": a snapshot, or unknown)
     ("MESSAGE", lambda e: e.transition.message),
 ]
 

@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64sa110/contimg/v1/images.proto\x12\x11\x64sa110.contimg.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x06\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x17\n\x0fmeasurement_set\x18\x03 \x01(\t\x12+\n\x04type\x18\x04 \x01(\x0e\x32\x1d.dsa110.contimg.v1.Image.Type\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07mid_mjd\x18\x08 \x01(\x01\x12\x19\n\x11\x62\x65\x61m_major_arcsec\x18\t \x01(\x01\x12\x19\n\x11\x62\x65\x61m_minor_arcsec\x18\n \x01(\x01\x12\x13\n\x0b\x62\x65\x61m_pa_deg\x18\x0b \x01(\x01\x12\x10\n\x08noise_jy\x18\x0c \x01(\x01\x12\x15\n\rdynamic_range\x18\r \x01(\x01\x12\r\n\x05pbcor\x18\x0e \x01(\x08\x12\x12\n\nfield_name\x18\x0f \x01(\t\x12\x15\n\rcenter_ra_deg\x18\x10 \x01(\x01\x12\x16\n\x0e\x63\x65nter_dec_deg\x18\x11 \x01(\x01\x12\x11\n\tsize_x_px\x18\x12 \x01(\x05\x12\x11\n\tsize_y_px\x18\x13 \x01(\x05\x12\x18\n\x10\x63\x65ll_size_arcsec\x18\x14 \x01(\x01\x12\x15\n\rfrequency_ghz\x18\x15 \x01(\x01\x12\x15\n\rbandwidth_mhz\x18\x16 \x01(\x01\x12\x15\n\rintegration_s\x18\x17 \x01(\x01\x12\x30\n\x02qa\x18\x18 \x01(\x0b\x32$.dsa110.contimg.v1.QualityAssessment\x12\x18\n\x10photometry_count\x18\x19 \x01(\x05\"\x91\x01\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eTYPE_CONTINUUM\x10\x01\x12\x0e\n\nTYPE_CLEAN\x10\x02\x12\x0e\n\nTYPE_DIRTY\x10\x03\x12\x11\n\rTYPE_RESIDUAL\x10\x04\x12\x0c\n\x08TYPE_PSF\x10\x05\x12\x0e\n\nTYPE_MODEL\x10\x06\x12\x0e\n\nTYPE_PBCOR\x10\x07\"\xd1\x02\n\x11QualityAssessment\x12\x39\n\x05grade\x18\x01 \x01(\x0e\x32*.dsa110.contimg.v1.QualityAssessment.Grade\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x42\n\x07metrics\x18\x03 \x03(\x0b\x32\x31.dsa110.contimg.v1.QualityAssessment.MetricsEntry\x12\x14\n\x0csource_count\x18\x04 \x01(\x05\x12\x14\n\x0cpeak_flux_jy\x18\x05 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"P\n\x05Grade\x12\x15\n\x11GRADE_UNSPECIFIED\x10\x00\x12\x0e\n\nGRADE_GOOD\x10\x01\x12\x11\n\rGRADE_WARNING\x10\x02\x12\r\n\tGRADE_BAD\x10\x03\"\x1f\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x15\x42\x61tchGetImagesRequest\x12\r\n\x05names\x18\x01 \x03(\t\"B\n\x16\x42\x61tchGetImagesResponse\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.dsa110.contimg.v1.Image\"\\\n\x11ListImagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"k\n\x12ListImagesResponse\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.dsa110.contimg.v1.Image\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"Q\n\x12\x43reateImageRequest\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.dsa110.contimg.v1.Image\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x82\x01\n\x12UpdateImageRequest\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.dsa110.contimg.v1.Image\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"1\n\x12\x44\x65leteImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"m\n\x13SearchImagesRequest\x12\x0e\n\x06ra_deg\x18\x01 \x01(\x01\x12\x0f\n\x07\x64\x65\x63_deg\x18\x02 \x01(\x01\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"M\n\nImageMatch\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.dsa110.contimg.v1.Image\x12\x16\n\x0eseparation_deg\x18\x02 \x01(\x01\"s\n\x14SearchImagesResponse\x12.\n\x07matches\x18\x01 \x03(\x0b\x32\x1d.dsa110.contimg.v1.ImageMatch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x32\xe9\x04\n\x0cImageService\x12H\n\x08GetImage\x12\".dsa110.contimg.v1.GetImageRequest\x1a\x18.dsa110.contimg.v1.Image\x12\x65\n\x0e\x42\x61tchGetImages\x12(.dsa110.contimg.v1.BatchGetImagesRequest\x1a).dsa110.contimg.v1.BatchGetImagesResponse\x12Y\n\nListImages\x12$.dsa110.contimg.v1.ListImagesRequest\x1a%.dsa110.contimg.v1.ListImagesResponse\x12N\n\x0b\x43reateImage\x12%.dsa110.contimg.v1.CreateImageRequest\x1a\x18.dsa110.contimg.v1.Image\x12N\n\x0bUpdateImage\x12%.dsa110.contimg.v1.UpdateImageRequest\x1a\x18.dsa110.contimg.v1.Image\x12L\n\x0b\x44\x65leteImage\x12%.dsa110.contimg.v1.DeleteImageRequest\x1a\x16.google.protobuf.Empty\x12_\n\x0cSearchImages\x12&.dsa110.contimg.v1.SearchImagesRequest\x1a\'.dsa110.contimg.v1.SearchImagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64sa110/contimg/v1/images.proto\x12\x11\x64sa110.contimg.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x06\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x17\n\x0fmeasurement_set\x18\x03 \x01(\t\x12+\n\x04type\x18\x04 \x01(\x0e\x32\x1d.dsa110.contimg.v1.Image.Type\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07mid_mjd\x18\x08 \x01(\x01\x12\x19\n\x11\x62\x65\x61m_major_arcsec\x18\t \x01(\x01\x12\x19\n\x11\x62\x65\x61m_minor_arcsec\x18\n \x01(\x01\x12\x13\n\x0b\x62\x65\x61m_pa_deg\x18\x0b \x01(\x01\x12\x10\n\x08noise_jy\x18\x0c \x01(\x01\x12\x15\n\rdynamic_range\x18\r \x01(\x01\x12\r\n\x05pbcor\x18\x0e \x01(\x08\x12\x12\n\nfield_name\x18\x0f \x01(\t\x12\x15\n\rcenter_ra_deg\x18\x10 \x01(\x01\x12\x16\n\x0e\x63\x65nter_dec_deg\x18\x11 \x01(\x01\x12\x11\n\tsize_x_px\x18\x12 \x01(\x05\x12\x11\n\tsize_y_px\x18\x13 \x01(\x05\x12\x18\n\x10\x63\x65ll_size_arcsec\x18\x14 \x01(\x01\x12\x15\n\rfrequency_ghz\x18\x15 \x01(\x01\x12\x15\n\rbandwidth_mhz\x18\x16 \x01(\x01\x12\x15\n\rintegration_s\x18\x17 \x01(\x01\x12\x30\n\x02qa\x18\x18 \x01(\x0b\x32$.dsa110.contimg.v1.QualityAssessment\x12\x18\n\x10photometry_count\x18\x19 \x01(\x05\x12\x0f\n\x07\x63reator\x18\x1a \x01(\t\x12\x15\n\rlast_modifier\x18\x1b \x01(\t\"\x91\x01\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eTYPE_CONTINUUM\x10\x01\x12\x0e\n\nTYPE_CLEAN\x10\x02\x12\x0e\n\nTYPE_DIRTY\x10\x03\x12\x11\n\rTYPE_RESIDUAL\x10\x04\x12\x0c\n\x08TYPE_PSF\x10\x05\x12\x0e\n\nTYPE_MODEL\x10\x06\x12\x0e\n\nTYPE_PBCOR\x10\x07\"\xd1\x02\n\x11QualityAssessment\x12\x39\n\x05grade\x18\x01 \x01(\x0e\x32*.dsa110.contimg.v1.QualityAssessment.Grade\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x42\n\x07metrics\x18\x03 \x03(\x0b\x32\x31.dsa110.contimg.v1.QualityAssessment.MetricsEntry\x12\x14\n\x0csource_count\x18\x04 \x01(\x05\x12\x14\n\x0cpeak_flux_jy\x18\x05 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"P\n\x05Grade\x12\x15\n\x11GRADE_UNSPECIFIED\x10\x00\x12\x0e\n\nGRADE_GOOD\x10\x01\x12\x11\n\rGRADE_WARNING\x10\x02\x12\r\n\tGRADE_BAD\x10\x03\"\x1f\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x15\x42\x61tchGetImagesRequest\x12\r\n\x05names\x18\x01 \x03(\t\"B\n\x16\x42\x61tchGetImagesResponse\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.dsa110.contimg.v1.Image\"\\\n\x11ListImagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"k\n\x12ListImagesResponse\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.dsa110.contimg.v1.Image\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"Q\n\x12\x43reateImageRequest\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.dsa110.contimg.v1.Image\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x82\x01\n\x12UpdateImageRequest\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.dsa110.contimg.v1.Image\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"1\n\x12\x44\x65leteImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"m\n\x13SearchImagesRequest\x12\x0e\n\x06ra_deg\x18\x01 \x01(\x01\x12\x0f\n\x07\x64\x65\x63_deg\x18\x02 \x01(\x01\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"M\n\nImageMatch\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.dsa110.contimg.v1.Image\x12\x16\n\x0eseparation_deg\x18\x02 \x01(\x01\"s\n\x14SearchImagesResponse\x12.\n\x07matches\x18\x01 \x03(\x0b\x32\x1d.dsa110.contimg.v1.ImageMatch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x32\xe9\x04\n\x0cImageService\x12H\n\x08GetImage\x12\".dsa110.contimg.v1.GetImageRequest\x1a\x18.dsa110.contimg.v1.Image\x12\x65\n\x0e\x42\x61tchGetImages\x12(.dsa110.contimg.v1.BatchGetImagesRequest\x1a).dsa110.contimg.v1.BatchGetImagesResponse\x12Y\n\nListImages\x12$.dsa110.contimg.v1.ListImagesRequest\x1a%.dsa110.contimg.v1.ListImagesResponse\x12N\n\x0b\x43reateImage\x12%.dsa110.contimg.v1.CreateImageRequest\x1a\x18.dsa110.contimg.v1.Image\x12N\n\x0bUpdateImage\x12%.dsa110.contimg.v1.UpdateImageRequest\x1a\x18.dsa110.contimg.v1.Image\x12L\n\x0b\x44\x65leteImage\x12%.dsa110.contimg.v1.DeleteImageRequest\x1a\x16.google.protobuf.Empty\x12_\n\x0cSearchImages\x12&.dsa110.contimg.v1.SearchImagesRequest\x1a\'.dsa110.contimg.v1.SearchImagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,37 +38,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUALITYASSESSMENT_METRICSENTRY']._loaded_options = None
   _globals['_QUALITYASSESSMENT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_IMAGE']._serialized_start=150
-  _globals['_IMAGE']._serialized_end=941
-  _globals['_IMAGE_TYPE']._serialized_start=796
-  _globals['_IMAGE_TYPE']._serialized_end=941
-  _globals['_QUALITYASSESSMENT']._serialized_start=944
-  _globals['_QUALITYASSESSMENT']._serialized_end=1281
-  _globals['_QUALITYASSESSMENT_METRICSENTRY']._serialized_start=1153
-  _globals['_QUALITYASSESSMENT_METRICSENTRY']._serialized_end=1199
-  _globals['_QUALITYASSESSMENT_GRADE']._serialized_start=1201
-  _globals['_QUALITYASSESSMENT_GRADE']._serialized_end=1281
-  _globals['_GETIMAGEREQUEST']._serialized_start=1283
-  _globals['_GETIMAGEREQUEST']._serialized_end=1314
-  _globals['_BATCHGETIMAGESREQUEST']._serialized_start=1316
-  _globals['_BATCHGETIMAGESREQUEST']._serialized_end=1354
-  _globals['_BATCHGETIMAGESRESPONSE']._serialized_start=1356
-  _globals['_BATCHGETIMAGESRESPONSE']._serialized_end=1422
-  _globals['_LISTIMAGESREQUEST']._serialized_start=1424
-  _globals['_LISTIMAGESREQUEST']._serialized_end=1516
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=1518
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=1625
-  _globals['_CREATEIMAGEREQUEST']._serialized_start=1627
-  _globals['_CREATEIMAGEREQUEST']._serialized_end=1708
-  _globals['_UPDATEIMAGEREQUEST']._serialized_start=1711
-  _globals['_UPDATEIMAGEREQUEST']._serialized_end=1841
-  _globals['_DELETEIMAGEREQUEST']._serialized_start=1843
-  _globals['_DELETEIMAGEREQUEST']._serialized_end=1892
-  _globals['_SEARCHIMAGESREQUEST']._serialized_start=1894
-  _globals['_SEARCHIMAGESREQUEST']._serialized_end=2003
-  _globals['_IMAGEMATCH']._serialized_start=2005
-  _globals['_IMAGEMATCH']._serialized_end=2082
-  _globals['_SEARCHIMAGESRESPONSE']._serialized_start=2084
-  _globals['_SEARCHIMAGESRESPONSE']._serialized_end=2199
-  _globals['_IMAGESERVICE']._serialized_start=2202
-  _globals['_IMAGESERVICE']._serialized_end=2819
+  _globals['_IMAGE']._serialized_end=981
+  _globals['_IMAGE_TYPE']._serialized_start=836
+  _globals['_IMAGE_TYPE']._serialized_end=981
+  _globals['_QUALITYASSESSMENT']._serialized_start=984
+  _globals['_QUALITYASSESSMENT']._serialized_end=1321
+  _globals['_QUALITYASSESSMENT_METRICSENTRY']._serialized_start=1193
+  _globals['_QUALITYASSESSMENT_METRICSENTRY']._serialized_end=1239
+  _globals['_QUALITYASSESSMENT_GRADE']._serialized_start=1241
+  _globals['_QUALITYASSESSMENT_GRADE']._serialized_end=1321
+  _globals['_GETIMAGEREQUEST']._serialized_start=1323
+  _globals['_GETIMAGEREQUEST']._serialized_end=1354
+  _globals['_BATCHGETIMAGESREQUEST']._serialized_start=1356
+  _globals['_BATCHGETIMAGESREQUEST']._serialized_end=1394
+  _globals['_BATCHGETIMAGESRESPONSE']._serialized_start=1396
+  _globals['_BATCHGETIMAGESRESPONSE']._serialized_end=1462
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1464
+  _globals['_LISTIMAGESREQUEST']._serialized_end=1556
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=1558
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=1665
+  _globals['_CREATEIMAGEREQUEST']._serialized_start=1667
+  _globals['_CREATEIMAGEREQUEST']._serialized_end=1748
+  _globals['_UPDATEIMAGEREQUEST']._serialized_start=1751
+  _globals['_UPDATEIMAGEREQUEST']._serialized_end=1881
+  _globals['_DELETEIMAGEREQUEST']._serialized_start=1883
+  _globals['_DELETEIMAGEREQUEST']._serialized_end=1932
+  _globals['_SEARCHIMAGESREQUEST']._serialized_start=1934
+  _globals['_SEARCHIMAGESREQUEST']._serialized_end=2043
+  _globals['_IMAGEMATCH']._serialized_start=2045
+  _globals['_IMAGEMATCH']._serialized_end=2122
+  _globals['_SEARCHIMAGESRESPONSE']._serialized_start=2124
+  _globals['_SEARCHIMAGESRESPONSE']._serialized_end=2239
+  _globals['_IMAGESERVICE']._serialized_start=2242
+  _globals['_IMAGESERVICE']._serialized_end=2859
 # @@protoc_insertion_point(module_scope)

@@ -96,6 +96,8 @@ class Image(_message.Message):
     INTEGRATION_S_FIELD_NUMBER: _builtins.int
     QA_FIELD_NUMBER: _builtins.int
     PHOTOMETRY_COUNT_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
+    LAST_MODIFIER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `images/{image_id}`. Output only."""
     path: _builtins.str
@@ -146,6 +148,17 @@ class Image(_message.Message):
     """Integration time, seconds; in [0, 1e9]."""
     photometry_count: _builtins.int
     """Number of photometry measurements recorded on this image. Output only."""
+    creator: _builtins.str
+    """Who registered the image (CreateImage): the caller name of that call's bearer token, as the
+    server's tokens file names it (e.g. `pipeline-imaging`), else `anonymous` or `unnamed-token`
+    (see JobTransition.actor); never the token. Empty for images registered before servers kept
+    it. Output only.
+    """
+    last_modifier: _builtins.str
+    """Who last changed it (CreateImage, UpdateImage, or RecordPhotometry of its measurements); as
+    `creator`. Changes the server derives from writes to other resources (`mid_mjd` copied from
+    its measurement set) keep it. Output only.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the image was registered. Output only."""
@@ -186,10 +199,12 @@ class Image(_message.Message):
         integration_s: _builtins.float = ...,
         qa: Global___QualityAssessment | None = ...,
         photometry_count: _builtins.int = ...,
+        creator: _builtins.str = ...,
+        last_modifier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "qa", b"qa", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mhz", b"bandwidth_mhz", "beam_major_arcsec", b"beam_major_arcsec", "beam_minor_arcsec", b"beam_minor_arcsec", "beam_pa_deg", b"beam_pa_deg", "cell_size_arcsec", b"cell_size_arcsec", "center_dec_deg", b"center_dec_deg", "center_ra_deg", b"center_ra_deg", "create_time", b"create_time", "dynamic_range", b"dynamic_range", "field_name", b"field_name", "format", b"format", "frequency_ghz", b"frequency_ghz", "integration_s", b"integration_s", "measurement_set", b"measurement_set", "mid_mjd", b"mid_mjd", "name", b"name", "noise_jy", b"noise_jy", "path", b"path", "pbcor", b"pbcor", "photometry_count", b"photometry_count", "qa", b"qa", "size_x_px", b"size_x_px", "size_y_px", b"size_y_px", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mhz", b"bandwidth_mhz", "beam_major_arcsec", b"beam_major_arcsec", "beam_minor_arcsec", b"beam_minor_arcsec", "beam_pa_deg", b"beam_pa_deg", "cell_size_arcsec", b"cell_size_arcsec", "center_dec_deg", b"center_dec_deg", "center_ra_deg", b"center_ra_deg", "create_time", b"create_time", "creator", b"creator", "dynamic_range", b"dynamic_range", "field_name", b"field_name", "format", b"format", "frequency_ghz", b"frequency_ghz", "integration_s", b"integration_s", "last_modifier", b"last_modifier", "measurement_set", b"measurement_set", "mid_mjd", b"mid_mjd", "name", b"name", "noise_jy", b"noise_jy", "path", b"path", "pbcor", b"pbcor", "photometry_count", b"photometry_count", "qa", b"qa", "size_x_px", b"size_x_px", "size_y_px", b"size_y_px", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -259,6 +259,7 @@ class JobTransition(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     from_state: Global___Job.State.ValueType
     """State before the change (STATE_UNSPECIFIED for creation)."""
     to_state: Global___Job.State.ValueType
@@ -269,6 +270,13 @@ class JobTransition(_message.Message):
     """Free-text message given with the change (error message, cancel reason, progress note)."""
     sequence: _builtins.int
     """Global event sequence number of this change (see JobEvent.sequence)."""
+    actor: _builtins.str
+    """Who made the change: the caller name of the call's bearer token, as the server's tokens file
+    names it (e.g. `pipeline-imaging` for the line `write pipeline-imaging TOKEN`); `anonymous`
+    for a call without a token (servers with `--allow-anonymous-writes`), `unnamed-token` for a
+    token the file gives no name (or one from `--write-tokens`). Never the token itself. Empty
+    for changes recorded before servers kept it. Output only.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the change happened."""
@@ -282,10 +290,11 @@ class JobTransition(_message.Message):
         message: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_state", b"from_state", "message", b"message", "sequence", b"sequence", "stage", b"stage", "time", b"time", "to_state", b"to_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "from_state", b"from_state", "message", b"message", "sequence", b"sequence", "stage", b"stage", "time", b"time", "to_state", b"to_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

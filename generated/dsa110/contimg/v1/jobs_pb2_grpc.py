@@ -34,8 +34,9 @@ class JobServiceStub:
     (`job-` followed by 32 hex digits).
 
     State machine (the only way to change `state` is the custom methods below; each returns the Job
-    and records a JobTransition; an illegal one fails with FAILED_PRECONDITION and ErrorInfo reason
-    INVALID_JOB_TRANSITION, with metadata `from_state` and `to_state`):
+    and records a JobTransition naming its caller, `actor`; an illegal one fails with
+    FAILED_PRECONDITION and ErrorInfo reason INVALID_JOB_TRANSITION, with metadata `from_state` and
+    `to_state`):
 
     PENDING --StartJob--> RUNNING --SucceedJob--> SUCCEEDED
     RUNNING --ReportJobProgress--> RUNNING (stage / progress change)
@@ -128,8 +129,9 @@ class JobServiceServicer:
     (`job-` followed by 32 hex digits).
 
     State machine (the only way to change `state` is the custom methods below; each returns the Job
-    and records a JobTransition; an illegal one fails with FAILED_PRECONDITION and ErrorInfo reason
-    INVALID_JOB_TRANSITION, with metadata `from_state` and `to_state`):
+    and records a JobTransition naming its caller, `actor`; an illegal one fails with
+    FAILED_PRECONDITION and ErrorInfo reason INVALID_JOB_TRANSITION, with metadata `from_state` and
+    `to_state`):
 
     PENDING --StartJob--> RUNNING --SucceedJob--> SUCCEEDED
     RUNNING --ReportJobProgress--> RUNNING (stage / progress change)
@@ -332,8 +334,9 @@ class JobService:
     (`job-` followed by 32 hex digits).
 
     State machine (the only way to change `state` is the custom methods below; each returns the Job
-    and records a JobTransition; an illegal one fails with FAILED_PRECONDITION and ErrorInfo reason
-    INVALID_JOB_TRANSITION, with metadata `from_state` and `to_state`):
+    and records a JobTransition naming its caller, `actor`; an illegal one fails with
+    FAILED_PRECONDITION and ErrorInfo reason INVALID_JOB_TRANSITION, with metadata `from_state` and
+    `to_state`):
 
     PENDING --StartJob--> RUNNING --SucceedJob--> SUCCEEDED
     RUNNING --ReportJobProgress--> RUNNING (stage / progress change)

@@ -35,8 +35,9 @@ class JobServiceStub:
     (`job-` followed by 32 hex digits).
 
     State machine (the only way to change `state` is the custom methods below; each returns the Job
-    and records a JobTransition; an illegal one fails with FAILED_PRECONDITION and ErrorInfo reason
-    INVALID_JOB_TRANSITION, with metadata `from_state` and `to_state`):
+    and records a JobTransition naming its caller, `actor`; an illegal one fails with
+    FAILED_PRECONDITION and ErrorInfo reason INVALID_JOB_TRANSITION, with metadata `from_state` and
+    `to_state`):
 
         PENDING --StartJob--> RUNNING --SucceedJob--> SUCCEEDED
         RUNNING --ReportJobProgress--> RUNNING (stage / progress change)
@@ -110,8 +111,9 @@ class JobServiceAsyncStub(JobServiceStub):
     (`job-` followed by 32 hex digits).
 
     State machine (the only way to change `state` is the custom methods below; each returns the Job
-    and records a JobTransition; an illegal one fails with FAILED_PRECONDITION and ErrorInfo reason
-    INVALID_JOB_TRANSITION, with metadata `from_state` and `to_state`):
+    and records a JobTransition naming its caller, `actor`; an illegal one fails with
+    FAILED_PRECONDITION and ErrorInfo reason INVALID_JOB_TRANSITION, with metadata `from_state` and
+    `to_state`):
 
         PENDING --StartJob--> RUNNING --SucceedJob--> SUCCEEDED
         RUNNING --ReportJobProgress--> RUNNING (stage / progress change)
@@ -181,8 +183,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     (`job-` followed by 32 hex digits).
 
     State machine (the only way to change `state` is the custom methods below; each returns the Job
-    and records a JobTransition; an illegal one fails with FAILED_PRECONDITION and ErrorInfo reason
-    INVALID_JOB_TRANSITION, with metadata `from_state` and `to_state`):
+    and records a JobTransition naming its caller, `actor`; an illegal one fails with
+    FAILED_PRECONDITION and ErrorInfo reason INVALID_JOB_TRANSITION, with metadata `from_state` and
+    `to_state`):
 
         PENDING --StartJob--> RUNNING --SucceedJob--> SUCCEEDED
         RUNNING --ReportJobProgress--> RUNNING (stage / progress change)

@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(dsa110/contimg/v1/measurement_sets.proto\x12\x11\x64sa110.contimg.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x07\n\x0eMeasurementSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x12\n\nfield_name\x18\x04 \x01(\t\x12\x11\n\tstart_mjd\x18\x05 \x01(\x01\x12\x0f\n\x07mid_mjd\x18\x06 \x01(\x01\x12\x0f\n\x07\x65nd_mjd\x18\x07 \x01(\x01\x12\x17\n\x0fpointing_ra_deg\x18\x08 \x01(\x01\x12\x18\n\x10pointing_dec_deg\x18\t \x01(\x01\x12\x1b\n\x13phase_center_ra_deg\x18\n \x01(\x01\x12\x1c\n\x14phase_center_dec_deg\x18\x0b \x01(\x01\x12\x36\n\x05stage\x18\x0c \x01(\x0e\x32\'.dsa110.contimg.v1.MeasurementSet.Stage\x12\x38\n\x06status\x18\r \x01(\x0e\x32(.dsa110.contimg.v1.MeasurementSet.Status\x12\x13\n\x0b\x63\x61l_applied\x18\x0e \x01(\x08\x12?\n\x12\x63\x61libration_tables\x18\x0f \x03(\x0b\x32#.dsa110.contimg.v1.CalibrationTable\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11stage_update_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cprocess_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_count\x18\x14 \x01(\x05\"\xa7\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTAGE_CONVERTED\x10\x01\x12\x11\n\rSTAGE_FLAGGED\x10\x02\x12\x1c\n\x18STAGE_CALIBRATION_SOLVED\x10\x03\x12\x14\n\x10STAGE_CALIBRATED\x10\x04\x12\x10\n\x0cSTAGE_IMAGED\x10\x05\x12\x19\n\x15STAGE_PHOTOMETRY_DONE\x10\x06\"u\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x16\n\x12STATUS_IN_PROGRESS\x10\x02\x12\x14\n\x10STATUS_COMPLETED\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\"\x82\x02\n\x10\x43\x61librationTable\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x36\n\x04type\x18\x02 \x01(\x0e\x32(.dsa110.contimg.v1.CalibrationTable.Type\x12\x17\n\x0fvalid_start_mjd\x18\x03 \x01(\x01\x12\x15\n\rvalid_end_mjd\x18\x04 \x01(\x01\"x\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06TYPE_K\x10\x01\x12\x0b\n\x07TYPE_BA\x10\x02\x12\x0b\n\x07TYPE_BP\x10\x03\x12\x0b\n\x07TYPE_GA\x10\x04\x12\x0b\n\x07TYPE_GP\x10\x05\x12\x0b\n\x07TYPE_2G\x10\x06\x12\r\n\tTYPE_FLUX\x10\x07\"(\n\x18GetMeasurementSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x1e\x42\x61tchGetMeasurementSetsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"^\n\x1f\x42\x61tchGetMeasurementSetsResponse\x12;\n\x10measurement_sets\x18\x01 \x03(\x0b\x32!.dsa110.contimg.v1.MeasurementSet\"e\n\x1aListMeasurementSetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"\x87\x01\n\x1bListMeasurementSetsResponse\x12;\n\x10measurement_sets\x18\x01 \x03(\x0b\x32!.dsa110.contimg.v1.MeasurementSet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"m\n\x1b\x43reateMeasurementSetRequest\x12:\n\x0fmeasurement_set\x18\x01 \x01(\x0b\x32!.dsa110.contimg.v1.MeasurementSet\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb5\x01\n\x1bUpdateMeasurementSetRequest\x12:\n\x0fmeasurement_set\x18\x01 \x01(\x0b\x32!.dsa110.contimg.v1.MeasurementSet\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xb7\x01\n!AdvanceMeasurementSetStageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x05stage\x18\x02 \x01(\x0e\x32\'.dsa110.contimg.v1.MeasurementSet.Stage\x12\x38\n\x06status\x18\x03 \x01(\x0e\x32(.dsa110.contimg.v1.MeasurementSet.Status\x12\x12\n\nrequest_id\x18\x04 \x01(\t\":\n\x1b\x44\x65leteMeasurementSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x32\x96\x06\n\tMSService\x12\x63\n\x11GetMeasurementSet\x12+.dsa110.contimg.v1.GetMeasurementSetRequest\x1a!.dsa110.contimg.v1.MeasurementSet\x12\x80\x01\n\x17\x42\x61tchGetMeasurementSets\x12\x31.dsa110.contimg.v1.BatchGetMeasurementSetsRequest\x1a\x32.dsa110.contimg.v1.BatchGetMeasurementSetsResponse\x12t\n\x13ListMeasurementSets\x12-.dsa110.contimg.v1.ListMeasurementSetsRequest\x1a..dsa110.contimg.v1.ListMeasurementSetsResponse\x12i\n\x14\x43reateMeasurementSet\x12..dsa110.contimg.v1.CreateMeasurementSetRequest\x1a!.dsa110.contimg.v1.MeasurementSet\x12i\n\x14UpdateMeasurementSet\x12..dsa110.contimg.v1.UpdateMeasurementSetRequest\x1a!.dsa110.contimg.v1.MeasurementSet\x12u\n\x1a\x41\x64vanceMeasurementSetStage\x12\x34.dsa110.contimg.v1.AdvanceMeasurementSetStageRequest\x1a!.dsa110.contimg.v1.MeasurementSet\x12^\n\x14\x44\x65leteMeasurementSet\x12..dsa110.contimg.v1.DeleteMeasurementSetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(dsa110/contimg/v1/measurement_sets.proto\x12\x11\x64sa110.contimg.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x07\n\x0eMeasurementSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x12\n\nfield_name\x18\x04 \x01(\t\x12\x11\n\tstart_mjd\x18\x05 \x01(\x01\x12\x0f\n\x07mid_mjd\x18\x06 \x01(\x01\x12\x0f\n\x07\x65nd_mjd\x18\x07 \x01(\x01\x12\x17\n\x0fpointing_ra_deg\x18\x08 \x01(\x01\x12\x18\n\x10pointing_dec_deg\x18\t \x01(\x01\x12\x1b\n\x13phase_center_ra_deg\x18\n \x01(\x01\x12\x1c\n\x14phase_center_dec_deg\x18\x0b \x01(\x01\x12\x36\n\x05stage\x18\x0c \x01(\x0e\x32\'.dsa110.contimg.v1.MeasurementSet.Stage\x12\x38\n\x06status\x18\r \x01(\x0e\x32(.dsa110.contimg.v1.MeasurementSet.Status\x12\x13\n\x0b\x63\x61l_applied\x18\x0e \x01(\x08\x12?\n\x12\x63\x61libration_tables\x18\x0f \x03(\x0b\x32#.dsa110.contimg.v1.CalibrationTable\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11stage_update_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cprocess_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_count\x18\x14 \x01(\x05\x12\x0f\n\x07\x63reator\x18\x15 \x01(\t\x12\x15\n\rlast_modifier\x18\x16 \x01(\t\"\xa7\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTAGE_CONVERTED\x10\x01\x12\x11\n\rSTAGE_FLAGGED\x10\x02\x12\x1c\n\x18STAGE_CALIBRATION_SOLVED\x10\x03\x12\x14\n\x10STAGE_CALIBRATED\x10\x04\x12\x10\n\x0cSTAGE_IMAGED\x10\x05\x12\x19\n\x15STAGE_PHOTOMETRY_DONE\x10\x06\"u\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x16\n\x12STATUS_IN_PROGRESS\x10\x02\x12\x14\n\x10STATUS_COMPLETED\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\"\x82\x02\n\x10\x43\x61librationTable\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x36\n\x04type\x18\x02 \x01(\x0e\x32(.dsa110.contimg.v1.CalibrationTable.Type\x12\x17\n\x0fvalid_start_mjd\x18\x03 \x01(\x01\x12\x15\n\rvalid_end_mjd\x18\x04 \x01(\x01\"x\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06TYPE_K\x10\x01\x12\x0b\n\x07TYPE_BA\x10\x02\x12\x0b\n\x07TYPE_BP\x10\x03\x12\x0b\n\x07TYPE_GA\x10\x04\x12\x0b\n\x07TYPE_GP\x10\x05\x12\x0b\n\x07TYPE_2G\x10\x06\x12\r\n\tTYPE_FLUX\x10\x07\"(\n\x18GetMeasurementSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x1e\x42\x61tchGetMeasurementSetsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"^\n\x1f\x42\x61tchGetMeasurementSetsResponse\x12;\n\x10measurement_sets\x18\x01 \x03(\x0b\x32!.dsa110.contimg.v1.MeasurementSet\"e\n\x1aListMeasurementSetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"\x87\x01\n\x1bListMeasurementSetsResponse\x12;\n\x10measurement_sets\x18\x01 \x03(\x0b\x32!.dsa110.contimg.v1.MeasurementSet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"m\n\x1b\x43reateMeasurementSetRequest\x12:\n\x0fmeasurement_set\x18\x01 \x01(\x0b\x32!.dsa110.contimg.v1.MeasurementSet\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb5\x01\n\x1bUpdateMeasurementSetRequest\x12:\n\x0fmeasurement_set\x18\x01 \x01(\x0b\x32!.dsa110.contimg.v1.MeasurementSet\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xb7\x01\n!AdvanceMeasurementSetStageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x05stage\x18\x02 \x01(\x0e\x32\'.dsa110.contimg.v1.MeasurementSet.Stage\x12\x38\n\x06status\x18\x03 \x01(\x0e\x32(.dsa110.contimg.v1.MeasurementSet.Status\x12\x12\n\nrequest_id\x18\x04 \x01(\t\":\n\x1b\x44\x65leteMeasurementSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x32\x96\x06\n\tMSService\x12\x63\n\x11GetMeasurementSet\x12+.dsa110.contimg.v1.GetMeasurementSetRequest\x1a!.dsa110.contimg.v1.MeasurementSet\x12\x80\x01\n\x17\x42\x61tchGetMeasurementSets\x12\x31.dsa110.contimg.v1.BatchGetMeasurementSetsRequest\x1a\x32.dsa110.contimg.v1.BatchGetMeasurementSetsResponse\x12t\n\x13ListMeasurementSets\x12-.dsa110.contimg.v1.ListMeasurementSetsRequest\x1a..dsa110.contimg.v1.ListMeasurementSetsResponse\x12i\n\x14\x43reateMeasurementSet\x12..dsa110.contimg.v1.CreateMeasurementSetRequest\x1a!.dsa110.contimg.v1.MeasurementSet\x12i\n\x14UpdateMeasurementSet\x12..dsa110.contimg.v1.UpdateMeasurementSetRequest\x1a!.dsa110.contimg.v1.MeasurementSet\x12u\n\x1a\x41\x64vanceMeasurementSetStage\x12\x34.dsa110.contimg.v1.AdvanceMeasurementSetStageRequest\x1a!.dsa110.contimg.v1.MeasurementSet\x12^\n\x14\x44\x65leteMeasurementSet\x12..dsa110.contimg.v1.DeleteMeasurementSetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,33 +36,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dsa110.contimg.v1.measureme
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MEASUREMENTSET']._serialized_start=160
-  _globals['_MEASUREMENTSET']._serialized_end=1118
-  _globals['_MEASUREMENTSET_STAGE']._serialized_start=832
-  _globals['_MEASUREMENTSET_STAGE']._serialized_end=999
-  _globals['_MEASUREMENTSET_STATUS']._serialized_start=1001
-  _globals['_MEASUREMENTSET_STATUS']._serialized_end=1118
-  _globals['_CALIBRATIONTABLE']._serialized_start=1121
-  _globals['_CALIBRATIONTABLE']._serialized_end=1379
-  _globals['_CALIBRATIONTABLE_TYPE']._serialized_start=1259
-  _globals['_CALIBRATIONTABLE_TYPE']._serialized_end=1379
-  _globals['_GETMEASUREMENTSETREQUEST']._serialized_start=1381
-  _globals['_GETMEASUREMENTSETREQUEST']._serialized_end=1421
-  _globals['_BATCHGETMEASUREMENTSETSREQUEST']._serialized_start=1423
-  _globals['_BATCHGETMEASUREMENTSETSREQUEST']._serialized_end=1470
-  _globals['_BATCHGETMEASUREMENTSETSRESPONSE']._serialized_start=1472
-  _globals['_BATCHGETMEASUREMENTSETSRESPONSE']._serialized_end=1566
-  _globals['_LISTMEASUREMENTSETSREQUEST']._serialized_start=1568
-  _globals['_LISTMEASUREMENTSETSREQUEST']._serialized_end=1669
-  _globals['_LISTMEASUREMENTSETSRESPONSE']._serialized_start=1672
-  _globals['_LISTMEASUREMENTSETSRESPONSE']._serialized_end=1807
-  _globals['_CREATEMEASUREMENTSETREQUEST']._serialized_start=1809
-  _globals['_CREATEMEASUREMENTSETREQUEST']._serialized_end=1918
-  _globals['_UPDATEMEASUREMENTSETREQUEST']._serialized_start=1921
-  _globals['_UPDATEMEASUREMENTSETREQUEST']._serialized_end=2102
-  _globals['_ADVANCEMEASUREMENTSETSTAGEREQUEST']._serialized_start=2105
-  _globals['_ADVANCEMEASUREMENTSETSTAGEREQUEST']._serialized_end=2288
-  _globals['_DELETEMEASUREMENTSETREQUEST']._serialized_start=2290
-  _globals['_DELETEMEASUREMENTSETREQUEST']._serialized_end=2348
-  _globals['_MSSERVICE']._serialized_start=2351
-  _globals['_MSSERVICE']._serialized_end=3141
+  _globals['_MEASUREMENTSET']._serialized_end=1158
+  _globals['_MEASUREMENTSET_STAGE']._serialized_start=872
+  _globals['_MEASUREMENTSET_STAGE']._serialized_end=1039
+  _globals['_MEASUREMENTSET_STATUS']._serialized_start=1041
+  _globals['_MEASUREMENTSET_STATUS']._serialized_end=1158
+  _globals['_CALIBRATIONTABLE']._serialized_start=1161
+  _globals['_CALIBRATIONTABLE']._serialized_end=1419
+  _globals['_CALIBRATIONTABLE_TYPE']._serialized_start=1299
+  _globals['_CALIBRATIONTABLE_TYPE']._serialized_end=1419
+  _globals['_GETMEASUREMENTSETREQUEST']._serialized_start=1421
+  _globals['_GETMEASUREMENTSETREQUEST']._serialized_end=1461
+  _globals['_BATCHGETMEASUREMENTSETSREQUEST']._serialized_start=1463
+  _globals['_BATCHGETMEASUREMENTSETSREQUEST']._serialized_end=1510
+  _globals['_BATCHGETMEASUREMENTSETSRESPONSE']._serialized_start=1512
+  _globals['_BATCHGETMEASUREMENTSETSRESPONSE']._serialized_end=1606
+  _globals['_LISTMEASUREMENTSETSREQUEST']._serialized_start=1608
+  _globals['_LISTMEASUREMENTSETSREQUEST']._serialized_end=1709
+  _globals['_LISTMEASUREMENTSETSRESPONSE']._serialized_start=1712
+  _globals['_LISTMEASUREMENTSETSRESPONSE']._serialized_end=1847
+  _globals['_CREATEMEASUREMENTSETREQUEST']._serialized_start=1849
+  _globals['_CREATEMEASUREMENTSETREQUEST']._serialized_end=1958
+  _globals['_UPDATEMEASUREMENTSETREQUEST']._serialized_start=1961
+  _globals['_UPDATEMEASUREMENTSETREQUEST']._serialized_end=2142
+  _globals['_ADVANCEMEASUREMENTSETSTAGEREQUEST']._serialized_start=2145
+  _globals['_ADVANCEMEASUREMENTSETSTAGEREQUEST']._serialized_end=2328
+  _globals['_DELETEMEASUREMENTSETREQUEST']._serialized_start=2330
+  _globals['_DELETEMEASUREMENTSETREQUEST']._serialized_end=2388
+  _globals['_MSSERVICE']._serialized_start=2391
+  _globals['_MSSERVICE']._serialized_end=3181
 # @@protoc_insertion_point(module_scope)

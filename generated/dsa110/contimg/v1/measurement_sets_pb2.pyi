@@ -118,6 +118,8 @@ class MeasurementSet(_message.Message):
     STAGE_UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PROCESS_TIME_FIELD_NUMBER: _builtins.int
     IMAGE_COUNT_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
+    LAST_MODIFIER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `measurementSets/{percent-encoded path}`. Output only."""
     path: _builtins.str
@@ -158,6 +160,17 @@ class MeasurementSet(_message.Message):
     """True once calibration has been applied to the visibilities."""
     image_count: _builtins.int
     """Number of images registered for this MS. Output only."""
+    creator: _builtins.str
+    """Who registered the MS (CreateMeasurementSet, or UpdateMeasurementSet with `allow_missing`):
+    the caller name of that call's bearer token, as the server's tokens file names it
+    (e.g. `pipeline-imaging`), else `anonymous` or `unnamed-token` (see JobTransition.actor); never
+    the token. Empty for measurement sets registered before servers kept it. Output only.
+    """
+    last_modifier: _builtins.str
+    """Who last changed it (the create, UpdateMeasurementSet or AdvanceMeasurementSetStage); as
+    `creator`. Changes the server derives from writes to other resources (`image_count`) keep it.
+    Output only.
+    """
     @_builtins.property
     def calibration_tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalibrationTable]:
         """Calibration tables applied to this MS, in application order; at most 64."""
@@ -203,10 +216,12 @@ class MeasurementSet(_message.Message):
         stage_update_time: _timestamp_pb2.Timestamp | None = ...,
         process_time: _timestamp_pb2.Timestamp | None = ...,
         image_count: _builtins.int = ...,
+        creator: _builtins.str = ...,
+        last_modifier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "process_time", b"process_time", "stage_update_time", b"stage_update_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cal_applied", b"cal_applied", "calibration_tables", b"calibration_tables", "create_time", b"create_time", "end_mjd", b"end_mjd", "field_name", b"field_name", "group_id", b"group_id", "image_count", b"image_count", "mid_mjd", b"mid_mjd", "name", b"name", "path", b"path", "phase_center_dec_deg", b"phase_center_dec_deg", "phase_center_ra_deg", b"phase_center_ra_deg", "pointing_dec_deg", b"pointing_dec_deg", "pointing_ra_deg", b"pointing_ra_deg", "process_time", b"process_time", "stage", b"stage", "stage_update_time", b"stage_update_time", "start_mjd", b"start_mjd", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cal_applied", b"cal_applied", "calibration_tables", b"calibration_tables", "create_time", b"create_time", "creator", b"creator", "end_mjd", b"end_mjd", "field_name", b"field_name", "group_id", b"group_id", "image_count", b"image_count", "last_modifier", b"last_modifier", "mid_mjd", b"mid_mjd", "name", b"name", "path", b"path", "phase_center_dec_deg", b"phase_center_dec_deg", "phase_center_ra_deg", b"phase_center_ra_deg", "pointing_dec_deg", b"pointing_dec_deg", "pointing_ra_deg", b"pointing_ra_deg", "process_time", b"process_time", "stage", b"stage", "stage_update_time", b"stage_update_time", "start_mjd", b"start_mjd", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,7 +20,8 @@ from .photometry import PhotometryTally
 from .scans import Scan
 from .survey import FREQUENCY_GHZ, IMAGING, INTEGRATION_S, SUBBAND_MHZ
 
-IMAGE_COLUMNS = rows.IMAGE_COLUMNS  # the server's own column order: image_rows yields in it
+# The server's own column order (image_rows yields in it), up to who wrote them: demo rows have no caller.
+IMAGE_COLUMNS = rows.IMAGE_COLUMNS[: rows.IMAGE_COLUMNS.index("creator")]
 FOOTPRINT_COLUMNS = ("id", "x0", "x1", "y0", "y1", "z0", "z1")
 
 _IMAGE_SUFFIX = {

@@ -11,7 +11,8 @@ from dsa110.contimg.server.storage import rows
 from .scans import Scan
 from .survey import CAL_NAME, CAL_RA_DEG, DAY_S, FIRST_DAY_MJD, SIDEREAL_DEG_PER_DAY, UNIX_EPOCH_MJD, iso
 
-MS_COLUMNS = rows.MS_COLUMNS  # the server's own column order: ms_rows yields in it
+# The server's own column order (ms_rows yields in it), up to who wrote them: demo rows have no caller.
+MS_COLUMNS = rows.MS_COLUMNS[: rows.MS_COLUMNS.index("creator")]
 
 _CAL_SUFFIX = {
     CalTableType.K: "kcal",

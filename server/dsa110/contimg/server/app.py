@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2  # noqa: F401  (registers ErrorInfo/Bad
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from . import metrics_endpoint
 from .accesslog import AccessLog, quiet_departures
 from .config import ServerConfig, read_tokens
 from .domain.errors import StartupError
@@ -25,16 +26,19 @@ from .events.tail import EventTailer
 from .events.watch import JobWatcher
 from .health import StorageHealth
 from .housekeeping import Housekeeping
+from .metrics import Sampler, ServerMetrics
+from .metrics_endpoint import Endpoint
 from .reflection import enable_server_reflection
 from .replicas import RedisFeatures
 from .servicers.admission import Admission, Limits, TokenPolicy
 from .servicers.common import Paging
-from .servicers.handlers import add_service
+from .servicers.handlers import Behaviour, add_service
 from .servicers.images import ImageServicer
 from .servicers.jobs import JobServicer
 from .servicers.measurement_sets import MSServicer
 from .servicers.sources import SourceServicer
 from .storage.engine import Storage, open_storage
+from .tracing import Tracing
 
 log = logging.getLogger("contimg.server")
 
@@ -95,24 +99,47 @@ class ContimgServer:
         self.health = HealthServicer()
         self.storage_health = StorageHealth(self.storage.db, self.health)
         self.housekeeping = Housekeeping(self.storage.db)
-        # One line per RPC, written off the hot path (accesslog.py).
-        self.access = AccessLog(self.config.log_format == "json") if self.config.log_rpcs else None
+        # Prometheus series (metrics.py), served by this process, or by the parent of --workers.
+        self.metrics = ServerMetrics(redis=self.redis is not None) if self.config.metrics_port else None
+        self.sampler: Sampler | None = None
+        self.metrics_endpoint: Endpoint | None = None
+        # One line per RPC, written off the hot path (accesslog.py); the metrics count the same calls.
+        self.access = (
+            AccessLog(self.config.log_format == "json", lines=self.config.log_rpcs, metrics=self.metrics)
+            if self.config.log_rpcs or self.metrics is not None
+            else None
+        )
+        self.tracing: Tracing | None = None  # --otlp-endpoint, once started
         self._server: grpc.aio.Server | None = None
         self.admission: Admission | None = None  # tokens and capacity, once started
         self.servicers: dict[str, object] = {}  # service name -> servicer, once started
 
     async def start(self) -> int:
-        await self.storage.open()
+        cfg = self.config
+        # What can fail without the database comes first, so that nothing is left open when it does
+        # (a tokens file that does not parse once left the process hanging beside its open storage).
+        try:
+            tokens = read_tokens(self.config)
+        except (ValueError, OSError) as exc:
+            raise StartupError(str(exc)) from None
+        if cfg.otlp_endpoint:  # first, as the metrics port: a missing package stops the start with nothing open
+            self.tracing = Tracing(cfg.otlp_endpoint, "postgresql" if cfg.postgres else "sqlite")
+        if self.metrics is not None and self.config.workers == 1:  # else the parent serves them (workers.py)
+            # First: a port that cannot be bound stops the start before anything else is open.
+            host = self.config.metrics_host or self.config.host
+            self.metrics_endpoint = metrics_endpoint.serve(host, self.config.metrics_port, self.metrics.registry)
+        try:
+            await self.storage.open()
+        except BaseException:
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.close()
+            raise
         if self.redis is not None:
             await self.redis.start(self.health)
         await self.tailer.start(self.storage.jobs)
         paging = Paging(await self.storage.db.page_token_keys())
         self.housekeeping.tokens = paging.tokens
         self.housekeeping.reads = self.storage.read_cache
-        try:
-            tokens = read_tokens(self.config)
-        except (ValueError, OSError) as exc:
-            raise SystemExit(f"contimg-server: {exc}") from None
         policy = TokenPolicy(
             tokens.write, tokens.read, self.config.require_read_token, self.config.allow_anonymous_writes, tokens.names
         )
@@ -121,7 +148,6 @@ class ContimgServer:
         # Tokens and capacity are checked inside each RPC (servicers/admission.py: an interceptor
         # costs every call ~7 us), and logging wraps each method (accesslog.py). Not grpc's maximum_concurrent_rpcs:
         # its refusals carry no ErrorInfo, and it cannot keep reads from taking writers' capacity.
-        cfg = self.config
         limits = Limits(
             reads=cfg.max_concurrent_reads,
             writes=cfg.max_concurrent_writes,
@@ -144,7 +170,7 @@ class ContimgServer:
             servicer.admission = admission
             servicer.reads = self.storage.read_cache
             # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).
-            add_service(server, service, servicer, self.access.wrap if self.access is not None else None)
+            add_service(server, service, servicer, self._wrap)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
         try:
@@ -162,12 +188,38 @@ class ContimgServer:
         self._server = server
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.tracing is not None:
+            self.tracing.start()
         await self.storage_health.start()  # "" SERVING while the database takes writes
         self.housekeeping.start()
         if self.access is not None:
             self.access.start()
+        if self.metrics is not None:
+            self._start_metrics(self.metrics)
         log.info("serving on %s:%d (database %s)", self.config.host, self.port, self.storage.description)
         return self.port
+
+    def _wrap(self, method: str, behaviour: Behaviour, streams: bool) -> Behaviour:
+        """Each method's handler inside its span (tracing.py), inside its log line and metrics (accesslog.py)."""
+        if self.tracing is not None:
+            behaviour = self.tracing.wrap(method, behaviour, streams)
+        if self.access is not None:
+            behaviour = self.access.wrap(method, behaviour, streams)
+        return behaviour
+
+    def _start_metrics(self, metrics: ServerMetrics) -> None:
+        sources = self.servicers[SOURCE_SERVICE.name]
+        assert isinstance(sources, SourceServicer)
+        self.sampler = Sampler(
+            metrics,
+            self.storage.db,
+            self.storage.read_cache,
+            self.storage_health,
+            lambda: self.admission,
+            self.redis.link if self.redis is not None else None,
+            lambda: sources.photometry_rows,
+        )
+        self.sampler.start()
 
     def reload_tokens(self) -> None:
         """SIGHUP: read the tokens file (and flags) again; a file that cannot be read changes nothing."""
@@ -204,6 +256,8 @@ class ContimgServer:
             return
         await self.storage_health.stop()
         await self.housekeeping.stop()
+        if self.sampler is not None:
+            await self.sampler.stop()
         await self.health.enter_graceful_shutdown()
         self.bus.close()  # watch streams end now (UNAVAILABLE, resumable) instead of holding the grace period
         await self._server.stop(self.config.grace_s if grace is None else grace)
@@ -214,6 +268,12 @@ class ContimgServer:
         await self.storage.close()
         if self.access is not None:
             await self.access.stop()  # the lines of the last calls
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.stop)  # sends the last spans: off the loop
+            self.tracing = None
         log.info("stopped")
 
     async def wait(self) -> None:

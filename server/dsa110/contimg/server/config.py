@@ -89,6 +89,18 @@ class ServerConfig:
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_rpcs: bool = field(default=True, metadata={"help": "log one line per RPC"})
     log_format: str = field(default="text", metadata={"help": "text or json (one JSON object per line)"})
+    metrics_port: int = field(
+        default=0,
+        metadata={"help": "serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: off)"},
+    )
+    metrics_host: str = field(default="", metadata={"help": "address of the metrics endpoint (default: --host)"})
+    otlp_endpoint: str = field(
+        default="",
+        metadata={
+            "help": "send OpenTelemetry traces (a span per RPC, storage work as child spans) to this OTLP/gRPC "
+            "collector, e.g. http://127.0.0.1:4317 (off if empty)"
+        },
+    )
     uvloop: bool = field(default=True, metadata={"help": "run on uvloop when installed"})
     write_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to write"})
     read_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to read only"})
@@ -96,7 +108,7 @@ class ServerConfig:
         default="",
         metadata={
             "help": "file of tokens, one per line as 'write TOKEN', 'read TOKEN' or 'write NAME TOKEN' (NAME: the "
-            "caller in the log); keeps them out of ps; reloaded on SIGHUP"
+            "caller in the log and on what it writes); keeps them out of ps; reloaded on SIGHUP"
         },
     )
     require_read_token: bool = field(default=False, metadata={"help": "reads need a read or write token too"})
@@ -206,7 +218,7 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
     config = ServerConfig(**values)
     if config.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise SystemExit("invalid synchronous mode: use FULL, NORMAL or EXTRA")
-    if not 0 <= config.port <= 65535:
+    if not 0 <= config.port <= 65535 or not 0 <= config.metrics_port <= 65535:
         raise SystemExit("invalid port")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -41,6 +42,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
+from . import metrics_endpoint
 from .config import ServerConfig
 from .portclaim import PortClaim
 
@@ -64,6 +66,8 @@ def run_workers(config: ServerConfig, serve_one: Callable[[], None], claim: Port
     parent = os.getpid()
     watch_r, watch_w = os.pipe()  # the parent keeps watch_w open until it dies, and never writes
     signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+    # --metrics-port: the workers write their values to files, which this process serves (metrics_endpoint.py).
+    metrics_dir = metrics_endpoint.prepare_workers() if config.metrics_port else ""
     children: dict[int, int] = {}
     failed = False
     for number in range(config.workers):
@@ -78,11 +82,26 @@ def run_workers(config: ServerConfig, serve_one: Callable[[], None], claim: Port
             os._exit(status)
         children[pid] = number
     os.close(watch_r)
+    endpoint = None
+    if not failed and metrics_dir:
+        try:  # after the fork: the workers must not inherit the listening socket
+            host = config.metrics_host or config.host
+            endpoint = metrics_endpoint.serve_workers(host, config.metrics_port, metrics_dir)
+        except metrics_endpoint.MetricsBindError as exc:
+            log.error("%s: stopping the workers", exc)
+            failed = True
     if failed:
         _send(children, signal.SIGTERM)
     else:
         log.info("started %d workers: pids %s", len(children), " ".join(map(str, children)))
-    status = _supervise(children, limit_s, stopping=failed)
+    try:
+        gone = metrics_endpoint.worker_gone if metrics_dir else None
+        status = _supervise(children, limit_s, stopping=failed, gone=gone)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+        elif metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     sys.exit(status or (1 if failed else 0))
 
 
@@ -156,8 +175,10 @@ def _watch_parent(watch_r: int, limit_s: float) -> None:
     threading.Thread(target=watch, name="contimg-parent-watch", daemon=True).start()
 
 
-def _supervise(children: dict[int, int], limit_s: float, stopping: bool = False) -> int:
-    """Reap workers until none is left; returns the parent's exit status."""
+def _supervise(
+    children: dict[int, int], limit_s: float, stopping: bool = False, gone: Callable[[int], None] | None = None
+) -> int:
+    """Reap workers until none is left; returns the parent's exit status. `gone(pid)` for each reaped."""
     status = 0
     deadline = time.monotonic() + limit_s if stopping else None
     while children:
@@ -180,6 +201,8 @@ def _supervise(children: dict[int, int], limit_s: float, stopping: bool = False)
             deadline = deadline or time.monotonic() + limit_s
         for pid, code in _reaped(children):
             number = children.pop(pid)
+            if gone is not None:
+                gone(pid)
             if not stopping:
                 log.error(
                     "worker %d (pid %d) exited unexpectedly (%s): stopping the others so that the service "

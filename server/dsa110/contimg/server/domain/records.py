@@ -137,6 +137,9 @@ class MeasurementSet(NamedTuple):
     stage_update_time: int = 0
     process_time: int = 0
     image_count: int = 0
+    # Who registered it and who last changed it: caller names (TokenPolicy.caller_name); "" unknown.
+    creator: str = ""
+    last_modifier: str = ""
 
 
 # Fields a caller may write on a measurement set (update masks name these).
@@ -188,6 +191,9 @@ class Image(NamedTuple):
     qa_source_count: int = 0
     qa_peak_flux_jy: float = 0.0
     photometry_count: int = 0
+    # Who registered it and who last changed it: caller names (TokenPolicy.caller_name); "" unknown.
+    creator: str = ""
+    last_modifier: str = ""
 
 
 # Update-mask paths of an image -> record attributes they write.
@@ -324,6 +330,7 @@ class JobTransition(NamedTuple):
     message: str
     time: int
     sequence: int = 0
+    actor: str = ""  # who made it: the caller name of the call's token (TokenPolicy.caller_name); "" unknown
 
 
 class Job(NamedTuple):

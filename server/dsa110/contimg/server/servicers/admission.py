@@ -55,7 +55,8 @@ class TokenPolicy:
     names: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # token -> caller name
 
     def caller_name(self, token: str | None) -> str:
-        """Who a call came from, for the log: its token's name, else what kind of caller it was."""
+        """Who a call came from, for the log and the records it writes (a job transition's `actor`):
+        its token's name, else what kind of caller it was. Never the token."""
         if token is None:
             return "anonymous"
         name = self.names.get(token)
@@ -170,6 +171,11 @@ class Admission:
             pool.active += 1
             _when_done(context, pool.leave)
         return None
+
+    def actor(self, context: Ctx) -> str:
+        """Who an admitted write comes from, to record with what it changes (TokenPolicy.caller_name,
+        under the policy in force now). Asked by writes only: reads pay nothing for it."""
+        return self.policy.caller_name(bearer_token(context.invocation_metadata()))
 
     def _admit_watch(self, token: str | None, context: Ctx) -> grpc.Status | None:
         pool = self.watches

@@ -76,6 +76,8 @@ def ms_to_proto(ms: MeasurementSet) -> measurement_sets_pb2.MeasurementSet:
         stage_update_time=timestamp(ms.stage_update_time),
         process_time=timestamp(ms.process_time),
         image_count=ms.image_count,
+        creator=ms.creator,
+        last_modifier=ms.last_modifier,
     )
 
 
@@ -142,6 +144,8 @@ def image_to_proto(img: Image) -> images_pb2.Image:
             peak_flux_jy=img.qa_peak_flux_jy,
         ),
         photometry_count=img.photometry_count,
+        creator=img.creator,
+        last_modifier=img.last_modifier,
     )
 
 
@@ -300,6 +304,7 @@ def transition_to_proto(t: JobTransition) -> jobs_pb2.JobTransition:
         message=t.message,
         time=timestamp(t.time),
         sequence=t.sequence,
+        actor=t.actor,
     )
 
 

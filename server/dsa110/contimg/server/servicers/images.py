@@ -119,7 +119,7 @@ class ImageServicer:
             check_image(record, _ALL_FIELDS, "image", c)
         idem = idempotency("CreateImage", request, c)
         c.raise_if_any()
-        return image_to_proto(await self.repo.create(record, idem))
+        return image_to_proto(await self.repo.create(record, idem, actor=self.admission.actor(context)))
 
     @unary
     async def UpdateImage(self, request: pb.UpdateImageRequest, context: Ctx) -> pb.Image:
@@ -141,7 +141,7 @@ class ImageServicer:
         check_image(record, fields, "image", c)
         idem = idempotency("UpdateImage", request, c)
         c.raise_if_any()
-        return image_to_proto(await self.repo.update(record, fields, idem))
+        return image_to_proto(await self.repo.update(record, fields, idem, actor=self.admission.actor(context)))
 
     @unary
     async def DeleteImage(self, request: pb.DeleteImageRequest, context: Ctx) -> empty_pb2.Empty:

@@ -95,23 +95,25 @@ class JobServicer:
             check_job(job, c)
         idem = idempotency("CreateJob", request, c)
         c.raise_if_any()
-        return job_to_proto(await self.repo.create(job, idem))
+        return job_to_proto(await self.repo.create(job, idem, actor=self.admission.actor(context)))
 
     async def _transition(
-        self, method: str, request: Message, c: Checker, action: rules.Action, **kwargs: object
+        self, method: str, request: Message, context: Ctx, c: Checker, action: rules.Action, **kwargs: object
     ) -> pb.Job:
         """Apply `action` to the job `request.name` names, after raising the violations in `c`
-        (the caller's checks of the request's other fields) with any of the name and request_id."""
+        (the caller's checks of the request's other fields) with any of the name and request_id;
+        the transition names the call's caller as its actor."""
         job_id = c.parsed(names.parse_job_name, getattr(request, "name", ""), "name") or ""
         idem = idempotency(method, request, c)
         c.raise_if_any()
         mutate = partial(_apply, action=action, kwargs=kwargs)
-        job = await self.repo.transition(job_id, mutate, idem)  # type: ignore[arg-type]
+        actor = self.admission.actor(context)
+        job = await self.repo.transition(job_id, mutate, idem, actor=actor)  # type: ignore[arg-type]
         return job_to_proto(job)
 
     @unary
     async def StartJob(self, request: pb.StartJobRequest, context: Ctx) -> pb.Job:
-        return await self._transition("StartJob", request, Checker(), rules.Action.START)
+        return await self._transition("StartJob", request, context, Checker(), rules.Action.START)
 
     @unary
     async def ReportJobProgress(self, request: pb.ReportJobProgressRequest, context: Ctx) -> pb.Job:
@@ -122,6 +124,7 @@ class JobServicer:
         return await self._transition(
             "ReportJobProgress",
             request,
+            context,
             c,
             rules.Action.PROGRESS,
             stage=request.stage,
@@ -143,6 +146,7 @@ class JobServicer:
         return await self._transition(
             "SucceedJob",
             request,
+            context,
             c,
             rules.Action.SUCCEED,
             artifacts=list(request.artifacts),
@@ -153,17 +157,17 @@ class JobServicer:
     async def FailJob(self, request: pb.FailJobRequest, context: Ctx) -> pb.Job:
         c = Checker()
         c.text("error_message", request.error_message, max_len=4096, required=True)
-        return await self._transition("FailJob", request, c, rules.Action.FAIL, message=request.error_message)
+        return await self._transition("FailJob", request, context, c, rules.Action.FAIL, message=request.error_message)
 
     @unary
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.Job:
         c = Checker()
         c.text("reason", request.reason, max_len=4096)
-        return await self._transition("CancelJob", request, c, rules.Action.CANCEL, message=request.reason)
+        return await self._transition("CancelJob", request, context, c, rules.Action.CANCEL, message=request.reason)
 
     @unary
     async def RetryJob(self, request: pb.RetryJobRequest, context: Ctx) -> pb.Job:
-        return await self._transition("RetryJob", request, Checker(), rules.Action.RETRY)
+        return await self._transition("RetryJob", request, context, Checker(), rules.Action.RETRY)
 
     @unary
     async def AppendJobLog(self, request: pb.AppendJobLogRequest, context: Ctx) -> pb.AppendJobLogResponse:

@@ -91,7 +91,7 @@ class MSServicer:
             _check_process_time(request.measurement_set, c)
         idem = idempotency("CreateMeasurementSet", request, c)
         c.raise_if_any()
-        return ms_to_proto(await self.repo.create(record, idem))
+        return ms_to_proto(await self.repo.create(record, idem, actor=self.admission.actor(context)))
 
     @unary
     async def UpdateMeasurementSet(self, request: pb.UpdateMeasurementSetRequest, context: Ctx) -> pb.MeasurementSet:
@@ -114,7 +114,8 @@ class MSServicer:
             _check_process_time(request.measurement_set, c)
         idem = idempotency("UpdateMeasurementSet", request, c)
         c.raise_if_any()
-        updated = await self.repo.upsert(record, fields, request.allow_missing, idem)
+        actor = self.admission.actor(context)
+        updated = await self.repo.upsert(record, fields, request.allow_missing, idem, actor=actor)
         return ms_to_proto(updated)
 
     @unary
@@ -130,7 +131,8 @@ class MSServicer:
         record = ms_from_proto(pb.MeasurementSet(), path)._replace(
             stage=request.stage, status=request.status or MSStatus.IN_PROGRESS
         )
-        updated = await self.repo.upsert(record, ["stage", "status"], False, idem)
+        actor = self.admission.actor(context)
+        updated = await self.repo.upsert(record, ["stage", "status"], False, idem, actor=actor)
         return ms_to_proto(updated)
 
     @unary

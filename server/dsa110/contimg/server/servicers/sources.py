@@ -43,6 +43,7 @@ class SourceServicer:
     def __init__(self, repo: SourceRepository, paging: Paging):
         self.repo = repo
         self.paging = paging
+        self.photometry_rows = 0  # measurements recorded (replies to repeated request_ids included)
 
     def _match(self, match: Match[Source]) -> bytes:
         """A SourceMatch as field 1 of SearchSourcesResponse."""
@@ -147,7 +148,8 @@ class SourceServicer:
             batch = _batch_from_rows(request.measurements, c)
         idem = idempotency("RecordPhotometry", request, c)
         c.raise_if_any()
-        result = await self.repo.record_photometry(image_id, batch, idem)
+        result = await self.repo.record_photometry(image_id, batch, idem, actor=self.admission.actor(context))
+        self.photometry_rows += result.recorded_count  # the metrics' (metrics.py)
         return pb.RecordPhotometryResponse(
             image=f"images/{result.image_id}",
             recorded_count=result.recorded_count,

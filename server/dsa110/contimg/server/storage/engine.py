@@ -21,6 +21,7 @@ from ..repositories.protocols import (
     SourceRepository,
 )
 from .clock import now_us
+from .load import CommitLog, Load
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
@@ -37,6 +38,11 @@ class Upkeep(Protocol):
     async def schema_version(self) -> int: ...
     @property
     def description(self) -> str: ...
+    # What the metrics read (load.py).
+    @property
+    def commits(self) -> CommitLog: ...
+    def load(self) -> Load: ...
+    async def size_bytes(self) -> int: ...
 
 
 class Storage(Protocol):

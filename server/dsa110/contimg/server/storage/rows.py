@@ -42,6 +42,8 @@ MS_COLUMNS = (
     "stage_update_time",
     "process_time",
     "image_count",
+    "creator",
+    "last_modifier",
 )
 MS_SELECT = ", ".join(MS_COLUMNS)
 
@@ -94,6 +96,8 @@ IMAGE_COLUMNS = (
     "qa_source_count",
     "qa_peak_flux_jy",
     "photometry_count",
+    "creator",
+    "last_modifier",
 )
 IMAGE_SELECT = ", ".join(f"images.{c}" for c in IMAGE_COLUMNS)
 _METRICS = IMAGE_COLUMNS.index("qa_metrics")
@@ -203,18 +207,18 @@ def job_snapshot(job: Job) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-EVENT_SELECT = "sequence, type, from_state, to_state, stage, message, time, snapshot"
+EVENT_SELECT = "sequence, type, from_state, to_state, stage, message, time, snapshot, actor"
 
 
 def event_from_row(r: Sequence[Any]) -> JobEvent:
-    seq, etype, from_state, to_state, stage, message, when, snapshot = r
+    seq, etype, from_state, to_state, stage, message, when, snapshot, actor = r
     data = json.loads(snapshot)
     job = Job(**{**data, "artifacts": tuple(data["artifacts"])})
     return JobEvent(
         sequence=seq,
         type=etype,
         job=job,
-        transition=JobTransition(from_state, to_state, stage, message, when, seq),
+        transition=JobTransition(from_state, to_state, stage, message, when, seq, actor),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from ...domain.errors import DomainError, QueryTimeout, StartupError, StorageUna
 from ...domain.page_keys import LEGACY_SETTING as LEGACY
 from ...domain.page_keys import SETTING, PageKey, decode_keys, encode_keys, rotated
 from ...readcache import ReadCache
+from ...tracing import storage_span
 from ..clock import now_us
+from ..load import CommitLog, Load
 from ..request_ids import EXPIRE_BATCH, REQUEST_ID_RETENTION_US
 from .changes import ChangeListener
 from .schema import migrate, sky_index
@@ -105,6 +108,8 @@ class Database:
         # Whether cone searches walk the q3c index (else the GiST box index): found at open.
         self.q3c = False
         self._fault: DomainError | None = None
+        self.commits = CommitLog()
+        self._writing = 0  # write transactions begun and not yet ended
 
     async def open(self) -> None:
         timeout_ms = int(self.settings.statement_timeout_s * 1000)
@@ -177,8 +182,9 @@ class Database:
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         try:
-            async with self.connection() as conn:
-                return list(await conn.fetch(sql, *args))
+            with storage_span("read", sql):
+                async with self.connection() as conn:
+                    return list(await conn.fetch(sql, *args))
         except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
             raise storage_error(exc) from exc
 
@@ -203,7 +209,10 @@ class Database:
     async def write(self, body: Body[T], after_commit: Callable[[T], None] | None = None) -> T:
         """Run `body` in one transaction, retried when PostgreSQL reports a conflict; never left half
         done by a cancelled caller. `after_commit` runs after COMMIT, before the caller resumes."""
-        task = asyncio.ensure_future(self._transaction(body))
+        with storage_span("write"):  # the task below inherits the span as its parent (contextvars)
+            task = asyncio.ensure_future(self._transaction(body))
+        self._writing += 1
+        task.add_done_callback(self._written)
         try:
             result = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -214,8 +223,12 @@ class Database:
             after_commit(result)
         return result
 
+    def _written(self, _task: asyncio.Future[Any]) -> None:
+        self._writing -= 1
+
     async def _transaction(self, body: Body[T]) -> T:
         for attempt in range(_RETRIES):
+            started = time.perf_counter()
             try:
                 async with self.connection() as conn, conn.transaction():
                     result = await body(conn)
@@ -239,10 +252,22 @@ class Database:
                 if isinstance(error, StorageUnavailable):
                     self._fault = error
                 raise error from exc
+            self.commits.add(time.perf_counter() - started, 1)
             self.changes.committed()
             self._fault = None
             return result
         raise AssertionError("unreachable")
+
+    # ---- what the metrics read (load.py) -----------------------------------------------------------
+
+    def load(self) -> Load:
+        pool = self.pool
+        if pool is None:
+            return Load(self._writing, 0, 0)
+        return Load(self._writing, pool.get_size() - pool.get_idle_size(), pool.get_max_size())
+
+    async def size_bytes(self) -> int:
+        return int(await self.fetchval("SELECT pg_database_size(current_database())"))
 
     # ---- health and upkeep (health.py, housekeeping.py) --------------------------------------------
 

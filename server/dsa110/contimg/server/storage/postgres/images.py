@@ -79,7 +79,7 @@ async def _load(conn: Conn, image_id: int, *, lock: bool = False) -> Image | Non
     return _record(found) if found is not None else None
 
 
-async def _insert(conn: Conn, image: Image, idem: Idempotency | None) -> Image:
+async def _insert(conn: Conn, image: Image, idem: Idempotency | None, actor: str) -> Image:
     now = now_us()
     # The MS row is locked first: a concurrent delete of the MS waits for this image, or this
     # image finds the MS gone.
@@ -95,7 +95,14 @@ async def _insert(conn: Conn, image: Image, idem: Idempotency | None) -> Image:
         raise AlreadyExists(
             "IMAGE", f"images/{existing}", message=f"an image with path {image.path!r} is already registered"
         )
-    new = image._replace(create_time=now, update_time=now, photometry_count=0, mid_mjd=image.mid_mjd or ms_mid[0])
+    new = image._replace(
+        create_time=now,
+        update_time=now,
+        photometry_count=0,
+        mid_mjd=image.mid_mjd or ms_mid[0],
+        creator=actor,
+        last_modifier=actor,
+    )
     found = await conn.fetchrow(_INSERT, *(rows.image_value(new, c) for c in rows.IMAGE_COLUMNS[1:]), _footprint(new))
     assert found is not None
     stored = _record(found)
@@ -103,10 +110,11 @@ async def _insert(conn: Conn, image: Image, idem: Idempotency | None) -> Image:
     return stored
 
 
-async def _update(conn: Conn, current: Image, image: Image, fields: Sequence[str]) -> Image:
+async def _update(conn: Conn, current: Image, image: Image, fields: Sequence[str], actor: str) -> Image:
     params = Params(current.id)
     sets = [f"{c} = {params.add(rows.image_value(image, c))}" for c in fields]
     sets.append(f"update_time = {params.add(now_us())}")
+    sets.append(f"last_modifier = {params.add(actor)}")
     if any(f in _GEOMETRY for f in fields):
         merged = current._replace(**{f: getattr(image, f) for f in fields})
         sets.append(f"footprint = {params.add(_footprint(merged))}")
@@ -143,11 +151,11 @@ class PostgresImages:
         )
         return await _match_page(self, hits, query)
 
-    async def create(self, image: Image, idem: Idempotency | None) -> Image:
+    async def create(self, image: Image, idem: Idempotency | None, *, actor: str = "") -> Image:
         async def body(conn: Conn) -> Image:
             earlier = await check_request_id(conn, idem)
             if earlier is None:
-                return await _insert(conn, image, idem)
+                return await _insert(conn, image, idem, actor)
             first = rows.image_remembered(earlier)
             if first is not None:
                 return first
@@ -158,7 +166,7 @@ class PostgresImages:
 
         return await self.db.write(body)
 
-    async def update(self, image: Image, fields: Sequence[str], idem: Idempotency | None) -> Image:
+    async def update(self, image: Image, fields: Sequence[str], idem: Idempotency | None, *, actor: str = "") -> Image:
         async def body(conn: Conn) -> Image:
             earlier = await check_request_id(conn, idem)
             if earlier is not None:
@@ -170,7 +178,7 @@ class PostgresImages:
                 raise NotFound("IMAGE", f"images/{image.id}")
             if earlier is not None:
                 return current
-            updated = await _update(conn, current, image, fields)
+            updated = await _update(conn, current, image, fields, actor)
             await remember_request_id(conn, idem, rows.remembered(updated))
             return updated
 

@@ -73,7 +73,8 @@ _COLUMNS["measurement_set"] = "ms_path"
 
 _SELECT = f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = $1"
 _TRANSITIONS = (
-    "SELECT from_state, to_state, stage, message, time, sequence FROM job_events WHERE job_id = $1 ORDER BY sequence"
+    "SELECT from_state, to_state, stage, message, time, sequence, actor FROM job_events "
+    "WHERE job_id = $1 ORDER BY sequence"
 )
 _INSERT = (
     f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({', '.join(f'${i + 1}' for i in range(len(rows.JOB_COLUMNS)))}) "
@@ -87,8 +88,8 @@ _UPDATE = (
 # The counter row's lock is taken here and held to COMMIT: see the module docstring.
 _RECORD_EVENT = (
     "WITH numbered AS (UPDATE job_event_counter SET last = last + 1 RETURNING last) "
-    "INSERT INTO job_events (sequence, job_id, type, from_state, to_state, stage, message, time, snapshot) "
-    "VALUES ((SELECT last FROM numbered), $1, $2, $3, $4, $5, $6, $7, $8) RETURNING sequence"
+    "INSERT INTO job_events (sequence, job_id, type, from_state, to_state, stage, message, time, snapshot, actor) "
+    "VALUES ((SELECT last FROM numbered), $1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING sequence"
 )
 
 
@@ -130,6 +131,7 @@ async def _record_event(conn: Conn, job: Job, etype: JobEventType, transition: J
             transition.message,
             transition.time,
             rows.job_snapshot(job),
+            transition.actor,
         )
     )
     return JobEvent(sequence=seq, type=int(etype), job=job, transition=transition._replace(sequence=seq))
@@ -161,7 +163,7 @@ class PostgresJobs:
     async def list_page(self, query: ListQuery) -> Page[Job]:
         return await _TABLE.page(self.db, query)
 
-    async def create(self, job: Job, idem: Idempotency | None) -> Job:
+    async def create(self, job: Job, idem: Idempotency | None, *, actor: str = "") -> Job:
         async def body(conn: Conn) -> Result:
             earlier = await check_request_id(conn, idem)
             if earlier is not None:
@@ -198,7 +200,7 @@ class PostgresJobs:
             if await conn.fetchval(_INSERT, *rows.job_values(new)) is None:
                 raise AlreadyExists("JOB", f"jobs/{job.id}")  # created by another writer meanwhile
             event = await _record_event(
-                conn, new, JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", now)
+                conn, new, JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", now, actor=actor)
             )
             assert event.transition is not None
             created = new._replace(transitions=(event.transition,))
@@ -207,7 +209,7 @@ class PostgresJobs:
 
         return await self._write(body)
 
-    async def transition(self, job_id: str, mutate: JobMutation, idem: Idempotency | None) -> Job:
+    async def transition(self, job_id: str, mutate: JobMutation, idem: Idempotency | None, *, actor: str = "") -> Job:
         async def body(conn: Conn) -> Result:
             # Lock before looking for the request_id: a concurrent request with the same id then
             # waits here for the first to commit, and finds its result below.
@@ -221,6 +223,7 @@ class PostgresJobs:
             if earlier is not None:  # stored before first results were kept
                 return await _committed(conn, current), None
             new, transition, etype = mutate(current, now_us())
+            transition = transition._replace(actor=actor)
             await conn.execute(_UPDATE, *rows.job_values(new)[1:], job_id)
             before = await _transitions(conn, job_id)  # fixed while the job row is locked
             event = await _record_event(conn, new, etype, transition)

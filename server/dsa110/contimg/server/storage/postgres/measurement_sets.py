@@ -79,7 +79,7 @@ class PostgresMeasurementSets:
     async def list_page(self, query: ListQuery) -> Page[MeasurementSet]:
         return await _TABLE.page(self.db, query)
 
-    async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet:
+    async def create(self, ms: MeasurementSet, idem: Idempotency | None, *, actor: str = "") -> MeasurementSet:
         async def body(conn: Conn) -> MeasurementSet:
             earlier = await check_request_id(conn, idem)
             first = rows.ms_remembered(earlier)
@@ -89,7 +89,7 @@ class PostgresMeasurementSets:
                 return await _stored(conn, ms.path)
             if await _load(conn, ms.path) is not None:
                 raise AlreadyExists("MEASUREMENT_SET", ms_name(ms.path))
-            new = registered(ms, now_us())
+            new = registered(ms, now_us())._replace(creator=actor, last_modifier=actor)
             found = await conn.fetchrow(f"{_INSERT} RETURNING {rows.MS_SELECT}", *rows.ms_values(new))
             assert found is not None
             stored = _record(found)
@@ -99,7 +99,13 @@ class PostgresMeasurementSets:
         return await self.db.write(body)
 
     async def upsert(
-        self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool, idem: Idempotency | None
+        self,
+        ms: MeasurementSet,
+        fields: Sequence[str],
+        allow_missing: bool,
+        idem: Idempotency | None,
+        *,
+        actor: str = "",
     ) -> MeasurementSet:
         async def body(conn: Conn) -> MeasurementSet:
             earlier = await check_request_id(conn, idem)
@@ -113,9 +119,9 @@ class PostgresMeasurementSets:
             if current is None:
                 if not allow_missing:
                     raise NotFound("MEASUREMENT_SET", ms_name(ms.path))
-                current = MeasurementSet(path=ms.path, create_time=now)
+                current = MeasurementSet(path=ms.path, create_time=now, creator=actor)
                 await conn.execute(_INSERT, *rows.ms_values(current._replace(update_time=now)))
-            updated = merged(current, ms, fields, now)
+            updated = merged(current, ms, fields, now)._replace(last_modifier=actor)
             found = await conn.fetchrow(_UPDATE, *rows.ms_values(updated))
             assert found is not None  # locked or inserted above
             stored = _record(found)

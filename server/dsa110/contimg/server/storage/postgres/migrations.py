@@ -1,8 +1,9 @@
 """Versioned schema of the PostgreSQL engine. Append new migrations; never edit one that has shipped.
 
-The tables are the SQLite engine's (storage/sqlite/migrations.py, as of its migration 4) with the
-same column names and value types, so both engines map rows to records with storage/rows.py:
-times are microseconds since the epoch (bigint), flags 0/1 (integer), JSON as text. What differs is
+The tables are the SQLite engine's (storage/sqlite/migrations.py: its migrations 1 to 4 are this
+one's 1, its 5 this one's 2) with the same column names and value types, so both engines map rows
+to records with storage/rows.py: times are microseconds since the epoch (bigint), flags 0/1
+(integer), JSON as text. What differs is
 what PostgreSQL does better or differently:
 
 * text compares byte by byte (COLLATE "C"), as in SQLite: lists sort the same on both engines and
@@ -267,5 +268,19 @@ END $$;
                 "job_logs",
             )
         ),
+    ),
+    (
+        2,
+        "writes name their caller",
+        """
+-- As the SQLite engine's migration 5: who made each job transition, who registered each image and
+-- measurement set and who last changed it (the caller name of the call's bearer token, never the
+-- token); '' (unknown) for rows written before. A constant default: no table is rewritten.
+ALTER TABLE job_events ADD COLUMN actor text COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE images ADD COLUMN creator text COLLATE "C" NOT NULL DEFAULT '',
+    ADD COLUMN last_modifier text COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE measurement_sets ADD COLUMN creator text COLLATE "C" NOT NULL DEFAULT '',
+    ADD COLUMN last_modifier text COLLATE "C" NOT NULL DEFAULT '';
+""",
     ),
 ]

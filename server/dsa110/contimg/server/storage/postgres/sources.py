@@ -256,10 +256,10 @@ class PostgresSources:
             after = (points[-1].observation_mjd, points[-1].image_id)
 
     async def record_photometry(
-        self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None
+        self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None, *, actor: str = ""
     ) -> PhotometryResult:
         _check_shape(batch)
-        return await self._ingest.record(image_id, batch, idem)
+        return await self._ingest.record(image_id, batch, idem, actor)
 
 
 def _match(r: asyncpg.Record) -> Match[Source]:
@@ -313,8 +313,8 @@ _IMAGE = (
     "FOR NO KEY UPDATE OF images"
 )
 _IMAGES_MEASURED = (
-    "UPDATE images SET photometry_count = u.n, update_time = $3 "
-    "FROM unnest($1::bigint[], $2::integer[]) AS u(id, n) WHERE images.id = u.id"
+    "UPDATE images SET photometry_count = u.n, update_time = $3, last_modifier = u.actor "
+    "FROM unnest($1::bigint[], $2::integer[], $4::text[]) AS u(id, n, actor) WHERE images.id = u.id"
 )
 
 # Batches per transaction: enough to share the statistics step widely, few enough that a group
@@ -335,6 +335,7 @@ class _Request:
     image_id: int
     batch: PhotometryBatch
     idem: Idempotency | None
+    actor: str  # who records it: the image's last modifier
     future: asyncio.Future[PhotometryResult]
 
 
@@ -361,9 +362,11 @@ class _Ingest:
         self.pending: list[_Request] = []
         self.running: set[asyncio.Future[None]] = set()
 
-    async def record(self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None) -> PhotometryResult:
+    async def record(
+        self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None, actor: str = ""
+    ) -> PhotometryResult:
         future: asyncio.Future[PhotometryResult] = asyncio.get_running_loop().create_future()
-        self.pending.append(_Request(image_id, batch, idem, future))
+        self.pending.append(_Request(image_id, batch, idem, actor, future))
         self._start()
         try:
             return await asyncio.shield(future)
@@ -563,7 +566,13 @@ async def _write(conn: Conn, accepted: list[_Accepted]) -> dict[int, list[float]
         "INSERT INTO image_photometry VALUES ($1, $2::bigint[])",
         [(a.request.image_id, a.sids) for a in accepted if a.sids],
     )
-    await conn.execute(_IMAGES_MEASURED, [a.request.image_id for a in accepted], [len(a.sids) for a in accepted], now)
+    await conn.execute(
+        _IMAGES_MEASURED,
+        [a.request.image_id for a in accepted],
+        [len(a.sids) for a in accepted],
+        now,
+        [a.request.actor for a in accepted],
+    )
     for a in accepted:
         count = len(a.sids)
         result = PhotometryResult(a.request.image_id, count, a.created, count - a.created)

@@ -9,6 +9,7 @@ stale: readcache.py, with the version from changes.py. request_ids: idempotency.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Hashable, Sequence
 from functools import partial
@@ -18,7 +19,9 @@ from ...domain.errors import DomainError, StartupError, StorageFull, StorageUnav
 from ...domain.page_keys import LEGACY_SETTING as LEGACY
 from ...domain.page_keys import SETTING, PageKey, decode_keys, encode_keys, rotated
 from ...readcache import ReadCache
+from ...tracing import storage_span
 from ..clock import now_us
+from ..load import CommitLog, Load
 from ..request_ids import EXPIRE_BATCH, REQUEST_ID_RETENTION_US
 from .changes import ChangeProbe
 from .connect import SQLiteSettings, connect_writer, has_math, translate
@@ -96,6 +99,25 @@ class Database:
     def description(self) -> str:
         return str(self.settings.path)
 
+    # ---- what the metrics read (load.py) -----------------------------------------------------------
+
+    @property
+    def commits(self) -> CommitLog:
+        return self._writer.commits
+
+    def load(self) -> Load:
+        return Load(self._writer.pending, self.reads.in_use, self.reads.size)
+
+    async def size_bytes(self) -> int:
+        """The database file and its write-ahead log, in bytes."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(f"{self.settings.path}{suffix}").st_size
+            except OSError:  # no WAL yet, or the file gone (health.py reports that)
+                pass
+        return total
+
     async def schema_version(self) -> int:
         rows = await self.fetchall("SELECT max(version) FROM schema_migrations")
         return int(rows[0][0] or 0)
@@ -103,13 +125,16 @@ class Database:
     # ---- reads (reads.py) ----------------------------------------------------------------------
 
     async def lookup(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return await self.reads.lookup(sql, params)
+        with storage_span("read", sql):
+            return await self.reads.lookup(sql, params)
 
     async def try_inline(self, sql: str, params: Sequence[Any] = ()) -> list[Row] | None:
-        return await self.reads.try_inline(sql, params)
+        with storage_span("read inline", sql):
+            return await self.reads.try_inline(sql, params)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return await self.reads.fetchall(sql, params)
+        with storage_span("read", sql):
+            return await self.reads.fetchall(sql, params)
 
     def version(self) -> Hashable | None:
         """A value that changes with every commit to the database, by any connection of any process;
@@ -144,7 +169,8 @@ class Database:
         if not self._writer.is_open:
             raise StorageUnavailable("the database is closed")
         try:
-            result = await self._writer.write(body, finish, after_commit, offload=offload)
+            with storage_span("write"):
+                result = await self._writer.write(body, finish, after_commit, offload=offload)
         except FAULTS as exc:
             self.writes.failed(exc)
             raise

@@ -71,7 +71,7 @@ class SQLiteImages:
         )
         return await _match_page(self, hits, query)
 
-    async def create(self, image: Image, idem: Idempotency | None) -> Image:
+    async def create(self, image: Image, idem: Idempotency | None, *, actor: str = "") -> Image:
         def body(txn: Txn) -> Image:
             earlier = check_request_id(txn, idem)
             if earlier is not None:
@@ -94,7 +94,12 @@ class SQLiteImages:
                 )
             now = now_us()
             new = image._replace(
-                create_time=now, update_time=now, photometry_count=0, mid_mjd=image.mid_mjd or ms[0][0]
+                create_time=now,
+                update_time=now,
+                photometry_count=0,
+                mid_mjd=image.mid_mjd or ms[0][0],
+                creator=actor,
+                last_modifier=actor,
             )
             cols = rows.IMAGE_COLUMNS[1:]
             cursor = txn.execute(
@@ -112,7 +117,7 @@ class SQLiteImages:
 
         return await self.db.write(body)
 
-    async def update(self, image: Image, fields: Sequence[str], idem: Idempotency | None) -> Image:
+    async def update(self, image: Image, fields: Sequence[str], idem: Idempotency | None, *, actor: str = "") -> Image:
         def body(txn: Txn) -> Image:
             earlier = check_request_id(txn, idem)
             if earlier is not None:
@@ -125,10 +130,10 @@ class SQLiteImages:
             if earlier is not None:
                 return current
             now = now_us()
-            sets = [f"{c} = ?" for c in fields] + ["update_time = ?"]
+            sets = [f"{c} = ?" for c in fields] + ["update_time = ?", "last_modifier = ?"]
             txn.execute(
                 f"UPDATE images SET {', '.join(sets)} WHERE id = ?",
-                [*(rows.image_value(image, c) for c in fields), now, image.id],
+                [*(rows.image_value(image, c) for c in fields), now, actor, image.id],
             )
             updated = _load(txn, image.id)
             assert updated is not None

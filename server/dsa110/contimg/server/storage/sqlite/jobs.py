@@ -29,12 +29,13 @@ def _load(txn: Txn, job_id: str) -> Job | None:
 
 
 _TRANSITIONS = (
-    "SELECT sequence, from_state, to_state, stage, message, time FROM job_events WHERE job_id = ? ORDER BY sequence"
+    "SELECT sequence, from_state, to_state, stage, message, time, actor FROM job_events "
+    "WHERE job_id = ? ORDER BY sequence"
 )
 
 
 def _transitions(found: list[Row]) -> tuple[JobTransition, ...]:
-    return tuple(JobTransition(f, t, stage, msg, when, seq) for seq, f, t, stage, msg, when in found)
+    return tuple(JobTransition(f, t, stage, msg, when, seq, who) for seq, f, t, stage, msg, when, who in found)
 
 
 def _committed(txn: Txn, job: Job) -> Job:
@@ -45,8 +46,8 @@ def _committed(txn: Txn, job: Job) -> Job:
 
 def _record_event(txn: Txn, job: Job, etype: JobEventType, transition: JobTransition) -> JobEvent:
     cursor = txn.execute(
-        "INSERT INTO job_events (job_id, type, from_state, to_state, stage, message, time, snapshot) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO job_events (job_id, type, from_state, to_state, stage, message, time, snapshot, actor) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             job.id,
             int(etype),
@@ -56,6 +57,7 @@ def _record_event(txn: Txn, job: Job, etype: JobEventType, transition: JobTransi
             transition.message,
             transition.time,
             rows.job_snapshot(job),
+            transition.actor,
         ),
     )
     seq = int(cursor.lastrowid or 0)
@@ -83,7 +85,7 @@ class SQLiteJobs:
     async def list_page(self, query: ListQuery) -> Page[Job]:
         return await _TABLE.page(self.db, query)
 
-    async def create(self, job: Job, idem: Idempotency | None) -> Job:
+    async def create(self, job: Job, idem: Idempotency | None, *, actor: str = "") -> Job:
         def body(txn: Txn) -> tuple[Job, JobEvent | None]:
             earlier = check_request_id(txn, idem)
             if earlier is not None:
@@ -117,7 +119,8 @@ class SQLiteJobs:
                 f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({placeholders(len(rows.JOB_COLUMNS))})",
                 rows.job_values(new),
             )
-            event = _record_event(txn, new, JobEventType.CREATED, JobTransition(0, int(JobState.PENDING), 0, "", now))
+            creation = JobTransition(0, int(JobState.PENDING), 0, "", now, actor=actor)
+            event = _record_event(txn, new, JobEventType.CREATED, creation)
             created = _committed(txn, new)
             remember_request_id(txn, idem, rows.remembered(created))
             return created, event
@@ -125,7 +128,7 @@ class SQLiteJobs:
         created, _ = await self.db.write(body, self._publish)
         return created
 
-    async def transition(self, job_id: str, mutate: JobMutation, idem: Idempotency | None) -> Job:
+    async def transition(self, job_id: str, mutate: JobMutation, idem: Idempotency | None, *, actor: str = "") -> Job:
         def body(txn: Txn) -> tuple[Job, JobEvent | None]:
             earlier = check_request_id(txn, idem)
             first = rows.job_remembered(earlier)
@@ -137,6 +140,7 @@ class SQLiteJobs:
             if earlier is not None:  # stored before first results were kept
                 return _committed(txn, current), None
             new, transition, etype = mutate(current, now_us())
+            transition = transition._replace(actor=actor)
             sets = ", ".join(f"{c} = ?" for c in rows.JOB_COLUMNS[1:])
             txn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*rows.job_values(new)[1:], job_id])
             event = _record_event(txn, new, etype, transition)

@@ -49,7 +49,7 @@ class SQLiteMeasurementSets:
     async def list_page(self, query: ListQuery) -> Page[MeasurementSet]:
         return await _TABLE.page(self.db, query)
 
-    async def create(self, ms: MeasurementSet, idem: Idempotency | None) -> MeasurementSet:
+    async def create(self, ms: MeasurementSet, idem: Idempotency | None, *, actor: str = "") -> MeasurementSet:
         def body(txn: Txn) -> MeasurementSet:
             earlier = check_request_id(txn, idem)
             first = rows.ms_remembered(earlier)
@@ -58,7 +58,7 @@ class SQLiteMeasurementSets:
             if earlier is None:
                 if _load(txn, ms.path) is not None:
                     raise AlreadyExists("MEASUREMENT_SET", ms_name(ms.path))
-                new = registered(ms, now_us())
+                new = registered(ms, now_us())._replace(creator=actor, last_modifier=actor)
                 txn.execute(
                     f"INSERT INTO measurement_sets ({rows.MS_SELECT}) VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                     rows.ms_values(new),
@@ -71,7 +71,13 @@ class SQLiteMeasurementSets:
         return await self.db.write(body)
 
     async def upsert(
-        self, ms: MeasurementSet, fields: Sequence[str], allow_missing: bool, idem: Idempotency | None
+        self,
+        ms: MeasurementSet,
+        fields: Sequence[str],
+        allow_missing: bool,
+        idem: Idempotency | None,
+        *,
+        actor: str = "",
     ) -> MeasurementSet:
         def body(txn: Txn) -> MeasurementSet:
             earlier = check_request_id(txn, idem)
@@ -84,13 +90,13 @@ class SQLiteMeasurementSets:
                 if current is None:
                     if not allow_missing:
                         raise NotFound("MEASUREMENT_SET", ms_name(ms.path))
-                    current = MeasurementSet(path=ms.path, create_time=now)
+                    current = MeasurementSet(path=ms.path, create_time=now, creator=actor)
                     txn.execute(
                         f"INSERT INTO measurement_sets ({rows.MS_SELECT}) "
                         f"VALUES ({placeholders(len(rows.MS_COLUMNS))})",
                         rows.ms_values(current._replace(update_time=now)),
                     )
-                updated = merged(current, ms, fields, now)
+                updated = merged(current, ms, fields, now)._replace(last_modifier=actor)
                 values = rows.ms_values(updated)
                 sets = ", ".join(f"{c} = ?" for c in rows.MS_COLUMNS[1:])
                 txn.execute(f"UPDATE measurement_sets SET {sets} WHERE path = ?", [*values[1:], ms.path])

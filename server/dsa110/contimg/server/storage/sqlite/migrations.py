@@ -271,4 +271,19 @@ BEGIN
 END;
 """,
     ),
+    (
+        5,
+        "writes name their caller",
+        """
+-- Who made each job transition, who registered each image and measurement set and who last
+-- changed it: the caller name of the call's bearer token (the tokens file's `write NAME TOKEN`,
+-- else `anonymous` or `unnamed-token`; never the token). Rows written before this migration have
+-- '' (unknown).
+ALTER TABLE job_events ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+ALTER TABLE images ADD COLUMN creator TEXT NOT NULL DEFAULT '';
+ALTER TABLE images ADD COLUMN last_modifier TEXT NOT NULL DEFAULT '';
+ALTER TABLE measurement_sets ADD COLUMN creator TEXT NOT NULL DEFAULT '';
+ALTER TABLE measurement_sets ADD COLUMN last_modifier TEXT NOT NULL DEFAULT '';
+""",
+    ),
 ]

@@ -76,6 +76,14 @@ class Reads:
             await conn.close()
         self._all.clear()
 
+    @property
+    def size(self) -> int:
+        return len(self._all)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._all) - self._pool.qsize()
+
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
         conn = await self._pool.get()

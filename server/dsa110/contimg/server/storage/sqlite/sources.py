@@ -133,9 +133,9 @@ class SQLiteSources:
             after = (points[-1].observation_mjd, points[-1].image_id)
 
     async def record_photometry(
-        self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None
+        self, image_id: int, batch: PhotometryBatch, idem: Idempotency | None, *, actor: str = ""
     ) -> PhotometryResult:
-        ingest = partial(_ingest, image_id, _packed(batch), idem)
+        ingest = partial(_ingest, image_id, _packed(batch), idem, actor)
         return await self.db.write(ingest, finish=_update_source_statistics, offload=True)
 
 
@@ -169,9 +169,9 @@ _PEAK = PHOTOMETRY_NUMBERS.index("peak_flux_jy")
 _PEAK_ERR = PHOTOMETRY_NUMBERS.index("peak_flux_err_jy")
 
 
-def _ingest(image_id: int, batch: PhotometryBatch, idem: Idempotency | None, txn: Txn) -> PhotometryResult:
-    """One RecordPhotometry batch: its measurements, any new sources, and the image's count; the
-    sources' statistics are left to the group's finish step."""
+def _ingest(image_id: int, batch: PhotometryBatch, idem: Idempotency | None, actor: str, txn: Txn) -> PhotometryResult:
+    """One RecordPhotometry batch: its measurements, any new sources, and the image's count and
+    last modifier (`actor`); the sources' statistics are left to the group's finish step."""
     earlier = check_request_id(txn, idem)
     if earlier is not None:
         return PhotometryResult(**earlier)
@@ -246,7 +246,10 @@ def _ingest(image_id: int, batch: PhotometryBatch, idem: Idempotency | None, txn
     )
     if count:
         txn.execute("INSERT INTO image_photometry VALUES (?, ?)", (image_id, orjson.dumps(sid_column).decode()))
-    txn.execute("UPDATE images SET photometry_count = ?, update_time = ? WHERE id = ?", (count, now, image_id))
+    txn.execute(
+        "UPDATE images SET photometry_count = ?, update_time = ?, last_modifier = ? WHERE id = ?",
+        (count, now, actor, image_id),
+    )
     created = len(new_positions)
     result = PhotometryResult(image_id, count, created, count - created)
     remember_request_id(

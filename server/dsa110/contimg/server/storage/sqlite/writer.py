@@ -31,12 +31,15 @@ import asyncio
 import logging
 import pickle
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar, cast
+
+from ..load import CommitLog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,6 +119,13 @@ class Writer:
         self._queue: deque[_Pending[Any]] = deque()
         self._drainer: asyncio.Future[None] | None = None
         self.groups = 0  # commits so far (tests check that concurrent writes share them)
+        self.running = 0  # writes in the group being committed now
+        self.commits = CommitLog()
+
+    @property
+    def pending(self) -> int:
+        """Writes taken and not yet committed."""
+        return len(self._queue) + self.running
 
     @property
     def is_open(self) -> bool:
@@ -187,24 +197,30 @@ class Writer:
         186-259 ms to 155-157 ms; bench/README.md)."""
         while self._queue:
             group = self._take_group()
+            self.running = len(group)
             refused = self._check()
             if refused is not None:
-                loop.call_soon_threadsafe(self._settle, group, [(False, refused)] * len(group))
+                loop.call_soon_threadsafe(self._settle, group, [(False, refused)] * len(group), -1.0)
                 continue
+            started = time.perf_counter()
             try:
                 outcomes = self._run_group(group)
             except Exception as exc:  # run_group answers for its bodies; this is a bug, not theirs
                 log.exception("write group failed")
                 outcomes = [(False, exc)] * len(group)
+            seconds = time.perf_counter() - started
             refused = self._check()
             if refused is not None:  # committed, but maybe into a file nobody will read: not acknowledged
                 outcomes = [(False, refused)] * len(group)
-            loop.call_soon_threadsafe(self._settle, group, outcomes)
+            loop.call_soon_threadsafe(self._settle, group, outcomes, seconds)
+        self.running = 0
 
-    def _settle(self, group: list[_Pending[Any]], outcomes: list[Outcome]) -> None:
+    def _settle(self, group: list[_Pending[Any]], outcomes: list[Outcome], seconds: float) -> None:
         """On the loop, in commit order (callbacks run in the order they were handed over), so what
-        after_commit publishes is ordered."""
+        after_commit publishes is ordered. `seconds`: the group's run and commit (-1: refused unrun)."""
         self.groups += 1
+        if seconds >= 0:
+            self.commits.add(seconds, len(group))
         for pending, (ok, value) in zip(group, outcomes, strict=True):
             if ok and pending.after_commit is not None:
                 try:

@@ -7,7 +7,8 @@ A is this checkout's server, B the same with --b flags or from --b-checkout (its
 on PYTHONPATH). Both serve the same database (reads only), or B a copy of it (--b-data-dir: an older
 checkout refuses a database a newer one migrated). Each round runs the case once against
 each server and the reference (bench/reference_server.py, answering with A's reply), in that order,
-so a drift in the machine's speed falls on all three.
+so a drift in the machine's speed falls on all three; every other round runs them in reverse order,
+and B/A is also given as the median of the rounds' own ratios.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def main() -> None:
         }
         results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for r in range(args.rounds):
-            for name, (proc, port) in servers.items():
+            # Every other round in reverse order: whoever runs first in a round is not always the same.
+            order = list(servers.items()) if r % 2 == 0 else list(servers.items())[::-1]
+            for name, (proc, port) in order:
                 m = run.measure(port, proc.pid, case, size[name], expected)
                 results[name].append(m)
                 print(
@@ -81,6 +84,10 @@ def main() -> None:
             f"{name}: {med['rps']:.0f} req/s ({med['rps'] / ref_rps:.2f}x the reference), p50 {med['p50']:.1f} ms, "
             f"p99 {med['p99']:.1f} ms, {med['cpu_us']:.0f} us/call (medians of {len(ms)})"
         )
+    # Paired by round (the machine's speed drifts between rounds more than within one).
+    rps = statistics.median(b["rps"] / a["rps"] for a, b in zip(results["A"], results["B"], strict=True))
+    cpu = statistics.median(b["cpu_us"] / a["cpu_us"] for a, b in zip(results["A"], results["B"], strict=True))
+    print(f"B/A, median of the rounds' ratios: {rps:.3f}x the req/s, {cpu:.3f}x the CPU per call")
 
 
 if __name__ == "__main__":

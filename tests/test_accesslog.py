@@ -96,7 +96,8 @@ def test_lines_waiting_are_bounded_and_drops_are_reported() -> None:
     one line saying how many were dropped."""
     out = io.StringIO()
     access = AccessLog(stream=lambda: out)
-    entry = (time.time(), "/dsa110.contimg.v1.JobService/GetJob", "OK", 0.5, "ipv4:127.0.0.1:1", -1, "anonymous", "r-1")
+    now = time.perf_counter()
+    entry = (now, now - 0.0005, "/dsa110.contimg.v1.JobService/GetJob", None, "ipv4:127.0.0.1:1", -1, ())
     for _ in range(MAX_WAITING + 7):
         access.keep(entry)
     assert access.dropped == 7

@@ -236,3 +236,41 @@ async def test_health_reports_storage_faults_under_its_own_name_too(tmp_path: Pa
     finally:
         server.terminate()
     await until(lambda: server.proc is not None and server.proc.poll() is not None, "the server to stop")
+
+
+# ---- the database made read-only while served -----------------------------------------------------
+
+
+@pytest.mark.skipif(not IS_ROOT and not os.environ.get("CI"), reason="chattr +i needs root (CI runs as root)")
+async def test_health_flips_on_a_read_only_database_and_back(tmp_path: Path) -> None:
+    """The file and its WAL made immutable under a serving server: the write fails UNAVAILABLE and
+    leaves nothing, health turns NOT_SERVING; writable again, health comes back by itself (the
+    monitor's own probe write, health.py) and writes succeed."""
+    assert IS_ROOT, "CI runs as root: chattr needs it"
+    server = ServerProcess(tmp_path)
+    await server.start()
+    database = tmp_path / "contimg.sqlite3"
+    files = [str(database), f"{database}-wal"]
+    job = jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE))
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            jobs = make_stubs(channel).jobs
+            await jobs.CreateJob(job)
+            await asyncio.to_thread(subprocess.run, ["chattr", "+i", *files], check=True)
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await jobs.CreateJob(job)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                await eventually_health(server.target, NOT_SERVING)
+                await eventually_health(server.target, NOT_SERVING, "contimg.storage")
+            finally:
+                await asyncio.to_thread(subprocess.run, ["chattr", "-i", *files], check=True)
+            await eventually_health(server.target, SERVING)
+            await eventually_health(server.target, SERVING, "contimg.storage")
+            await jobs.CreateJob(job)
+            listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=10))
+            assert len(listed.jobs) == 2  # the refused write left nothing
+        assert "Traceback" not in _log(server)
+    finally:
+        await asyncio.to_thread(subprocess.run, ["chattr", "-i", *files], check=False)
+        assert server.terminate() == 0, server.log_tail()

@@ -132,3 +132,26 @@ async def test_without_the_packages_the_flag_fails_the_start_clearly(tmp_path: P
         proc = await asyncio.create_subprocess_exec(*command, stderr=log, env=env)
         assert await asyncio.wait_for(proc.wait(), DEADLINE_S) != 0
     assert "pip install 'contimg-grpc[tracing]'" in server.log_path.read_text()
+
+
+async def test_a_sample_ratio_of_zero_records_only_the_traces_callers_sampled(
+    tmp_path: Path, receiver: tuple[Receiver, int]
+) -> None:
+    found, port = receiver
+    args = ["--otlp-endpoint", f"http://127.0.0.1:{port}", "--otlp-sample-ratio", "0"]
+    server = ServerProcess(tmp_path, port=free_port(), args=args)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            images = make_stubs(channel).images
+            for traceparent in (None, f"00-{TRACE_ID}-{PARENT_ID}-01", None, f"00-{'1' * 32}-{PARENT_ID}-00"):
+                metadata = (("traceparent", traceparent),) if traceparent else None
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await images.GetImage(images_pb2.GetImageRequest(name="images/999999999"), metadata=metadata)
+    finally:
+        assert await asyncio.to_thread(server.terminate) == 0, server.log_tail()  # sends what was sampled
+    # Only the call whose caller sampled its trace (flags 01) was recorded; not the unsampled one (00).
+    assert {s.trace_id.hex() for _, s in found.spans} == {TRACE_ID}  # its storage span included
+    assert [s.name for _, s in found.spans if s.kind == trace_pb2.Span.SPAN_KIND_SERVER] == [
+        "dsa110.contimg.v1.ImageService/GetImage"
+    ]

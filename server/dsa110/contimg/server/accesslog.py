@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import grpc
 
-from .rpc_types import Ctx, status_name
+from .rpc_types import Ctx, call_metadata, status_name
 from .servicers.admission import bearer_token
 from .tasks import cancel_and_wait
 
@@ -46,6 +46,10 @@ log = logging.getLogger(NAME)
 
 # time, method, code, duration ms, peer, messages (-1: unary), caller, request_id
 Entry = tuple[float, str, str, float, str, int, str, str]
+# What a call keeps, as cheaply as it can (the rest is worked out at the flush, off the call's path):
+# end and start (perf_counter), method, code as context.code() gave it (None: OK), peer, messages,
+# the call's metadata (None when only the metrics want the call: they need no caller or peer).
+Call = tuple[float, float, str, object, str, int, Any]
 REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID = 128
 
@@ -66,7 +70,7 @@ class AccessLog:
         self.lines = lines
         self.metrics = metrics
         self._stream = stream
-        self._waiting: list[Entry] = []
+        self._waiting: list[Call] = []
         self.dropped = 0
         self._task: asyncio.Task[None] | None = None
         self._second = -1
@@ -93,34 +97,33 @@ class AccessLog:
         async def logged(request: Any, context: Ctx) -> Any:
             if started is not None:
                 started[method] = started.get(method, 0) + 1
-            elif not (lines and log.isEnabledFor(logging.INFO)):
+                with_lines = lines and log.isEnabledFor(logging.INFO)
+            elif lines and log.isEnabledFor(logging.INFO):
+                with_lines = True
+            else:
                 return await behaviour(request, context)
             start = time.perf_counter()
-            peer = context.peer()
+            peer = context.peer() if with_lines else ""
             counting = _Counting(context, method, sent) if streams else None
-            code = "UNKNOWN"
+            code: object = "UNKNOWN"
             try:
                 result = await behaviour(request, cast(Ctx, counting) if counting is not None else context)
-                code = status_name(context.code())
+                code = context.code()
                 return result
             except grpc.aio.AbortError:
-                code = status_name(context.code())  # set by the abort, which has just happened
+                code = context.code()  # set by the abort, which has just happened
                 raise
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
             finally:
                 messages = counting.sent if counting is not None else -1
-                token, request_id = _identity(context.invocation_metadata())  # Python-side state: safe here
-                if request_id is None:
-                    self._numbered += 1
-                    request_id = f"{self._prefix}{self._numbered:x}"
-                ms = (time.perf_counter() - start) * 1000
-                keep((time.time(), method, code, ms, peer, messages, self.caller(token), request_id))
+                metadata = call_metadata(context) if with_lines else None  # a tuple: safe to keep
+                keep((time.perf_counter(), start, method, code, peer, messages, metadata))
 
         return logged
 
-    def keep(self, entry: Entry) -> None:
+    def keep(self, entry: Call) -> None:
         """Hold one call's line until the next flush (MAX_WAITING at most)."""
         if len(self._waiting) < MAX_WAITING:
             self._waiting.append(entry)
@@ -144,18 +147,29 @@ class AccessLog:
                 log.exception("writing the access log failed")
 
     def flush(self) -> None:
+        calls = self._waiting[:]
+        del self._waiting[: len(calls)]
+        entries = self._entries(calls)
         if self.metrics is not None:
-            entries = self._waiting[:]
-            del self._waiting[: len(entries)]
             self.metrics.observe_calls(entries)
-            if self.lines and log.isEnabledFor(logging.INFO):
-                self._write(entries)
-            return
-        if not self._waiting and not self.dropped:
-            return
-        entries = self._waiting[:]
-        del self._waiting[: len(entries)]
-        self._write(entries)
+        if self.lines and log.isEnabledFor(logging.INFO):
+            self._write([e for e, call in zip(entries, calls, strict=True) if call[6] is not None])
+
+    def _entries(self, calls: list[Call]) -> list[Entry]:
+        wall = time.time() - time.perf_counter()  # perf_counter -> time.time, once per flush
+        entries: list[Entry] = []
+        for end, start, method, code, peer, messages, metadata in calls:
+            who = request_id = ""
+            if metadata is not None:
+                token, given = _identity(metadata)
+                who = self.caller(token)
+                if given is None:
+                    self._numbered += 1
+                    given = f"{self._prefix}{self._numbered:x}"
+                request_id = given
+            name = code if code.__class__ is str else status_name(code)
+            entries.append((end + wall, method, name, (end - start) * 1000, peer, messages, who, request_id))
+        return entries
 
     def _write(self, entries: list[Entry]) -> None:
         if not entries and not self.dropped:

@@ -123,7 +123,8 @@ class ContimgServer:
         except (ValueError, OSError) as exc:
             raise StartupError(str(exc)) from None
         if cfg.otlp_endpoint:  # first, as the metrics port: a missing package stops the start with nothing open
-            self.tracing = Tracing(cfg.otlp_endpoint, "postgresql" if cfg.postgres else "sqlite")
+            engine = "postgresql" if cfg.postgres else "sqlite"
+            self.tracing = Tracing(cfg.otlp_endpoint, engine, cfg.otlp_sample_ratio)
         if self.metrics is not None and self.config.workers == 1:  # else the parent serves them (workers.py)
             # First: a port that cannot be bound stops the start before anything else is open.
             host = self.config.metrics_host or self.config.host

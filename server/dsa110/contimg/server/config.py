@@ -101,6 +101,13 @@ class ServerConfig:
             "collector, e.g. http://127.0.0.1:4317 (off if empty)"
         },
     )
+    otlp_sample_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "share of traces recorded, 0 to 1, for calls that arrive without a sampled trace of their "
+            "caller's (a caller's sampling decision is followed)"
+        },
+    )
     uvloop: bool = field(default=True, metadata={"help": "run on uvloop when installed"})
     write_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to write"})
     read_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to read only"})
@@ -226,6 +233,8 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
         raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
     if config.log_format not in ("text", "json"):
         raise SystemExit("--log-format must be text or json")
+    if not 0.0 <= config.otlp_sample_ratio <= 1.0:
+        raise SystemExit("--otlp-sample-ratio must be between 0 and 1")
     if config.read_cache_mb < 0:
         raise SystemExit("--read-cache-mb must be 0 or more")
     if config.workers < 1 or config.readers < 1:

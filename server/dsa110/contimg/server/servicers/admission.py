@@ -35,7 +35,7 @@ from typing import Any, cast
 import grpc
 from google.rpc import code_pb2
 
-from ..rpc_types import Ctx
+from ..rpc_types import Ctx, call_metadata
 from .status import rich_status
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -157,7 +157,7 @@ class Admission:
     def admit(self, method: str, context: Ctx) -> grpc.Status | None:
         """None when the call may run (its slot is given back when the call is done), else the
         status to abort it with."""
-        token = bearer_token(context.invocation_metadata())
+        token = bearer_token(call_metadata(context))
         denied = self.policy.decide(method, token)
         if denied is not None:
             code, reason, message = denied
@@ -175,7 +175,7 @@ class Admission:
     def actor(self, context: Ctx) -> str:
         """Who an admitted write comes from, to record with what it changes (TokenPolicy.caller_name,
         under the policy in force now). Asked by writes only: reads pay nothing for it."""
-        return self.policy.caller_name(bearer_token(context.invocation_metadata()))
+        return self.policy.caller_name(bearer_token(call_metadata(context)))
 
     def _admit_watch(self, token: str | None, context: Ctx) -> grpc.Status | None:
         pool = self.watches

@@ -33,17 +33,19 @@ R = TypeVar("R")
 MAX_KEY_BYTES = 16 << 10
 
 
-async def _refuse_unreadable(request: Any, context: Ctx) -> None:
+# Both checks are plain functions, awaited only when they refuse: no coroutine per check per call.
+
+
+def _unreadable(request: Any) -> grpc.Status | None:
     if request is UNDECODABLE:
-        await context.abort_with_status(undecodable_status())
+        return undecodable_status()
     if request.__class__ is Oversized:
-        await context.abort_with_status(refusal_for_oversized(request.size, request.limit))
+        return refusal_for_oversized(request.size, request.limit)
+    return None
 
 
-async def _admit(servicer: Any, name: str, context: Ctx) -> None:
-    refused = servicer.admission.admit(name, context)  # its slot is given back when the call is done
-    if refused is not None:
-        await context.abort_with_status(refused)
+def _admit(servicer: Any, name: str, context: Ctx) -> grpc.Status | None:
+    return servicer.admission.admit(name, context)  # type: ignore[no-any-return]  # slot given back when done
 
 
 def _encoded(reply: Any) -> Encoded[Any]:
@@ -91,11 +93,13 @@ def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitabl
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> R:
-        await _admit(self, name, context)
+        if (refused := _admit(self, name, context)) is not None:
+            await context.abort_with_status(refused)
         try:
             if request.__class__ is Unread:  # a write, admitted before its body was read
                 request = await request.read()
-            await _refuse_unreadable(request, context)
+            if (refused := _unreadable(request)) is not None:
+                await context.abort_with_status(refused)
             return await fn(self, request, context)
         except (DomainError, Exception) as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -111,14 +115,16 @@ def read(fn: Callable[[Any, Any, Ctx], Awaitable[Any]]) -> Callable[..., Awaitab
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> Encoded[Any]:
-        await _admit(self, name, context)
+        if (refused := _admit(self, name, context)) is not None:
+            await context.abort_with_status(refused)
         try:
             found = _Lookup(self.reads, name, request)
             if found.kept is not None and self.reads.barrier is not None:
                 await found.confirmed(self.reads, request)
             if found.kept is not None:
                 return found.kept  # type: ignore[no-any-return]
-            await _refuse_unreadable(found.request, context)
+            if (refused := _unreadable(found.request)) is not None:
+                await context.abort_with_status(refused)
             reply = _encoded(await fn(self, found.request, context))
             found.keep(self.reads, reply, len(reply.data))
             return reply
@@ -142,9 +148,11 @@ def streaming(
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> None:
-        await _admit(self, name, context)
+        if (refused := _admit(self, name, context)) is not None:
+            await context.abort_with_status(refused)
         try:
-            await _refuse_unreadable(request, context)
+            if (refused := _unreadable(request)) is not None:
+                await context.abort_with_status(refused)
             await send_all(context, fn(self, request, context))
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -163,7 +171,8 @@ def read_stream(
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> None:
-        await _admit(self, name, context)
+        if (refused := _admit(self, name, context)) is not None:
+            await context.abort_with_status(refused)
         try:
             found = _Lookup(self.reads, name, request)
             if found.kept is not None and self.reads.barrier is not None:
@@ -171,7 +180,8 @@ def read_stream(
             if found.kept is not None:
                 await send_all(context, _replay(found.kept))
                 return
-            await _refuse_unreadable(found.request, context)
+            if (refused := _unreadable(found.request)) is not None:
+                await context.abort_with_status(refused)
             sent: list[Encoded[Any]] = []
 
             async def recorded() -> AsyncGenerator[Encoded[Any], None]:

@@ -228,6 +228,10 @@ OLD_ROWS = (
 )
 
 
+# The jobs table's columns before the lease columns (SQLite migration 6, PostgreSQL 3).
+OLD_JOB_COLUMNS = rows.JOB_COLUMNS[: rows.JOB_COLUMNS.index("log_line_count") + 1]
+
+
 def _old_sqlite(path: Path) -> None:
     """A database at schema version 4 (the last without actors) holding one created job."""
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
@@ -243,8 +247,10 @@ def _old_sqlite(path: Path) -> None:
         assert max(v for v, _, _ in SQLITE_MIGRATIONS[:4]) == 4
         for statement in OLD_ROWS:
             conn.execute(statement)
-        conn.execute(f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({', '.join('?' * len(rows.JOB_COLUMNS))})",
-                     rows.job_values(OLD_JOB))  # fmt: skip
+        conn.execute(
+            f"INSERT INTO jobs ({', '.join(OLD_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(OLD_JOB_COLUMNS))})",
+            rows.job_values(OLD_JOB)[: len(OLD_JOB_COLUMNS)],
+        )
         conn.execute(
             "INSERT INTO job_events (job_id, type, from_state, to_state, stage, message, time, snapshot) "
             "VALUES (?, 2, 0, ?, 0, '', ?, ?)",
@@ -268,9 +274,10 @@ async def _old_postgres(url: str) -> None:
             for statement in OLD_ROWS:
                 await conn.execute(statement)
             await conn.execute("SELECT setval(pg_get_serial_sequence('images', 'id'), 1)")
-            values = rows.job_values(OLD_JOB)
+            values = rows.job_values(OLD_JOB)[: len(OLD_JOB_COLUMNS)]
             await conn.execute(
-                f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({', '.join(f'${i + 1}' for i in range(len(values)))})",
+                f"INSERT INTO jobs ({', '.join(OLD_JOB_COLUMNS)}) "
+                f"VALUES ({', '.join(f'${i + 1}' for i in range(len(values)))})",
                 *values,
             )
             await conn.execute(

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import socket
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from dsa110.contimg.client import AsyncClient, ClientConfig
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
+
+from helpers_cli import contimg
 
 ENGINES = ("sqlite", "postgres")
 
@@ -26,33 +26,6 @@ Image = images_pb2.Image
 Job = jobs_pb2.Job
 TOKEN = "cli-writer"
 CALIBRATOR = "sources/J083454.9+553421"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.out.splitlines()
-
-
-async def contimg(*args: str, env: dict[str, str] | None = None) -> Result:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONTIMG_")} | (env or {})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dsa110.contimg.contimg_cli",  # what the `contimg` command runs
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=environment,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
 
 
 @dataclass

@@ -41,7 +41,7 @@ from dsa110.contimg.v1 import (
     measurement_sets_pb2,
     sources_pb2,
 )
-from google.protobuf import descriptor, field_mask_pb2, message_factory, struct_pb2, timestamp_pb2
+from google.protobuf import descriptor, duration_pb2, field_mask_pb2, message_factory, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
@@ -274,6 +274,7 @@ _FILTER_FIELDS = {
 _MASK_PATHS = {
     "UpdateImageRequest": [*IMAGE_UPDATABLE_FIELDS, "name", "path", "measurement_set", "photometry_count"],
     "UpdateMeasurementSetRequest": [*MS_WRITABLE_FIELDS, "*", "name", "path", "image_count", "create_time"],
+    "UpdateJobRequest": ["priority", "*", "name", "state", "create_time"],
 }
 _MAP_KEYS = ["rms_ratio", "beam_ellipticity", "flux_jy", "", "x" * 65, "\x00", "a.b", "*"]
 _OUTPUT_ONLY = {"name", "path", "measurement_set", "photometry_count", "image_count", "create_time"}
@@ -527,6 +528,14 @@ class Gen:
         nanos = self.pick(st.integers(0, 999_999_999), INT32)
         return st.builds(lambda s, n: timestamp_pb2.Timestamp(seconds=s, nanos=n), seconds, nanos)
 
+    def duration(self, field: str) -> st.SearchStrategy[duration_pb2.Duration]:
+        # ClaimJob serves its `wait` in full when no job comes: a plausible one is kept under a
+        # second here (the call's 30 s deadline would bound it, 30 s per example).
+        plausible = st.just(0) if field == "wait" else st.integers(0, 3600)
+        seconds = self.pick(plausible, INT64, st.sampled_from([-1, 315_576_000_001]))
+        nanos = self.pick(st.integers(0, 999_999_999), INT32)
+        return st.builds(lambda s, n: duration_pb2.Duration(seconds=s, nanos=n), seconds, nanos)
+
     def struct(self, small: bool) -> st.SearchStrategy[struct_pb2.Struct]:
         finite = st.floats(allow_nan=False, allow_infinity=False)
         calm_leaf = st.one_of(st.none(), st.booleans(), finite, st.text(max_size=10))
@@ -623,6 +632,8 @@ class Gen:
                 return self.timestamp()
             if full == "google.protobuf.Struct":
                 return self.struct(small)
+            if full == "google.protobuf.Duration":
+                return self.duration(f.name)
             if full == "google.protobuf.FieldMask":
                 return self.mask(parent.name)
             if depth >= 3:

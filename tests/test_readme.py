@@ -188,6 +188,14 @@ def _pipeline(out: str, client: Client) -> None:
     assert image_name in {p.image for p in curve.points}
 
 
+def _worker_loop(out: str, client: Client) -> None:
+    """The loop claimed the job it created (priority 100) under a lease and succeeded it."""
+    assert out == ""
+    done = [j for j in client.list_jobs(filter="state = SUCCEEDED") if j.priority == 100]
+    assert done and all(j.artifacts[0].endswith(".fits") and j.attempt == 1 for j in done)
+    assert not [j for j in client.list_jobs(filter="state = PENDING") if j.priority == 100]
+
+
 def _scientist(out: str, client: Client) -> None:
     name, points = out.rstrip("\n").split(" ", 1)
     assert name == CALIBRATOR
@@ -212,6 +220,7 @@ SH_CHECKS: dict[str, Callable[[str], None]] = {
 }
 PYTHON_CHECKS: dict[str, Callable[[str, Client], None]] = {
     r"\bc\.succeed_job\(": _pipeline,
+    r"\bworker\.claim_job\(": _worker_loop,
     r"\bprint\(nearest\.source\.name\b": _scientist,
 }
 

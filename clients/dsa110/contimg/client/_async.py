@@ -34,7 +34,8 @@ class _AsyncChannelOwner(AsyncTransport):
 
     def _call(self, rpc: Rpc[..., Any, Any], request: object) -> Any:
         stub = self._stub(rpc.service, rpc.method)
-        return stub(request, timeout=self.config.deadline_s, metadata=self.config.call_metadata())
+        timeout = rpc.timeout(self.config.deadline_s, request)
+        return stub(request, timeout=timeout, metadata=self.config.call_metadata())
 
     async def _invoke(self, rpc: Rpc[..., Any, R], request: object) -> R:
         try:

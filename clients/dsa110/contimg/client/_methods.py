@@ -9,7 +9,10 @@ adding an RPC means adding its builder here and nothing else, and the clients ca
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 from dsa110.contimg.v1 import (
@@ -22,9 +25,10 @@ from dsa110.contimg.v1 import (
     sources_pb2,
     sources_pb2_grpc,
 )
-from google.protobuf import empty_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, empty_pb2, field_mask_pb2
 
 from ._rpc import collected, paged, unary, watch
+from .names import IMAGES, SOURCES, named
 
 IMAGE_SERVICE = images_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 MS_SERVICE = measurement_sets_pb2.DESCRIPTOR.services_by_name["MSService"].full_name
@@ -59,6 +63,35 @@ def _mask(paths: Iterable[str] | field_mask_pb2.FieldMask | None) -> field_mask_
 Mask = Iterable[str] | field_mask_pb2.FieldMask | None
 
 
+def _named(values: Iterable[str], argument: str, prefix: str) -> list[str]:
+    """Resource names, each bare id given the collection's prefix (as the CLI does)."""
+    return [named(prefix, value) for value in _strings(values, argument)]
+
+
+Seconds = float | timedelta | None
+
+
+def _duration(value: Seconds, argument: str) -> duration_pb2.Duration | None:
+    """Seconds (or a timedelta) as a Duration; None leaves the field unset (the server's default)."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds >= 0:  # negative or NaN
+        raise ValueError(f"{argument} must be a non-negative number of seconds, got {value!r}")
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(timedelta(seconds=seconds))
+    return duration
+
+
+def default_worker() -> str:
+    """The worker identity used when none is given: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim_wait_s(request: jobs_pb2.ClaimJobRequest) -> float:
+    return request.wait.ToTimedelta().total_seconds() if request.HasField("wait") else 0.0
+
+
 class Methods:
     """One entry per RPC, grouped by service; Client and AsyncClient inherit it.
 
@@ -73,15 +106,15 @@ class Methods:
 
     @unary(IMAGE_SERVICE, "GetImage", images_pb2.Image)
     def get_image(name: str = "", *, request: images_pb2.GetImageRequest | None = None) -> images_pb2.GetImageRequest:
-        """Returns one image, `images/{id}`."""
-        return request or images_pb2.GetImageRequest(name=name)
+        """Returns one image, `images/{id}` (or the bare id)."""
+        return request or images_pb2.GetImageRequest(name=named(IMAGES, name))
 
     @unary(IMAGE_SERVICE, "BatchGetImages", images_pb2.BatchGetImagesResponse)
     def batch_get_images(
         names: Iterable[str] = (), *, request: images_pb2.BatchGetImagesRequest | None = None
     ) -> images_pb2.BatchGetImagesRequest:
-        """Returns several images in the order asked for; NOT_FOUND if any is missing."""
-        return request or images_pb2.BatchGetImagesRequest(names=_strings(names, "names"))
+        """Returns several images (names or bare ids) in the order asked for; NOT_FOUND if any is missing."""
+        return request or images_pb2.BatchGetImagesRequest(names=_named(names, "names", IMAGES))
 
     @paged(IMAGE_SERVICE, "ListImages", images_pb2.ListImagesResponse, lambda r: r.images)
     def list_images(
@@ -233,15 +266,17 @@ class Methods:
     def get_source(
         name: str = "", *, request: sources_pb2.GetSourceRequest | None = None
     ) -> sources_pb2.GetSourceRequest:
-        """Returns one source with its variability statistics."""
-        return request or sources_pb2.GetSourceRequest(name=name)
+        """Returns one source with its variability statistics: `sources/{designation}` or the bare
+        designation (`J083454.9+553421`)."""
+        return request or sources_pb2.GetSourceRequest(name=named(SOURCES, name))
 
     @unary(SOURCE_SERVICE, "BatchGetSources", sources_pb2.BatchGetSourcesResponse)
     def batch_get_sources(
         names: Iterable[str] = (), *, request: sources_pb2.BatchGetSourcesRequest | None = None
     ) -> sources_pb2.BatchGetSourcesRequest:
-        """Returns several sources in the order asked for; NOT_FOUND if any is missing."""
-        return request or sources_pb2.BatchGetSourcesRequest(names=_strings(names, "names"))
+        """Returns several sources (names or bare designations) in the order asked for; NOT_FOUND if
+        any is missing."""
+        return request or sources_pb2.BatchGetSourcesRequest(names=_named(names, "names", SOURCES))
 
     @paged(SOURCE_SERVICE, "ListSources", sources_pb2.ListSourcesResponse, lambda r: r.sources)
     def list_sources(
@@ -278,9 +313,13 @@ class Methods:
         *,
         request: sources_pb2.GetLightcurveRequest | None = None,
     ) -> sources_pb2.GetLightcurveRequest:
-        """Returns the source and every point of its lightcurve (MJD range, 0 = unbounded)."""
+        """Returns the source (a name or a bare designation) and every point of its lightcurve (MJD
+        range, 0 = unbounded)."""
         return request or sources_pb2.GetLightcurveRequest(
-            name=name, start_mjd=start_mjd, end_mjd=end_mjd, max_points_per_message=max_points_per_message
+            name=named(SOURCES, name),
+            start_mjd=start_mjd,
+            end_mjd=end_mjd,
+            max_points_per_message=max_points_per_message,
         )
 
     @unary(SOURCE_SERVICE, "RecordPhotometry", sources_pb2.RecordPhotometryResponse)
@@ -330,10 +369,70 @@ class Methods:
 
     @unary(JOB_SERVICE, "StartJob", jobs_pb2.Job)
     def start_job(
-        name: str = "", *, request_id: str = "", request: jobs_pb2.StartJobRequest | None = None
+        name: str = "",
+        *,
+        worker: str = "",
+        lease_duration_s: Seconds = None,
+        request_id: str = "",
+        request: jobs_pb2.StartJobRequest | None = None,
     ) -> jobs_pb2.StartJobRequest:
-        """PENDING -> RUNNING."""
-        return request or jobs_pb2.StartJobRequest(name=name, request_id=request_id)
+        """PENDING -> RUNNING. With a `worker`, also takes a lease (`lease_duration_s`, server default
+        60 s), whose token is in the returned job's `lease_token`."""
+        return request or jobs_pb2.StartJobRequest(
+            name=name,
+            worker=worker,
+            lease_duration=_duration(lease_duration_s, "lease_duration_s"),
+            request_id=request_id,
+        )
+
+    @unary(JOB_SERVICE, "ClaimJob", jobs_pb2.ClaimJobResponse, waits=_claim_wait_s)
+    def claim_job(
+        types: Iterable[Job.Type.ValueType] = (),
+        *,
+        worker: str = "",
+        lease_duration_s: Seconds = None,
+        wait_s: Seconds = None,
+        measurement_set: str = "",
+        min_priority: int | None = None,
+        request: jobs_pb2.ClaimJobRequest | None = None,
+    ) -> jobs_pb2.ClaimJobRequest:
+        """Takes the next PENDING job of `types` (any when empty), highest priority then oldest, as
+        RUNNING under a lease held by `worker` (default `host:pid`); waits up to `wait_s` for one.
+        The response has no `job` when none came; else `lease_token` for the job's later calls.
+        The call's deadline is extended by the wait."""
+        return request or jobs_pb2.ClaimJobRequest(
+            types=list(types),
+            measurement_set=measurement_set,
+            min_priority=min_priority,
+            worker=worker or default_worker(),
+            lease_duration=_duration(lease_duration_s, "lease_duration_s"),
+            wait=_duration(wait_s, "wait_s"),
+        )
+
+    @unary(JOB_SERVICE, "HeartbeatJob", jobs_pb2.HeartbeatJobResponse)
+    def heartbeat_job(
+        name: str = "",
+        lease_token: str = "",
+        *,
+        lease_duration_s: Seconds = None,
+        request: jobs_pb2.HeartbeatJobRequest | None = None,
+    ) -> jobs_pb2.HeartbeatJobRequest:
+        """Renews the lease of a running job (optionally with a new length); FailedPreconditionError
+        with reason LEASE_LOST once the lease is no longer the caller's."""
+        return request or jobs_pb2.HeartbeatJobRequest(
+            name=name, lease_token=lease_token, lease_duration=_duration(lease_duration_s, "lease_duration_s")
+        )
+
+    @unary(JOB_SERVICE, "UpdateJob", jobs_pb2.Job)
+    def update_job(
+        job: jobs_pb2.Job | None = None,
+        update_mask: Mask = None,
+        *,
+        request_id: str = "",
+        request: jobs_pb2.UpdateJobRequest | None = None,
+    ) -> jobs_pb2.UpdateJobRequest:
+        """Writes the fields named in `update_mask` of `job.name` (only `priority` is mutable)."""
+        return request or jobs_pb2.UpdateJobRequest(job=job, update_mask=_mask(update_mask), request_id=request_id)
 
     @unary(JOB_SERVICE, "ReportJobProgress", jobs_pb2.Job)
     def report_job_progress(
@@ -342,12 +441,18 @@ class Methods:
         progress_percent: float = 0.0,
         message: str = "",
         *,
+        lease_token: str = "",
         request_id: str = "",
         request: jobs_pb2.ReportJobProgressRequest | None = None,
     ) -> jobs_pb2.ReportJobProgressRequest:
-        """Reports a running job's stage and/or progress."""
+        """Reports a running job's stage and/or progress; with a `lease_token`, also renews the lease."""
         return request or jobs_pb2.ReportJobProgressRequest(
-            name=name, stage=stage, progress_percent=progress_percent, message=message, request_id=request_id
+            name=name,
+            stage=stage,
+            progress_percent=progress_percent,
+            message=message,
+            lease_token=lease_token,
+            request_id=request_id,
         )
 
     @unary(JOB_SERVICE, "SucceedJob", jobs_pb2.Job)
@@ -356,12 +461,17 @@ class Methods:
         artifacts: Iterable[str] = (),
         message: str = "",
         *,
+        lease_token: str = "",
         request_id: str = "",
         request: jobs_pb2.SucceedJobRequest | None = None,
     ) -> jobs_pb2.SucceedJobRequest:
         """RUNNING -> SUCCEEDED, recording the artifacts produced."""
         return request or jobs_pb2.SucceedJobRequest(
-            name=name, artifacts=_strings(artifacts, "artifacts"), message=message, request_id=request_id
+            name=name,
+            artifacts=_strings(artifacts, "artifacts"),
+            message=message,
+            lease_token=lease_token,
+            request_id=request_id,
         )
 
     @unary(JOB_SERVICE, "FailJob", jobs_pb2.Job)
@@ -369,11 +479,14 @@ class Methods:
         name: str = "",
         error_message: str = "",
         *,
+        lease_token: str = "",
         request_id: str = "",
         request: jobs_pb2.FailJobRequest | None = None,
     ) -> jobs_pb2.FailJobRequest:
         """PENDING or RUNNING -> FAILED."""
-        return request or jobs_pb2.FailJobRequest(name=name, error_message=error_message, request_id=request_id)
+        return request or jobs_pb2.FailJobRequest(
+            name=name, error_message=error_message, lease_token=lease_token, request_id=request_id
+        )
 
     @unary(JOB_SERVICE, "CancelJob", jobs_pb2.Job)
     def cancel_job(
@@ -388,10 +501,17 @@ class Methods:
 
     @unary(JOB_SERVICE, "RetryJob", jobs_pb2.Job)
     def retry_job(
-        name: str = "", *, request_id: str = "", request: jobs_pb2.RetryJobRequest | None = None
+        name: str = "",
+        *,
+        ignore_attempt_limit: bool = False,
+        request_id: str = "",
+        request: jobs_pb2.RetryJobRequest | None = None,
     ) -> jobs_pb2.RetryJobRequest:
-        """FAILED -> PENDING while attempts remain."""
-        return request or jobs_pb2.RetryJobRequest(name=name, request_id=request_id)
+        """FAILED -> PENDING while attempts remain, or beyond them with `ignore_attempt_limit` (an
+        operator's override, recorded in the transition)."""
+        return request or jobs_pb2.RetryJobRequest(
+            name=name, ignore_attempt_limit=ignore_attempt_limit, request_id=request_id
+        )
 
     @unary(JOB_SERVICE, "AppendJobLog", jobs_pb2.AppendJobLogResponse)
     def append_job_log(

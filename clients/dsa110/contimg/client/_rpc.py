@@ -149,7 +149,14 @@ class Rpc(Generic[P, Q, R], ABC):
     `_async_method`), and declare `__get__` so that type checkers see that method's type.
     """
 
-    def __init__(self, service: str, method: str, build: Callable[P, Q], response: type[R]) -> None:
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        build: Callable[P, Q],
+        response: type[R],
+        waits: Callable[[Any], float] | None = None,
+    ) -> None:
         # `request` tells a complete request from its fields only while it cannot be positional.
         request = inspect.signature(build).parameters.get("request")
         if request is None or request.kind is not inspect.Parameter.KEYWORD_ONLY or request.default is not None:
@@ -158,6 +165,14 @@ class Rpc(Generic[P, Q, R], ABC):
         self.method = method
         self.build = build
         self.response = response
+        self.waits = waits
+
+    def timeout(self, deadline_s: float | None, request: object) -> float | None:
+        """The call's deadline: the client's, plus however long the request asks the server to
+        wait (a long-poll), so that the deadline bounds the call's work, not the wait asked for."""
+        if deadline_s is None or self.waits is None:
+            return deadline_s
+        return deadline_s + max(0.0, self.waits(request))
 
     def request(self, *args: P.args, **kwargs: P.kwargs) -> Q:
         """The request to send. A complete `request=` excludes every other argument, as in
@@ -375,8 +390,12 @@ class Watch(Rpc[P, WQ, JobEvent]):
 # Decorators that turn a request builder into a table entry
 
 
-def unary(service: str, method: str, response: type[R]) -> Callable[[Callable[P, M]], Unary[P, M, R]]:
-    return lambda build: Unary(service, method, build, response)
+def unary(
+    service: str, method: str, response: type[R], *, waits: Callable[[Any], float] | None = None
+) -> Callable[[Callable[P, M]], Unary[P, M, R]]:
+    """`waits(request)`: seconds the server may hold the call by request (a long-poll), added to
+    the client's deadline."""
+    return lambda build: Unary(service, method, build, response, waits)
 
 
 def collected(service: str, method: str, response: type[MR]) -> Callable[[Callable[P, M]], Collected[P, M, MR]]:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from dsa110.contimg.v1 import images_pb2, sources_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from . import names
+from . import coords, export, names, times
 from ._sync import Client
 from .config import ClientConfig, parse_deadline
 from .errors import (
@@ -42,12 +43,9 @@ Columns = Sequence[tuple[str, Row]]
 
 
 def _enum(message: Message, field: str) -> str:
-    descriptor = message.DESCRIPTOR.fields_by_name[field].enum_type
-    value = descriptor.values_by_number.get(getattr(message, field)) if descriptor else None
-    if value is None or value.number == 0:
-        return "-"
-    # STATE_RUNNING -> RUNNING: the enum name prefix only repeats the column header.
-    return value.name.split("_", 1)[-1]
+    # STATE_RUNNING -> RUNNING: the enum name prefix only repeats the column header; a value this
+    # client does not know (a newer server's) shows as its number rather than as nothing.
+    return "-" if getattr(message, field) == 0 else export.enum_label(message, field)
 
 
 def _f(fmt: str, value: float) -> str:
@@ -122,16 +120,39 @@ def _matched(columns: Columns, field: str) -> Columns:
 
 
 class Output:
-    def __init__(self, as_json: bool, stream: TextIO) -> None:
-        self.as_json = as_json
+    """Where and how a command prints: `format` is table (the default), json (as `as_json`), or a
+    file format of export.py (csv, votable). A table of a listing ends with a line on `notes`
+    (stderr, so that pipes see only rows): how many rows of the total, or `no results`."""
+
+    def __init__(self, as_json: bool, stream: TextIO, format: str | None = None, notes: TextIO | None = None) -> None:
+        self.format = format or ("json" if as_json else "table")
+        self.as_json = self.format == "json"
         self.stream = stream
+        self.notes = notes
 
     def json(self, message: Message) -> None:
         text = json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
         print(text, file=self.stream, flush=True)
 
-    def rows(self, items: Iterable[Any], columns: Columns, *, follow: bool = False) -> None:
-        """One JSON object per line, or an aligned table; `follow` prints each row as it comes."""
+    def rows(
+        self,
+        items: Iterable[Any],
+        columns: Columns,
+        *,
+        follow: bool = False,
+        schema: type[Message] | None = None,
+        about: Message | None = None,
+    ) -> None:
+        """One JSON object per line, an aligned table, or (given the items' message type, `schema`)
+        CSV or VOTable, with `about` as the VOTable's PARAMs; `follow` prints each row as it comes."""
+        if self.format in export.FILE_FORMATS:
+            if schema is None:
+                raise ValueError(f"this command has no --format {self.format}")
+            if self.format == "csv":
+                export.to_csv(items, export.fields(schema), self.stream)
+            else:
+                export.to_votable(items, export.fields(schema), self.stream, about=about)
+            return
         if self.as_json:
             for item in items:
                 self.json(item)
@@ -145,9 +166,13 @@ class Output:
         for cells in sample:
             widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
         self._line(headers, widths)
+        count = 0
         for cells in itertools.chain(sample, (self._cells(i, columns) for i in iterator)):
             widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
             self._line(cells, widths)
+            count += 1
+        if isinstance(items, export.Listing) and not follow:
+            print(export.summary(count, items.total), file=self.notes or sys.stderr, flush=True)
 
     def one(self, message: Message) -> None:
         if self.as_json:
@@ -185,7 +210,7 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
 
 
 def _limited(items: Iterable[Any], limit: int | None) -> Iterable[Any]:
-    return items if limit is None else itertools.islice(items, limit)
+    return export.Listing(items, limit)  # a table of it ends with the count and the listing's total
 
 
 def _page_size(args: argparse.Namespace) -> int:
@@ -200,7 +225,7 @@ def _prefixed(prefix: str, name: str) -> str:
 
 def images_list(client: Client, args: argparse.Namespace, out: Output) -> None:
     pager = client.list_images(args.filter, args.order_by, _page_size(args))
-    out.rows(_limited(pager, args.limit), IMAGE_COLUMNS)
+    out.rows(_limited(pager, args.limit), IMAGE_COLUMNS, schema=images_pb2.Image)
 
 
 def images_get(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -231,12 +256,18 @@ def sources_get(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def sources_search(client: Client, args: argparse.Namespace, out: Output) -> None:
     pager = client.search_sources(args.ra_deg, args.dec_deg, args.radius_deg, args.filter, _page_size(args))
-    out.rows(_limited(pager, args.limit), _matched(SOURCE_COLUMNS, "source"))
+    out.rows(_limited(pager, args.limit), _matched(SOURCE_COLUMNS, "source"), schema=sources_pb2.SourceMatch)
 
 
 def sources_lightcurve(client: Client, args: argparse.Namespace, out: Output) -> None:
     curve = client.get_lightcurve(_prefixed(names.SOURCES, args.name), args.start_mjd, args.end_mjd)
-    out.rows(_limited(curve.points, args.limit), POINT_COLUMNS)
+    if getattr(args, "plot", None):
+        from .plot import save_lightcurve  # matplotlib: only when asked for
+
+        save_lightcurve(curve, args.plot, args.name)
+        print(f"lightcurve plot written to {args.plot}", file=sys.stderr)
+    source = curve.source if curve.HasField("source") else None
+    out.rows(_limited(curve.points, args.limit), POINT_COLUMNS, schema=sources_pb2.PhotometryMeasurement, about=source)
 
 
 def ms_list(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -308,7 +339,7 @@ def _non_negative(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _connection_options()
-    parser = argparse.ArgumentParser(
+    parser = coords.ArgumentParser(  # takes -00:30:00 and -2d as values; subparsers inherit the class
         prog="contimg",
         description="Query the DSA-110 continuum imaging data products.",
         parents=[common],
@@ -326,23 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
         return resources.add_parser(name, help=help).add_subparsers(required=True, metavar="COMMAND")
 
     images = group("images", "FITS images")
-    command(images, "list", images_list, "list images", _listing())
+    command(images, "list", images_list, "list images", _listing(), export.options())
     command(images, "get", images_get, "show images").add_argument("names", nargs="+", metavar="NAME")
     search = command(images, "search", images_search, "images covering a position", _listing(order=False))
-    search.add_argument("ra_deg", type=float)
-    search.add_argument("dec_deg", type=float)
+    search.add_argument("ra_deg", type=coords.ra_arg, help=coords.RA_FORMS)
+    search.add_argument("dec_deg", type=coords.dec_arg, help=coords.DEC_FORMS)
 
     sources = group("sources", "radio sources")
     command(sources, "list", sources_list, "list sources", _listing())
     command(sources, "get", sources_get, "show sources").add_argument("names", nargs="+", metavar="NAME")
-    search = command(sources, "search", sources_search, "cone search", _listing(order=False))
-    search.add_argument("ra_deg", type=float)
-    search.add_argument("dec_deg", type=float)
-    search.add_argument("radius_deg", type=float)
-    curve = command(sources, "lightcurve", sources_lightcurve, "a source's lightcurve")
-    curve.add_argument("name")
-    curve.add_argument("--start-mjd", type=float, default=0.0)
-    curve.add_argument("--end-mjd", type=float, default=0.0)
+    search = command(sources, "search", sources_search, "cone search", _listing(order=False), export.options())
+    search.add_argument("ra_deg", type=coords.ra_arg, help=coords.RA_FORMS)
+    search.add_argument("dec_deg", type=coords.dec_arg, help=coords.DEC_FORMS)
+    search.add_argument("radius_deg", type=coords.radius_arg, help=coords.RADIUS_FORMS)
+    curve = command(sources, "lightcurve", sources_lightcurve, "a source's lightcurve", export.options(plot=True))
+    curve.add_argument("name", help="sources/J083454.9+553421 or the bare designation")
+    time_help = "observation time: " + times.FORMS
+    curve.add_argument("--start", "--start-mjd", dest="start_mjd", type=times.time_arg, default=0.0, help=time_help)
+    curve.add_argument("--end", "--end-mjd", dest="end_mjd", type=times.time_arg, default=0.0, help=time_help)
     curve.add_argument("--limit", type=_non_negative, default=None, help="stop after N points")
 
     ms = group("ms", "measurement sets")
@@ -359,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--filter", default="", help="with no NAME: e.g. 'state = FAILED'")
     watch.add_argument("--after-sequence", type=_non_negative, default=0, help="resume after this event")
     watch.add_argument("--limit", type=_non_negative, default=None, help="stop after N events")
+    from .jobs_cli import add_job_commands  # the write side; it imports this module's helpers
+
+    add_job_commands(jobs, command)
     return parser
 
 
@@ -395,12 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = _config(args)
+        export.check(args)  # --format/--output/--plot: extras installed, files writable
+        fmt = export.format_of(args)
     except (ValueError, OSError) as error:
         parser.error(str(error))
-    out = Output(getattr(args, "json", False), sys.stdout)
     try:
-        with Client(config) as client:
-            args.handler(client, args, out)
+        with Client(config) as client, export.destination(getattr(args, "output", None), sys.stdout) as stream:
+            args.handler(client, args, Output(fmt == "json", stream, fmt))
     except ContimgError as error:
         print(f"contimg: {error}", file=sys.stderr)
         return exit_code(error)

@@ -27,7 +27,8 @@ def ms_path(name: str) -> str:
 
 
 def image_name(image_id: int | str) -> str:
-    return IMAGES + str(image_id)
+    """`42` or `images/42` -> `images/42` (an id never contains `/`, so a name passes through)."""
+    return _prefixed(IMAGES, str(image_id))
 
 
 def image_id(name: str) -> int:
@@ -35,7 +36,8 @@ def image_id(name: str) -> int:
 
 
 def source_name(source_id: str) -> str:
-    return SOURCES + source_id
+    """`J083454.9+553421` (a bare designation) or `sources/J083454.9+553421` -> the resource name."""
+    return _prefixed(SOURCES, source_id)
 
 
 def source_id(name: str) -> str:
@@ -48,6 +50,17 @@ def job_name(job_id: str) -> str:
 
 def job_id(name: str) -> str:
     return _strip(name, JOBS)
+
+
+def _prefixed(prefix: str, name: str) -> str:
+    return name if name.startswith(prefix) else prefix + name
+
+
+def named(prefix: str, name: str) -> str:
+    """What the clients send for a resource name argument: `name` with `prefix` added when the
+    caller gave a bare id (as the CLI accepts); an empty name stays empty (the server says it is
+    required)."""
+    return _prefixed(prefix, name) if name else name
 
 
 def _strip(name: str, prefix: str) -> str:

@@ -64,6 +64,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     before the database was restored from a backup): resume from 0 (WatchJobs: from the newest event).
     The newest sequence is in ErrorInfo.metadata `last_sequence`.
     """
+    ERROR_REASON_LEASE_LOST: _ErrorReason.ValueType  # 45
+    """A job write presented a lease token that is not the job's current lease (it expired and the
+    job was returned or claimed again, or the job finished): the caller must stop working on it.
+    ErrorInfo.metadata `state` and `lease_holder` say what the job is now.
+    """
     ERROR_REASON_REQUEST_ID_MISMATCH: _ErrorReason.ValueType  # 50
     """A request_id was reused with a request whose content differs from the first one."""
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 60
@@ -164,6 +169,11 @@ ERROR_REASON_SEQUENCE_OUT_OF_RANGE: ErrorReason.ValueType  # 44
 """A watch's `after_sequence` is beyond the newest event the server has (e.g. a position from
 before the database was restored from a backup): resume from 0 (WatchJobs: from the newest event).
 The newest sequence is in ErrorInfo.metadata `last_sequence`.
+"""
+ERROR_REASON_LEASE_LOST: ErrorReason.ValueType  # 45
+"""A job write presented a lease token that is not the job's current lease (it expired and the
+job was returned or claimed again, or the job finished): the caller must stop working on it.
+ErrorInfo.metadata `state` and `lease_holder` say what the job is now.
 """
 ERROR_REASON_REQUEST_ID_MISMATCH: ErrorReason.ValueType  # 50
 """A request_id was reused with a request whose content differs from the first one."""

@@ -23,65 +23,77 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64sa110/contimg/v1/jobs.proto\x12\x11\x64sa110.contimg.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x08\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.dsa110.contimg.v1.Job.Type\x12\x17\n\x0fmeasurement_set\x18\x03 \x01(\t\x12\x0f\n\x07ms_path\x18\x04 \x01(\t\x12+\n\nparameters\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.State\x12+\n\x05stage\x18\x07 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.Stage\x12\x18\n\x10progress_percent\x18\x08 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rerror_message\x18\x0f \x01(\t\x12\x11\n\tartifacts\x18\x10 \x03(\t\x12\x16\n\x0elog_line_count\x18\x11 \x01(\x05\x12\x35\n\x0btransitions\x18\x12 \x03(\x0b\x32 .dsa110.contimg.v1.JobTransition\"\x80\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05\"\xc9\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10STAGE_CONVERTING\x10\x01\x12\x13\n\x0fSTAGE_CONVERTED\x10\x02\x12\x16\n\x12STAGE_FLAGGING_RFI\x10\x03\x12\x15\n\x11STAGE_SOLVING_CAL\x10\x04\x12\x16\n\x12STAGE_APPLYING_CAL\x10\x05\x12\x11\n\rSTAGE_IMAGING\x10\x06\x12\x14\n\x10STAGE_PHOTOMETRY\x10\x07\x12\x0e\n\nSTAGE_DONE\x10\x08\"z\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cTYPE_CONVERT\x10\x01\x12\x12\n\x0eTYPE_CALIBRATE\x10\x02\x12\x0e\n\nTYPE_IMAGE\x10\x03\x12\x13\n\x0fTYPE_PHOTOMETRY\x10\x04\x12\x11\n\rTYPE_PIPELINE\x10\x05\"\xfa\x01\n\rJobTransition\x12\x30\n\nfrom_state\x18\x01 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.State\x12.\n\x08to_state\x18\x02 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.State\x12+\n\x05stage\x18\x03 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.Stage\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\"\xaa\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\x04type\x18\x02 \x01(\x0e\x32 .dsa110.contimg.v1.JobEvent.Type\x12\x34\n\ntransition\x18\x03 \x01(\x0b\x32 .dsa110.contimg.v1.JobTransition\x12#\n\x03job\x18\x04 \x01(\x0b\x32\x16.dsa110.contimg.v1.Job\"\x80\x01\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rTYPE_SNAPSHOT\x10\x01\x12\x10\n\x0cTYPE_CREATED\x10\x02\x12\x16\n\x12TYPE_STATE_CHANGED\x10\x03\x12\x11\n\rTYPE_PROGRESS\x10\x04\x12\x12\n\x0eTYPE_HEARTBEAT\x10\x05\"Z\n\x0bJobLogEntry\x12\x13\n\x0bline_number\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Z\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"e\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.dsa110.contimg.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"[\n\x10\x43reateJobRequest\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.dsa110.contimg.v1.Job\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"3\n\x0fStartJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x94\x01\n\x18ReportJobProgressRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x05stage\x18\x02 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.Stage\x12\x18\n\x10progress_percent\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"Y\n\x11SucceedJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tartifacts\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"I\n\x0e\x46\x61ilJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"D\n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"3\n\x0fRetryJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"F\n\x13\x41ppendJobLogRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\".\n\x14\x41ppendJobLogResponse\x12\x16\n\x0elog_line_count\x18\x01 \x01(\x05\"Q\n\x18ListJobLogEntriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"y\n\x19ListJobLogEntriesResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.dsa110.contimg.v1.JobLogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"7\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\":\n\x10WatchJobsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x32\xa6\x08\n\nJobService\x12\x42\n\x06GetJob\x12 .dsa110.contimg.v1.GetJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12S\n\x08ListJobs\x12\".dsa110.contimg.v1.ListJobsRequest\x1a#.dsa110.contimg.v1.ListJobsResponse\x12H\n\tCreateJob\x12#.dsa110.contimg.v1.CreateJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12\x46\n\x08StartJob\x12\".dsa110.contimg.v1.StartJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12X\n\x11ReportJobProgress\x12+.dsa110.contimg.v1.ReportJobProgressRequest\x1a\x16.dsa110.contimg.v1.Job\x12J\n\nSucceedJob\x12$.dsa110.contimg.v1.SucceedJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12\x44\n\x07\x46\x61ilJob\x12!.dsa110.contimg.v1.FailJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12H\n\tCancelJob\x12#.dsa110.contimg.v1.CancelJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12\x46\n\x08RetryJob\x12\".dsa110.contimg.v1.RetryJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12_\n\x0c\x41ppendJobLog\x12&.dsa110.contimg.v1.AppendJobLogRequest\x1a\'.dsa110.contimg.v1.AppendJobLogResponse\x12n\n\x11ListJobLogEntries\x12+.dsa110.contimg.v1.ListJobLogEntriesRequest\x1a,.dsa110.contimg.v1.ListJobLogEntriesResponse\x12M\n\x08WatchJob\x12\".dsa110.contimg.v1.WatchJobRequest\x1a\x1b.dsa110.contimg.v1.JobEvent0\x01\x12O\n\tWatchJobs\x12#.dsa110.contimg.v1.WatchJobsRequest\x1a\x1b.dsa110.contimg.v1.JobEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64sa110/contimg/v1/jobs.proto\x12\x11\x64sa110.contimg.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\t\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.dsa110.contimg.v1.Job.Type\x12\x17\n\x0fmeasurement_set\x18\x03 \x01(\t\x12\x0f\n\x07ms_path\x18\x04 \x01(\t\x12+\n\nparameters\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.State\x12+\n\x05stage\x18\x07 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.Stage\x12\x18\n\x10progress_percent\x18\x08 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rerror_message\x18\x0f \x01(\t\x12\x11\n\tartifacts\x18\x10 \x03(\t\x12\x16\n\x0elog_line_count\x18\x11 \x01(\x05\x12\x35\n\x0btransitions\x18\x12 \x03(\x0b\x32 .dsa110.contimg.v1.JobTransition\x12\x10\n\x08priority\x18\x13 \x01(\x05\x12\x14\n\x0clease_holder\x18\x14 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blease_token\x18\x16 \x01(\t\"\x80\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05\"\xc9\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10STAGE_CONVERTING\x10\x01\x12\x13\n\x0fSTAGE_CONVERTED\x10\x02\x12\x16\n\x12STAGE_FLAGGING_RFI\x10\x03\x12\x15\n\x11STAGE_SOLVING_CAL\x10\x04\x12\x16\n\x12STAGE_APPLYING_CAL\x10\x05\x12\x11\n\rSTAGE_IMAGING\x10\x06\x12\x14\n\x10STAGE_PHOTOMETRY\x10\x07\x12\x0e\n\nSTAGE_DONE\x10\x08\"z\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cTYPE_CONVERT\x10\x01\x12\x12\n\x0eTYPE_CALIBRATE\x10\x02\x12\x0e\n\nTYPE_IMAGE\x10\x03\x12\x13\n\x0fTYPE_PHOTOMETRY\x10\x04\x12\x11\n\rTYPE_PIPELINE\x10\x05\"\xfa\x01\n\rJobTransition\x12\x30\n\nfrom_state\x18\x01 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.State\x12.\n\x08to_state\x18\x02 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.State\x12+\n\x05stage\x18\x03 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.Stage\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\"\xaa\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\x04type\x18\x02 \x01(\x0e\x32 .dsa110.contimg.v1.JobEvent.Type\x12\x34\n\ntransition\x18\x03 \x01(\x0b\x32 .dsa110.contimg.v1.JobTransition\x12#\n\x03job\x18\x04 \x01(\x0b\x32\x16.dsa110.contimg.v1.Job\"\x80\x01\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rTYPE_SNAPSHOT\x10\x01\x12\x10\n\x0cTYPE_CREATED\x10\x02\x12\x16\n\x12TYPE_STATE_CHANGED\x10\x03\x12\x11\n\rTYPE_PROGRESS\x10\x04\x12\x12\n\x0eTYPE_HEARTBEAT\x10\x05\"Z\n\x0bJobLogEntry\x12\x13\n\x0bline_number\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Z\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"e\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.dsa110.contimg.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"[\n\x10\x43reateJobRequest\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.dsa110.contimg.v1.Job\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"v\n\x0fStartJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xee\x01\n\x0f\x43laimJobRequest\x12*\n\x05types\x18\x01 \x03(\x0e\x32\x1b.dsa110.contimg.v1.Job.Type\x12\x17\n\x0fmeasurement_set\x18\x02 \x01(\t\x12\x19\n\x0cmin_priority\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12\x31\n\x0elease_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04wait\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\n\r_min_priority\"L\n\x10\x43laimJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.dsa110.contimg.v1.Job\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"k\n\x13HeartbeatJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x14HeartbeatJobResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x10UpdateJobRequest\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.dsa110.contimg.v1.Job\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xa9\x01\n\x18ReportJobProgressRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x05stage\x18\x02 \x01(\x0e\x32\x1c.dsa110.contimg.v1.Job.Stage\x12\x18\n\x10progress_percent\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0blease_token\x18\x06 \x01(\t\"n\n\x11SucceedJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tartifacts\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x13\n\x0blease_token\x18\x05 \x01(\t\"^\n\x0e\x46\x61ilJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x13\n\x0blease_token\x18\x04 \x01(\t\"D\n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"Q\n\x0fRetryJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x1c\n\x14ignore_attempt_limit\x18\x03 \x01(\x08\"F\n\x13\x41ppendJobLogRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\".\n\x14\x41ppendJobLogResponse\x12\x16\n\x0elog_line_count\x18\x01 \x01(\x05\"Q\n\x18ListJobLogEntriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"y\n\x19ListJobLogEntriesResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.dsa110.contimg.v1.JobLogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"7\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\":\n\x10WatchJobsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x32\xa6\n\n\nJobService\x12\x42\n\x06GetJob\x12 .dsa110.contimg.v1.GetJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12S\n\x08ListJobs\x12\".dsa110.contimg.v1.ListJobsRequest\x1a#.dsa110.contimg.v1.ListJobsResponse\x12H\n\tCreateJob\x12#.dsa110.contimg.v1.CreateJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12\x46\n\x08StartJob\x12\".dsa110.contimg.v1.StartJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12S\n\x08\x43laimJob\x12\".dsa110.contimg.v1.ClaimJobRequest\x1a#.dsa110.contimg.v1.ClaimJobResponse\x12_\n\x0cHeartbeatJob\x12&.dsa110.contimg.v1.HeartbeatJobRequest\x1a\'.dsa110.contimg.v1.HeartbeatJobResponse\x12H\n\tUpdateJob\x12#.dsa110.contimg.v1.UpdateJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12X\n\x11ReportJobProgress\x12+.dsa110.contimg.v1.ReportJobProgressRequest\x1a\x16.dsa110.contimg.v1.Job\x12J\n\nSucceedJob\x12$.dsa110.contimg.v1.SucceedJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12\x44\n\x07\x46\x61ilJob\x12!.dsa110.contimg.v1.FailJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12H\n\tCancelJob\x12#.dsa110.contimg.v1.CancelJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12\x46\n\x08RetryJob\x12\".dsa110.contimg.v1.RetryJobRequest\x1a\x16.dsa110.contimg.v1.Job\x12_\n\x0c\x41ppendJobLog\x12&.dsa110.contimg.v1.AppendJobLogRequest\x1a\'.dsa110.contimg.v1.AppendJobLogResponse\x12n\n\x11ListJobLogEntries\x12+.dsa110.contimg.v1.ListJobLogEntriesRequest\x1a,.dsa110.contimg.v1.ListJobLogEntriesResponse\x12M\n\x08WatchJob\x12\".dsa110.contimg.v1.WatchJobRequest\x1a\x1b.dsa110.contimg.v1.JobEvent0\x01\x12O\n\tWatchJobs\x12#.dsa110.contimg.v1.WatchJobsRequest\x1a\x1b.dsa110.contimg.v1.JobEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dsa110.contimg.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOB']._serialized_start=115
-  _globals['_JOB']._serialized_end=1191
-  _globals['_JOB_STATE']._serialized_start=735
-  _globals['_JOB_STATE']._serialized_end=863
-  _globals['_JOB_STAGE']._serialized_start=866
-  _globals['_JOB_STAGE']._serialized_end=1067
-  _globals['_JOB_TYPE']._serialized_start=1069
-  _globals['_JOB_TYPE']._serialized_end=1191
-  _globals['_JOBTRANSITION']._serialized_start=1194
-  _globals['_JOBTRANSITION']._serialized_end=1444
-  _globals['_JOBEVENT']._serialized_start=1447
-  _globals['_JOBEVENT']._serialized_end=1745
-  _globals['_JOBEVENT_TYPE']._serialized_start=1617
-  _globals['_JOBEVENT_TYPE']._serialized_end=1745
-  _globals['_JOBLOGENTRY']._serialized_start=1747
-  _globals['_JOBLOGENTRY']._serialized_end=1837
-  _globals['_GETJOBREQUEST']._serialized_start=1839
-  _globals['_GETJOBREQUEST']._serialized_end=1868
-  _globals['_LISTJOBSREQUEST']._serialized_start=1870
-  _globals['_LISTJOBSREQUEST']._serialized_end=1960
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1962
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2063
-  _globals['_CREATEJOBREQUEST']._serialized_start=2065
-  _globals['_CREATEJOBREQUEST']._serialized_end=2156
-  _globals['_STARTJOBREQUEST']._serialized_start=2158
-  _globals['_STARTJOBREQUEST']._serialized_end=2209
-  _globals['_REPORTJOBPROGRESSREQUEST']._serialized_start=2212
-  _globals['_REPORTJOBPROGRESSREQUEST']._serialized_end=2360
-  _globals['_SUCCEEDJOBREQUEST']._serialized_start=2362
-  _globals['_SUCCEEDJOBREQUEST']._serialized_end=2451
-  _globals['_FAILJOBREQUEST']._serialized_start=2453
-  _globals['_FAILJOBREQUEST']._serialized_end=2526
-  _globals['_CANCELJOBREQUEST']._serialized_start=2528
-  _globals['_CANCELJOBREQUEST']._serialized_end=2596
-  _globals['_RETRYJOBREQUEST']._serialized_start=2598
-  _globals['_RETRYJOBREQUEST']._serialized_end=2649
-  _globals['_APPENDJOBLOGREQUEST']._serialized_start=2651
-  _globals['_APPENDJOBLOGREQUEST']._serialized_end=2721
-  _globals['_APPENDJOBLOGRESPONSE']._serialized_start=2723
-  _globals['_APPENDJOBLOGRESPONSE']._serialized_end=2769
-  _globals['_LISTJOBLOGENTRIESREQUEST']._serialized_start=2771
-  _globals['_LISTJOBLOGENTRIESREQUEST']._serialized_end=2852
-  _globals['_LISTJOBLOGENTRIESRESPONSE']._serialized_start=2854
-  _globals['_LISTJOBLOGENTRIESRESPONSE']._serialized_end=2975
-  _globals['_WATCHJOBREQUEST']._serialized_start=2977
-  _globals['_WATCHJOBREQUEST']._serialized_end=3032
-  _globals['_WATCHJOBSREQUEST']._serialized_start=3034
-  _globals['_WATCHJOBSREQUEST']._serialized_end=3092
-  _globals['_JOBSERVICE']._serialized_start=3095
-  _globals['_JOBSERVICE']._serialized_end=4157
+  _globals['_JOB']._serialized_start=181
+  _globals['_JOB']._serialized_end=1373
+  _globals['_JOB_STATE']._serialized_start=917
+  _globals['_JOB_STATE']._serialized_end=1045
+  _globals['_JOB_STAGE']._serialized_start=1048
+  _globals['_JOB_STAGE']._serialized_end=1249
+  _globals['_JOB_TYPE']._serialized_start=1251
+  _globals['_JOB_TYPE']._serialized_end=1373
+  _globals['_JOBTRANSITION']._serialized_start=1376
+  _globals['_JOBTRANSITION']._serialized_end=1626
+  _globals['_JOBEVENT']._serialized_start=1629
+  _globals['_JOBEVENT']._serialized_end=1927
+  _globals['_JOBEVENT_TYPE']._serialized_start=1799
+  _globals['_JOBEVENT_TYPE']._serialized_end=1927
+  _globals['_JOBLOGENTRY']._serialized_start=1929
+  _globals['_JOBLOGENTRY']._serialized_end=2019
+  _globals['_GETJOBREQUEST']._serialized_start=2021
+  _globals['_GETJOBREQUEST']._serialized_end=2050
+  _globals['_LISTJOBSREQUEST']._serialized_start=2052
+  _globals['_LISTJOBSREQUEST']._serialized_end=2142
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2144
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2245
+  _globals['_CREATEJOBREQUEST']._serialized_start=2247
+  _globals['_CREATEJOBREQUEST']._serialized_end=2338
+  _globals['_STARTJOBREQUEST']._serialized_start=2340
+  _globals['_STARTJOBREQUEST']._serialized_end=2458
+  _globals['_CLAIMJOBREQUEST']._serialized_start=2461
+  _globals['_CLAIMJOBREQUEST']._serialized_end=2699
+  _globals['_CLAIMJOBRESPONSE']._serialized_start=2701
+  _globals['_CLAIMJOBRESPONSE']._serialized_end=2777
+  _globals['_HEARTBEATJOBREQUEST']._serialized_start=2779
+  _globals['_HEARTBEATJOBREQUEST']._serialized_end=2886
+  _globals['_HEARTBEATJOBRESPONSE']._serialized_start=2888
+  _globals['_HEARTBEATJOBRESPONSE']._serialized_end=2965
+  _globals['_UPDATEJOBREQUEST']._serialized_start=2967
+  _globals['_UPDATEJOBREQUEST']._serialized_end=3091
+  _globals['_REPORTJOBPROGRESSREQUEST']._serialized_start=3094
+  _globals['_REPORTJOBPROGRESSREQUEST']._serialized_end=3263
+  _globals['_SUCCEEDJOBREQUEST']._serialized_start=3265
+  _globals['_SUCCEEDJOBREQUEST']._serialized_end=3375
+  _globals['_FAILJOBREQUEST']._serialized_start=3377
+  _globals['_FAILJOBREQUEST']._serialized_end=3471
+  _globals['_CANCELJOBREQUEST']._serialized_start=3473
+  _globals['_CANCELJOBREQUEST']._serialized_end=3541
+  _globals['_RETRYJOBREQUEST']._serialized_start=3543
+  _globals['_RETRYJOBREQUEST']._serialized_end=3624
+  _globals['_APPENDJOBLOGREQUEST']._serialized_start=3626
+  _globals['_APPENDJOBLOGREQUEST']._serialized_end=3696
+  _globals['_APPENDJOBLOGRESPONSE']._serialized_start=3698
+  _globals['_APPENDJOBLOGRESPONSE']._serialized_end=3744
+  _globals['_LISTJOBLOGENTRIESREQUEST']._serialized_start=3746
+  _globals['_LISTJOBLOGENTRIESREQUEST']._serialized_end=3827
+  _globals['_LISTJOBLOGENTRIESRESPONSE']._serialized_start=3829
+  _globals['_LISTJOBLOGENTRIESRESPONSE']._serialized_end=3950
+  _globals['_WATCHJOBREQUEST']._serialized_start=3952
+  _globals['_WATCHJOBREQUEST']._serialized_end=4007
+  _globals['_WATCHJOBSREQUEST']._serialized_start=4009
+  _globals['_WATCHJOBSREQUEST']._serialized_end=4067
+  _globals['_JOBSERVICE']._serialized_start=4070
+  _globals['_JOBSERVICE']._serialized_end=5388
 # @@protoc_insertion_point(module_scope)

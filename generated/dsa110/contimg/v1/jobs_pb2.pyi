@@ -6,6 +6,8 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -163,6 +165,10 @@ class Job(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     LOG_LINE_COUNT_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    LEASE_HOLDER_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `jobs/{job_id}`. Output only."""
     type: Global___Job.Type.ValueType
@@ -189,6 +195,20 @@ class Job(_message.Message):
     """Error of the last failure. Output only."""
     log_line_count: _builtins.int
     """Number of log lines appended. Output only."""
+    priority: _builtins.int
+    """Claim order: higher first (then older first). Any int32; default 0. Set on create and by
+    UpdateJob.
+    """
+    lease_holder: _builtins.str
+    """Worker holding the current lease (ClaimJobRequest.worker or StartJobRequest.worker); empty
+    when the job has no lease. Output only.
+    """
+    lease_token: _builtins.str
+    """The secret token of a lease just granted: set only in the reply of the StartJob call that
+    granted it (ClaimJob returns it in ClaimJobResponse.lease_token); never stored readable, never
+    in GetJob, ListJobs or events, nor in the replayed reply of a retry with the same
+    `request_id` (the server keeps only the token's hash). Output only.
+    """
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """Task parameters as JSON: at most 64 KiB serialized, numbers finite."""
@@ -217,6 +237,10 @@ class Job(_message.Message):
     def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobTransition]:
         """Every transition so far, oldest first. Output only."""
 
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the current lease expires unless renewed; absent without a lease. Output only."""
+
     def __init__(
         self,
         *,
@@ -238,10 +262,14 @@ class Job(_message.Message):
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
         log_line_count: _builtins.int = ...,
         transitions: _abc.Iterable[Global___JobTransition] | None = ...,
+        priority: _builtins.int = ...,
+        lease_holder: _builtins.str = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "parameters", b"parameters", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "lease_expire_time", b"lease_expire_time", "parameters", b"parameters", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "log_line_count", b"log_line_count", "max_attempts", b"max_attempts", "measurement_set", b"measurement_set", "ms_path", b"ms_path", "name", b"name", "parameters", b"parameters", "progress_percent", b"progress_percent", "stage", b"stage", "start_time", b"start_time", "state", b"state", "transitions", b"transitions", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "lease_expire_time", b"lease_expire_time", "lease_holder", b"lease_holder", "lease_token", b"lease_token", "log_line_count", b"log_line_count", "max_attempts", b"max_attempts", "measurement_set", b"measurement_set", "ms_path", b"ms_path", "name", b"name", "parameters", b"parameters", "priority", b"priority", "progress_percent", b"progress_percent", "stage", b"stage", "start_time", b"start_time", "state", b"state", "transitions", b"transitions", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,8 +482,9 @@ class ListJobsRequest(_message.Message):
     filter: _builtins.str
     """AIP-160 subset (comparisons joined by `AND`). Fields: `state` (e.g. `state = RUNNING`),
     `type` (e.g. `type = IMAGE`), `stage`, `measurement_set` (`=` only), `create_time`,
-    `update_time` (RFC 3339 strings), `attempt`. At most 2048 characters and 32 conditions; a
-    string value at most 1024 characters.
+    `update_time` (RFC 3339 strings), `attempt`, `priority`, `lease_holder` (e.g.
+    `lease_holder = "host:42"`). At most 2048 characters and 32 conditions; a string value at
+    most 1024 characters.
     """
     order_by: _builtins.str
     """Comma-separated fields, each optionally followed by `desc`. Sortable: `create_time`,
@@ -553,25 +582,211 @@ class StartJobRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     request_id: _builtins.str
     """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
     as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
+    worker: _builtins.str
+    """Optional worker identity (1 to 256 characters): when set, the start grants a lease held by
+    it, its token in the reply's `lease_token`. Without it, no lease (the job never expires).
+    """
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """Lease length when `worker` is set: default 60 s, 1 s to 1 h."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        worker: _builtins.str = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "name", b"name", "request_id", b"request_id", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartJobRequest: _TypeAlias = StartJobRequest  # noqa: Y015
+
+@_typing.final
+class ClaimJobRequest(_message.Message):
+    """Request for JobService.ClaimJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    MEASUREMENT_SET_FIELD_NUMBER: _builtins.int
+    MIN_PRIORITY_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    measurement_set: _builtins.str
+    """Optional: take only jobs of this measurement set, `measurementSets/{ms_id}` (or its path)."""
+    min_priority: _builtins.int
+    """Optional: take only jobs with `priority >= min_priority`."""
+    worker: _builtins.str
+    """Required. The worker's identity, 1 to 256 characters (e.g. `host:pid`); becomes
+    `Job.lease_holder`.
+    """
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___Job.Type.ValueType]:
+        """Job types to take; empty takes any."""
+
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """Lease length: default 60 s, 1 s to 1 h."""
+
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """How long to wait for a job when none is pending: default 0 (answer at once), at most 5 min;
+        the call's deadline also ends the wait.
+        """
+
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[Global___Job.Type.ValueType] | None = ...,
+        measurement_set: _builtins.str = ...,
+        min_priority: _builtins.int | None = ...,
+        worker: _builtins.str = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+        wait: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_priority", b"_min_priority", "lease_duration", b"lease_duration", "min_priority", b"min_priority", "wait", b"wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_priority", b"_min_priority", "lease_duration", b"lease_duration", "measurement_set", b"measurement_set", "min_priority", b"min_priority", "types", b"types", "wait", b"wait", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_priority: _TypeAlias = _typing.Literal["min_priority"]  # noqa: Y015
+    _WhichOneofArgType__min_priority: _TypeAlias = _typing.Literal["_min_priority", b"_min_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_priority) -> _WhichOneofReturnType__min_priority | None: ...
+
+Global___ClaimJobRequest: _TypeAlias = ClaimJobRequest  # noqa: Y015
+
+@_typing.final
+class ClaimJobResponse(_message.Message):
+    """Response of JobService.ClaimJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    lease_token: _builtins.str
+    """The lease's token, to send with HeartbeatJob and the job's later writes; empty without a job."""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The claimed job, RUNNING under the caller's lease; absent when none came within the wait."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        lease_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_token", b"lease_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimJobResponse: _TypeAlias = ClaimJobResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatJobRequest(_message.Message):
+    """Request for JobService.HeartbeatJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. `jobs/{job_id}`."""
+    lease_token: _builtins.str
+    """Required. The token of the caller's lease."""
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """Optional new lease length (1 s to 1 h); default the lease's current length."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "lease_token", b"lease_token", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatJobRequest: _TypeAlias = HeartbeatJobRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatJobResponse(_message.Message):
+    """Response of JobService.HeartbeatJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the renewed lease expires."""
+
+    def __init__(
+        self,
+        *,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatJobResponse: _TypeAlias = HeartbeatJobResponse  # noqa: Y015
+
+@_typing.final
+class UpdateJobRequest(_message.Message):
+    """Request for JobService.UpdateJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
+    as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """Required. The job's new values; `job.name` names it. Only the fields in `update_mask` are read."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Required. Fields to update: `priority` (or `*`, the same)."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateJobRequest: _TypeAlias = UpdateJobRequest  # noqa: Y015
 
 @_typing.final
 class ReportJobProgressRequest(_message.Message):
@@ -584,6 +799,7 @@ class ReportJobProgressRequest(_message.Message):
     PROGRESS_PERCENT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     stage: Global___Job.Stage.ValueType
@@ -596,6 +812,10 @@ class ReportJobProgressRequest(_message.Message):
     """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
     as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
+    lease_token: _builtins.str
+    """Optional lease token: when set, it must be the job's current lease (else FAILED_PRECONDITION,
+    LEASE_LOST), and the lease is renewed.
+    """
     def __init__(
         self,
         *,
@@ -604,10 +824,11 @@ class ReportJobProgressRequest(_message.Message):
         progress_percent: _builtins.float = ...,
         message: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "name", b"name", "progress_percent", b"progress_percent", "request_id", b"request_id", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "message", b"message", "name", b"name", "progress_percent", b"progress_percent", "request_id", b"request_id", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -623,6 +844,7 @@ class SucceedJobRequest(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     message: _builtins.str
@@ -630,6 +852,10 @@ class SucceedJobRequest(_message.Message):
     request_id: _builtins.str
     """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
     as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
+    """
+    lease_token: _builtins.str
+    """Optional lease token: when set, it must be the job's current lease (else FAILED_PRECONDITION,
+    LEASE_LOST).
     """
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -644,10 +870,11 @@ class SucceedJobRequest(_message.Message):
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
         message: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "message", b"message", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "lease_token", b"lease_token", "message", b"message", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -662,6 +889,7 @@ class FailJobRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     error_message: _builtins.str
@@ -670,16 +898,21 @@ class FailJobRequest(_message.Message):
     """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
     as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
+    lease_token: _builtins.str
+    """Optional lease token: when set, it must be the job's current lease (else FAILED_PRECONDITION,
+    LEASE_LOST).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         error_message: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "lease_token", b"lease_token", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -725,21 +958,27 @@ class RetryJobRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    IGNORE_ATTEMPT_LIMIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. `jobs/{job_id}`."""
     request_id: _builtins.str
     """Optional idempotency key (AIP-155), a UUID: a retry within 7 days returns the first result,
     as it was then. At most 64 characters of `A-Z a-z 0-9 - _`.
     """
+    ignore_attempt_limit: _builtins.bool
+    """Re-run even when `attempt >= max_attempts` (an operator's override): the transition's message
+    records it, and the transition's actor who asked.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        ignore_attempt_limit: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ignore_attempt_limit", b"ignore_attempt_limit", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

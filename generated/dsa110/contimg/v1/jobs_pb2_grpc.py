@@ -44,8 +44,24 @@ class JobServiceStub:
     else RETRIES_EXHAUSTED)
     PENDING | RUNNING --CancelJob--> CANCELLED
 
-    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted. Every change is
-    published as a JobEvent with a sequence number, in order, exactly once, to WatchJob and WatchJobs.
+    PENDING --ClaimJob--> RUNNING (as StartJob, with a lease)
+    RUNNING --lease expired--> FAILED (LEASE_EXPIRED) --> PENDING (while attempts remain)
+    RUNNING --claim abandoned--> PENDING (a ClaimJob whose caller left before the reply; the
+    attempt is given back)
+
+    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted (RetryJob with
+    `ignore_attempt_limit` re-runs it anyway). Every change is published as a JobEvent with a
+    sequence number, in order, exactly once, to WatchJob and WatchJobs.
+
+    Leases: ClaimJob (and StartJob with a `worker`) gives the worker a lease: `lease_holder`,
+    `lease_expire_time` and a secret lease token returned once, to that caller only. HeartbeatJob
+    and ReportJobProgress renew it. A StartJob, ReportJobProgress, SucceedJob or FailJob carrying a
+    `lease_token` that is not the job's current lease fails with FAILED_PRECONDITION, ErrorInfo
+    reason LEASE_LOST, and changes nothing; without a `lease_token` these calls behave as they did
+    before leases. Every server process checks leases about once a second: a RUNNING job whose
+    lease expired fails its attempt (transition message `LEASE_EXPIRED: ...`, actor
+    `lease-expiry`) and, while `attempt < max_attempts`, becomes PENDING again in the same change
+    (two transitions). With several servers on one database each expiry happens once.
     """
 
     def __init__(self, channel):
@@ -72,6 +88,21 @@ class JobServiceStub:
         self.StartJob = channel.unary_unary(
                 '/dsa110.contimg.v1.JobService/StartJob',
                 request_serializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.StartJobRequest.SerializeToString,
+                response_deserializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.ClaimJob = channel.unary_unary(
+                '/dsa110.contimg.v1.JobService/ClaimJob',
+                request_serializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.ClaimJobRequest.SerializeToString,
+                response_deserializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.ClaimJobResponse.FromString,
+                _registered_method=True)
+        self.HeartbeatJob = channel.unary_unary(
+                '/dsa110.contimg.v1.JobService/HeartbeatJob',
+                request_serializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.HeartbeatJobRequest.SerializeToString,
+                response_deserializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.HeartbeatJobResponse.FromString,
+                _registered_method=True)
+        self.UpdateJob = channel.unary_unary(
+                '/dsa110.contimg.v1.JobService/UpdateJob',
+                request_serializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.UpdateJobRequest.SerializeToString,
                 response_deserializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
         self.ReportJobProgress = channel.unary_unary(
@@ -139,8 +170,24 @@ class JobServiceServicer:
     else RETRIES_EXHAUSTED)
     PENDING | RUNNING --CancelJob--> CANCELLED
 
-    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted. Every change is
-    published as a JobEvent with a sequence number, in order, exactly once, to WatchJob and WatchJobs.
+    PENDING --ClaimJob--> RUNNING (as StartJob, with a lease)
+    RUNNING --lease expired--> FAILED (LEASE_EXPIRED) --> PENDING (while attempts remain)
+    RUNNING --claim abandoned--> PENDING (a ClaimJob whose caller left before the reply; the
+    attempt is given back)
+
+    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted (RetryJob with
+    `ignore_attempt_limit` re-runs it anyway). Every change is published as a JobEvent with a
+    sequence number, in order, exactly once, to WatchJob and WatchJobs.
+
+    Leases: ClaimJob (and StartJob with a `worker`) gives the worker a lease: `lease_holder`,
+    `lease_expire_time` and a secret lease token returned once, to that caller only. HeartbeatJob
+    and ReportJobProgress renew it. A StartJob, ReportJobProgress, SucceedJob or FailJob carrying a
+    `lease_token` that is not the job's current lease fails with FAILED_PRECONDITION, ErrorInfo
+    reason LEASE_LOST, and changes nothing; without a `lease_token` these calls behave as they did
+    before leases. Every server process checks leases about once a second: a RUNNING job whose
+    lease expired fails its attempt (transition message `LEASE_EXPIRED: ...`, actor
+    `lease-expiry`) and, while `attempt < max_attempts`, becomes PENDING again in the same change
+    (two transitions). With several servers on one database each expiry happens once.
     """
 
     def GetJob(self, request, context):
@@ -169,7 +216,41 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StartJob(self, request, context):
-        """PENDING -> RUNNING; increments `attempt` and sets `start_time`.
+        """PENDING -> RUNNING; increments `attempt` and sets `start_time`. With `worker`, also grants a
+        lease and returns its token in `Job.lease_token` (this reply only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimJob(self, request, context):
+        """Takes the next PENDING job matching the request (highest `priority` first, then oldest
+        `create_time`) and moves it to RUNNING under a lease held by `worker`, as StartJob does.
+        Atomic: with any number of claimers, through any number of servers on one database, a job is
+        claimed once. When none is pending, waits up to `wait` (and the call's deadline) for one,
+        then returns an empty response (no `job`): not an error. A waiting claim counts as a write in
+        progress (`--max-concurrent-writes`), not as a read or a watch stream. A claim whose caller
+        leaves (cancels, or its deadline passes) while the job is being taken gives the job back.
+        Errors: INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HeartbeatJob(self, request, context):
+        """Renews the lease of a RUNNING job. Cheap: returns only the new expiry.
+        Errors: FAILED_PRECONDITION (LEASE_LOST: the token is not the job's current lease, e.g. it
+        expired and the job was claimed again), NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateJob(self, request, context):
+        """Updates a job's mutable fields (AIP-134); only `priority` is mutable (the rest changes through
+        the state machine's methods). Records no transition and sends no event.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (no mask, or a field in it that is not
+        `priority`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,7 +286,8 @@ class JobServiceServicer:
 
     def RetryJob(self, request, context):
         """FAILED -> PENDING while `attempt < max_attempts`; otherwise FAILED_PRECONDITION with reason
-        RETRIES_EXHAUSTED.
+        RETRIES_EXHAUSTED, unless `ignore_attempt_limit` is set (recorded in the transition's message,
+        with its actor).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +353,21 @@ def add_JobServiceServicer_to_server(servicer, server):
             'StartJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StartJob,
                     request_deserializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.StartJobRequest.FromString,
+                    response_serializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'ClaimJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimJob,
+                    request_deserializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.ClaimJobRequest.FromString,
+                    response_serializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.ClaimJobResponse.SerializeToString,
+            ),
+            'HeartbeatJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeartbeatJob,
+                    request_deserializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.HeartbeatJobRequest.FromString,
+                    response_serializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.HeartbeatJobResponse.SerializeToString,
+            ),
+            'UpdateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateJob,
+                    request_deserializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.UpdateJobRequest.FromString,
                     response_serializer=dsa110_dot_contimg_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
             'ReportJobProgress': grpc.unary_unary_rpc_method_handler(
@@ -344,8 +441,24 @@ class JobService:
     else RETRIES_EXHAUSTED)
     PENDING | RUNNING --CancelJob--> CANCELLED
 
-    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted. Every change is
-    published as a JobEvent with a sequence number, in order, exactly once, to WatchJob and WatchJobs.
+    PENDING --ClaimJob--> RUNNING (as StartJob, with a lease)
+    RUNNING --lease expired--> FAILED (LEASE_EXPIRED) --> PENDING (while attempts remain)
+    RUNNING --claim abandoned--> PENDING (a ClaimJob whose caller left before the reply; the
+    attempt is given back)
+
+    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted (RetryJob with
+    `ignore_attempt_limit` re-runs it anyway). Every change is published as a JobEvent with a
+    sequence number, in order, exactly once, to WatchJob and WatchJobs.
+
+    Leases: ClaimJob (and StartJob with a `worker`) gives the worker a lease: `lease_holder`,
+    `lease_expire_time` and a secret lease token returned once, to that caller only. HeartbeatJob
+    and ReportJobProgress renew it. A StartJob, ReportJobProgress, SucceedJob or FailJob carrying a
+    `lease_token` that is not the job's current lease fails with FAILED_PRECONDITION, ErrorInfo
+    reason LEASE_LOST, and changes nothing; without a `lease_token` these calls behave as they did
+    before leases. Every server process checks leases about once a second: a RUNNING job whose
+    lease expired fails its attempt (transition message `LEASE_EXPIRED: ...`, actor
+    `lease-expiry`) and, while `attempt < max_attempts`, becomes PENDING again in the same change
+    (two transitions). With several servers on one database each expiry happens once.
     """
 
     @staticmethod
@@ -445,6 +558,87 @@ class JobService:
             target,
             '/dsa110.contimg.v1.JobService/StartJob',
             dsa110_dot_contimg_dot_v1_dot_jobs__pb2.StartJobRequest.SerializeToString,
+            dsa110_dot_contimg_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dsa110.contimg.v1.JobService/ClaimJob',
+            dsa110_dot_contimg_dot_v1_dot_jobs__pb2.ClaimJobRequest.SerializeToString,
+            dsa110_dot_contimg_dot_v1_dot_jobs__pb2.ClaimJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dsa110.contimg.v1.JobService/HeartbeatJob',
+            dsa110_dot_contimg_dot_v1_dot_jobs__pb2.HeartbeatJobRequest.SerializeToString,
+            dsa110_dot_contimg_dot_v1_dot_jobs__pb2.HeartbeatJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dsa110.contimg.v1.JobService/UpdateJob',
+            dsa110_dot_contimg_dot_v1_dot_jobs__pb2.UpdateJobRequest.SerializeToString,
             dsa110_dot_contimg_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,

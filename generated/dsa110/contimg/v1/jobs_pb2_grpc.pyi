@@ -45,8 +45,24 @@ class JobServiceStub:
                                                            else RETRIES_EXHAUSTED)
         PENDING | RUNNING --CancelJob--> CANCELLED
 
-    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted. Every change is
-    published as a JobEvent with a sequence number, in order, exactly once, to WatchJob and WatchJobs.
+        PENDING --ClaimJob--> RUNNING (as StartJob, with a lease)
+        RUNNING --lease expired--> FAILED (LEASE_EXPIRED) --> PENDING (while attempts remain)
+        RUNNING --claim abandoned--> PENDING (a ClaimJob whose caller left before the reply; the
+                                     attempt is given back)
+
+    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted (RetryJob with
+    `ignore_attempt_limit` re-runs it anyway). Every change is published as a JobEvent with a
+    sequence number, in order, exactly once, to WatchJob and WatchJobs.
+
+    Leases: ClaimJob (and StartJob with a `worker`) gives the worker a lease: `lease_holder`,
+    `lease_expire_time` and a secret lease token returned once, to that caller only. HeartbeatJob
+    and ReportJobProgress renew it. A StartJob, ReportJobProgress, SucceedJob or FailJob carrying a
+    `lease_token` that is not the job's current lease fails with FAILED_PRECONDITION, ErrorInfo
+    reason LEASE_LOST, and changes nothing; without a `lease_token` these calls behave as they did
+    before leases. Every server process checks leases about once a second: a RUNNING job whose
+    lease expired fails its attempt (transition message `LEASE_EXPIRED: ...`, actor
+    `lease-expiry`) and, while `attempt < max_attempts`, becomes PENDING again in the same change
+    (two transitions). With several servers on one database each expiry happens once.
     """
 
     @_typing.overload
@@ -67,7 +83,30 @@ class JobServiceStub:
     (MEASUREMENT_SET_NOT_FOUND when `job.measurement_set` names an unknown MS), INVALID_ARGUMENT.
     """
     StartJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.StartJobRequest, _jobs_pb2.Job]
-    """PENDING -> RUNNING; increments `attempt` and sets `start_time`."""
+    """PENDING -> RUNNING; increments `attempt` and sets `start_time`. With `worker`, also grants a
+    lease and returns its token in `Job.lease_token` (this reply only).
+    """
+    ClaimJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ClaimJobRequest, _jobs_pb2.ClaimJobResponse]
+    """Takes the next PENDING job matching the request (highest `priority` first, then oldest
+    `create_time`) and moves it to RUNNING under a lease held by `worker`, as StartJob does.
+    Atomic: with any number of claimers, through any number of servers on one database, a job is
+    claimed once. When none is pending, waits up to `wait` (and the call's deadline) for one,
+    then returns an empty response (no `job`): not an error. A waiting claim counts as a write in
+    progress (`--max-concurrent-writes`), not as a read or a watch stream. A claim whose caller
+    leaves (cancels, or its deadline passes) while the job is being taken gives the job back.
+    Errors: INVALID_ARGUMENT.
+    """
+    HeartbeatJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.HeartbeatJobRequest, _jobs_pb2.HeartbeatJobResponse]
+    """Renews the lease of a RUNNING job. Cheap: returns only the new expiry.
+    Errors: FAILED_PRECONDITION (LEASE_LOST: the token is not the job's current lease, e.g. it
+    expired and the job was claimed again), NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT.
+    """
+    UpdateJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.UpdateJobRequest, _jobs_pb2.Job]
+    """Updates a job's mutable fields (AIP-134); only `priority` is mutable (the rest changes through
+    the state machine's methods). Records no transition and sends no event.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (no mask, or a field in it that is not
+    `priority`).
+    """
     ReportJobProgress: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ReportJobProgressRequest, _jobs_pb2.Job]
     """RUNNING -> RUNNING with a new pipeline stage and/or progress."""
     SucceedJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SucceedJobRequest, _jobs_pb2.Job]
@@ -78,7 +117,8 @@ class JobServiceStub:
     """PENDING or RUNNING -> CANCELLED; sets `end_time`."""
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]
     """FAILED -> PENDING while `attempt < max_attempts`; otherwise FAILED_PRECONDITION with reason
-    RETRIES_EXHAUSTED.
+    RETRIES_EXHAUSTED, unless `ignore_attempt_limit` is set (recorded in the transition's message,
+    with its actor).
     """
     AppendJobLog: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.AppendJobLogRequest, _jobs_pb2.AppendJobLogResponse]
     """Appends log lines to a job (in any state). At most 1000 lines of at most 4096 bytes each."""
@@ -121,8 +161,24 @@ class JobServiceAsyncStub(JobServiceStub):
                                                            else RETRIES_EXHAUSTED)
         PENDING | RUNNING --CancelJob--> CANCELLED
 
-    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted. Every change is
-    published as a JobEvent with a sequence number, in order, exactly once, to WatchJob and WatchJobs.
+        PENDING --ClaimJob--> RUNNING (as StartJob, with a lease)
+        RUNNING --lease expired--> FAILED (LEASE_EXPIRED) --> PENDING (while attempts remain)
+        RUNNING --claim abandoned--> PENDING (a ClaimJob whose caller left before the reply; the
+                                     attempt is given back)
+
+    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted (RetryJob with
+    `ignore_attempt_limit` re-runs it anyway). Every change is published as a JobEvent with a
+    sequence number, in order, exactly once, to WatchJob and WatchJobs.
+
+    Leases: ClaimJob (and StartJob with a `worker`) gives the worker a lease: `lease_holder`,
+    `lease_expire_time` and a secret lease token returned once, to that caller only. HeartbeatJob
+    and ReportJobProgress renew it. A StartJob, ReportJobProgress, SucceedJob or FailJob carrying a
+    `lease_token` that is not the job's current lease fails with FAILED_PRECONDITION, ErrorInfo
+    reason LEASE_LOST, and changes nothing; without a `lease_token` these calls behave as they did
+    before leases. Every server process checks leases about once a second: a RUNNING job whose
+    lease expired fails its attempt (transition message `LEASE_EXPIRED: ...`, actor
+    `lease-expiry`) and, while `attempt < max_attempts`, becomes PENDING again in the same change
+    (two transitions). With several servers on one database each expiry happens once.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -140,7 +196,30 @@ class JobServiceAsyncStub(JobServiceStub):
     (MEASUREMENT_SET_NOT_FOUND when `job.measurement_set` names an unknown MS), INVALID_ARGUMENT.
     """
     StartJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.StartJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
-    """PENDING -> RUNNING; increments `attempt` and sets `start_time`."""
+    """PENDING -> RUNNING; increments `attempt` and sets `start_time`. With `worker`, also grants a
+    lease and returns its token in `Job.lease_token` (this reply only).
+    """
+    ClaimJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ClaimJobRequest, _jobs_pb2.ClaimJobResponse]  # type: ignore[assignment]
+    """Takes the next PENDING job matching the request (highest `priority` first, then oldest
+    `create_time`) and moves it to RUNNING under a lease held by `worker`, as StartJob does.
+    Atomic: with any number of claimers, through any number of servers on one database, a job is
+    claimed once. When none is pending, waits up to `wait` (and the call's deadline) for one,
+    then returns an empty response (no `job`): not an error. A waiting claim counts as a write in
+    progress (`--max-concurrent-writes`), not as a read or a watch stream. A claim whose caller
+    leaves (cancels, or its deadline passes) while the job is being taken gives the job back.
+    Errors: INVALID_ARGUMENT.
+    """
+    HeartbeatJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.HeartbeatJobRequest, _jobs_pb2.HeartbeatJobResponse]  # type: ignore[assignment]
+    """Renews the lease of a RUNNING job. Cheap: returns only the new expiry.
+    Errors: FAILED_PRECONDITION (LEASE_LOST: the token is not the job's current lease, e.g. it
+    expired and the job was claimed again), NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT.
+    """
+    UpdateJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.UpdateJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
+    """Updates a job's mutable fields (AIP-134); only `priority` is mutable (the rest changes through
+    the state machine's methods). Records no transition and sends no event.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (no mask, or a field in it that is not
+    `priority`).
+    """
     ReportJobProgress: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ReportJobProgressRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """RUNNING -> RUNNING with a new pipeline stage and/or progress."""
     SucceedJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SucceedJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
@@ -151,7 +230,8 @@ class JobServiceAsyncStub(JobServiceStub):
     """PENDING or RUNNING -> CANCELLED; sets `end_time`."""
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """FAILED -> PENDING while `attempt < max_attempts`; otherwise FAILED_PRECONDITION with reason
-    RETRIES_EXHAUSTED.
+    RETRIES_EXHAUSTED, unless `ignore_attempt_limit` is set (recorded in the transition's message,
+    with its actor).
     """
     AppendJobLog: _aio.UnaryUnaryMultiCallable[_jobs_pb2.AppendJobLogRequest, _jobs_pb2.AppendJobLogResponse]  # type: ignore[assignment]
     """Appends log lines to a job (in any state). At most 1000 lines of at most 4096 bytes each."""
@@ -193,8 +273,24 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
                                                            else RETRIES_EXHAUSTED)
         PENDING | RUNNING --CancelJob--> CANCELLED
 
-    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted. Every change is
-    published as a JobEvent with a sequence number, in order, exactly once, to WatchJob and WatchJobs.
+        PENDING --ClaimJob--> RUNNING (as StartJob, with a lease)
+        RUNNING --lease expired--> FAILED (LEASE_EXPIRED) --> PENDING (while attempts remain)
+        RUNNING --claim abandoned--> PENDING (a ClaimJob whose caller left before the reply; the
+                                     attempt is given back)
+
+    SUCCEEDED and CANCELLED are final; FAILED is final once attempts are exhausted (RetryJob with
+    `ignore_attempt_limit` re-runs it anyway). Every change is published as a JobEvent with a
+    sequence number, in order, exactly once, to WatchJob and WatchJobs.
+
+    Leases: ClaimJob (and StartJob with a `worker`) gives the worker a lease: `lease_holder`,
+    `lease_expire_time` and a secret lease token returned once, to that caller only. HeartbeatJob
+    and ReportJobProgress renew it. A StartJob, ReportJobProgress, SucceedJob or FailJob carrying a
+    `lease_token` that is not the job's current lease fails with FAILED_PRECONDITION, ErrorInfo
+    reason LEASE_LOST, and changes nothing; without a `lease_token` these calls behave as they did
+    before leases. Every server process checks leases about once a second: a RUNNING job whose
+    lease expired fails its attempt (transition message `LEASE_EXPIRED: ...`, actor
+    `lease-expiry`) and, while `attempt < max_attempts`, becomes PENDING again in the same change
+    (two transitions). With several servers on one database each expiry happens once.
     """
 
     @_abc_1.abstractmethod
@@ -234,7 +330,48 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.StartJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
-        """PENDING -> RUNNING; increments `attempt` and sets `start_time`."""
+        """PENDING -> RUNNING; increments `attempt` and sets `start_time`. With `worker`, also grants a
+        lease and returns its token in `Job.lease_token` (this reply only).
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimJob(
+        self,
+        request: _jobs_pb2.ClaimJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ClaimJobResponse, _abc.Awaitable[_jobs_pb2.ClaimJobResponse]]:
+        """Takes the next PENDING job matching the request (highest `priority` first, then oldest
+        `create_time`) and moves it to RUNNING under a lease held by `worker`, as StartJob does.
+        Atomic: with any number of claimers, through any number of servers on one database, a job is
+        claimed once. When none is pending, waits up to `wait` (and the call's deadline) for one,
+        then returns an empty response (no `job`): not an error. A waiting claim counts as a write in
+        progress (`--max-concurrent-writes`), not as a read or a watch stream. A claim whose caller
+        leaves (cancels, or its deadline passes) while the job is being taken gives the job back.
+        Errors: INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def HeartbeatJob(
+        self,
+        request: _jobs_pb2.HeartbeatJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.HeartbeatJobResponse, _abc.Awaitable[_jobs_pb2.HeartbeatJobResponse]]:
+        """Renews the lease of a RUNNING job. Cheap: returns only the new expiry.
+        Errors: FAILED_PRECONDITION (LEASE_LOST: the token is not the job's current lease, e.g. it
+        expired and the job was claimed again), NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateJob(
+        self,
+        request: _jobs_pb2.UpdateJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
+        """Updates a job's mutable fields (AIP-134); only `priority` is mutable (the rest changes through
+        the state machine's methods). Records no transition and sends no event.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (no mask, or a field in it that is not
+        `priority`).
+        """
 
     @_abc_1.abstractmethod
     def ReportJobProgress(
@@ -275,7 +412,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
         """FAILED -> PENDING while `attempt < max_attempts`; otherwise FAILED_PRECONDITION with reason
-        RETRIES_EXHAUSTED.
+        RETRIES_EXHAUSTED, unless `ignore_attempt_limit` is set (recorded in the transition's message,
+        with its actor).
         """
 
     @_abc_1.abstractmethod

@@ -26,6 +26,7 @@ from .events.tail import EventTailer
 from .events.watch import JobWatcher
 from .health import StorageHealth
 from .housekeeping import Housekeeping
+from .leases import LeaseSweeper
 from .metrics import Sampler, ServerMetrics
 from .metrics_endpoint import Endpoint
 from .reflection import enable_server_reflection
@@ -99,6 +100,7 @@ class ContimgServer:
         self.health = HealthServicer()
         self.storage_health = StorageHealth(self.storage.db, self.health)
         self.housekeeping = Housekeeping(self.storage.db)
+        self.leases = LeaseSweeper(self.storage.jobs)  # job leases that expired: every process sweeps
         # Prometheus series (metrics.py), served by this process, or by the parent of --workers.
         self.metrics = ServerMetrics(redis=self.redis is not None) if self.config.metrics_port else None
         self.sampler: Sampler | None = None
@@ -193,6 +195,7 @@ class ContimgServer:
             self.tracing.start()
         await self.storage_health.start()  # "" SERVING while the database takes writes
         self.housekeeping.start()
+        self.leases.start()
         if self.access is not None:
             self.access.start()
         if self.metrics is not None:
@@ -257,6 +260,7 @@ class ContimgServer:
             return
         await self.storage_health.stop()
         await self.housekeeping.stop()
+        await self.leases.stop()
         if self.sampler is not None:
             await self.sampler.stop()
         await self.health.enter_graceful_shutdown()

@@ -70,6 +70,8 @@ JOB_FIELDS: dict[str, FieldSpec] = {
     "create_time": FieldSpec(T, sortable=True),
     "update_time": FieldSpec(T, sortable=True),
     "attempt": FieldSpec(INT),
+    "priority": FieldSpec(INT),
+    "lease_holder": FieldSpec(S),
 }
 JOB_DEFAULT_ORDER = (OrderKey("create_time", desc=True),)
 # WatchJobs filters are evaluated in memory on each event: equality on these only.

@@ -351,6 +351,15 @@ class Job(NamedTuple):
     error_message: str = ""
     artifacts: tuple[str, ...] = ()
     log_line_count: int = 0
+    # Claim order: higher first. Set on create and by UpdateJob.
+    priority: int = 0
+    # The lease of a RUNNING job (ClaimJob, StartJob with a worker): who holds it, until when, for
+    # how long each renewal extends it (us), and the SHA-256 of its token (hex; the token itself is
+    # never stored). All empty/0 without a lease.
+    lease_holder: str = ""
+    lease_expire_time: int = 0
+    lease_duration: int = 0
+    lease_token_hash: str = ""
     transitions: tuple[JobTransition, ...] = ()
 
 

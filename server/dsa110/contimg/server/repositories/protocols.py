@@ -93,6 +93,18 @@ class SourceRepository(Protocol):
 
 # A pure function deciding a transition (domain.jobs.apply, bound to its arguments).
 JobMutation = Callable[[Job, int], tuple[Job, JobTransition, JobEventType]]
+# A pure function renewing a lease (domain.jobs.heartbeat, bound to its lease): no state change.
+LeaseRenewal = Callable[[Job, int], Job]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSpec:
+    """Which PENDING jobs a claimer takes: any of `types` (empty: any type), of the measurement set
+    `ms_path` (empty: any), with priority at least `min_priority` (None: any)."""
+
+    types: tuple[int, ...] = ()
+    ms_path: str = ""
+    min_priority: int | None = None
 
 
 class JobRepository(Protocol):
@@ -103,6 +115,23 @@ class JobRepository(Protocol):
     async def transition(
         self, job_id: str, mutate: JobMutation, idem: Idempotency | None, *, actor: str = ""
     ) -> Job: ...
+    async def claim(self, spec: ClaimSpec, mutate: JobMutation, *, actor: str = "") -> Job | None:
+        """Apply `mutate` (a START with a lease) to the first PENDING job matching `spec`, by
+        priority desc, create_time, id; None when there is none. Each job is claimed once, whatever
+        the number of concurrent claimers and processes."""
+        ...
+
+    async def heartbeat(self, job_id: str, renew: LeaseRenewal) -> Job:
+        """Store `renew(job, now)` (the job's lease renewed); no event, no new update_time."""
+        ...
+
+    async def expire_leases(self, now: int, limit: int) -> int:
+        """For each RUNNING job whose lease expired by `now` (at most `limit`), apply
+        domain.jobs.expire in a transaction of its own, guarded so that each expiry happens once
+        across processes. The number of jobs expired."""
+        ...
+
+    async def update_priority(self, job_id: str, priority: int, idem: Idempotency | None) -> Job: ...
     async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int: ...
     async def list_logs(self, job_id: str, page_size: int, after: int) -> Page[JobLogEntry]: ...
     async def events_after(self, sequence: int, job_id: str | None, limit: int) -> list[JobEvent]: ...

@@ -6,14 +6,15 @@ presented must be valid. Compared in constant time and never logged.
 Capacity: three pools, so that no kind of caller can take another's. Unary reads (and lightcurve
 streams) share `reads`; writes, which only authorized callers reach, have `writes` to themselves
 (2,000 idle anonymous watch streams once took every slot, and the pipeline's writes got
-RESOURCE_EXHAUSTED); watch streams, which live for hours, have `watches` in all and
-`watches_per_caller` each (a caller is its token, or without one its IP address). A slot is held
-until the call is done, reply sent or client gone, not only until the handler returns: a reply
-waiting for a client that stopped reading holds memory, so it holds its slot (2,000 such replies
-held ~1 GB). A call over its pool's limit gets RESOURCE_EXHAUSTED with ErrorInfo (gRPC's own
-maximum_concurrent_rpcs refuses with a bare status and cannot tell callers apart). Health and
-reflection are neither checked nor limited: load balancers and grpcurl keep working, and an
-overloaded server is still a live one.
+RESOURCE_EXHAUSTED; ClaimJob's long-poll waits in this pool too: only write-token holders, the
+workers, can hold its slots, and a wait never takes a slot from the 256 readers); watch streams,
+which live for hours, have `watches` in all and `watches_per_caller` each (a caller is its token, or
+without one its IP address). A slot is held until the call is done, reply sent or client gone, not
+only until the handler returns: a reply waiting for a client that stopped reading holds memory, so
+it holds its slot (2,000 such replies held ~1 GB). A call over its pool's limit gets
+RESOURCE_EXHAUSTED with ErrorInfo (gRPC's own maximum_concurrent_rpcs refuses with a bare status and
+cannot tell callers apart). Health and reflection are neither checked nor limited: load balancers
+and grpcurl keep working, and an overloaded server is still a live one.
 
 Checked inside each servicer method's wrapper (servicers/envelope.py), not by interceptors: grpc.aio
 runs every server interceptor as its own step of every call, measured at ~7 us each (a third of a

@@ -331,6 +331,9 @@ def job_to_proto(job: Job) -> jobs_pb2.Job:
         artifacts=job.artifacts,
         log_line_count=job.log_line_count,
         transitions=[transition_to_proto(t) for t in job.transitions],
+        priority=job.priority,
+        lease_holder=job.lease_holder,
+        lease_expire_time=timestamp(job.lease_expire_time),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -16,21 +18,32 @@ from ..domain.checks import Checker, page_size
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
 from ..domain.query import fingerprint, parse_filter
-from ..domain.records import Heartbeat, Job, JobEvent, JobEventType, JobStage
+from ..domain.records import Heartbeat, Job, JobEvent, JobEventType, JobStage, JobState, JobType
 from ..domain.validation import MAX_ARTIFACTS, MAX_LOG_LINES, check_job, check_lines
+from ..events.local import Subscription
 from ..events.watch import JobWatcher
 from ..readcache import ReadCache, no_cache
-from ..repositories.protocols import JobRepository
+from ..repositories.protocols import ClaimSpec, JobRepository
 from ..rpc_types import Ctx
 from .admission import OPEN, Admission
 from .common import Paging, framed, idempotency, list_reply, require
-from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json
+from .convert import event_to_proto, job_to_proto, log_entry_to_proto, parameters_json, timestamp
 from .encoded import Encoded
 from .envelope import read, streaming, unary
 
 # Sent as soon as a watch is set up, before any event (see the contract's WatchJob): clients tell a
 # server that answered from one they cannot reach, even when no event comes for hours.
 WATCH_OPEN = (("contimg-watch", "open"),)
+log = logging.getLogger("contimg.jobs")
+# ClaimJob's wait: at most this long (and never past the call's deadline, less a margin to answer in).
+MAX_CLAIM_WAIT_US = 300_000_000
+DEADLINE_MARGIN_S = 0.05
+# A waiting claim tries again at least this often even without an event (a belt for the bus's braces:
+# events from other processes come through the tailer, which may lag when the database is busy).
+CLAIM_REPOLL_S = 2.0
+MAX_WORKER_LEN = 256
+_ABANDONED = "claim abandoned: its caller left before the reply; the attempt is given back"
+_CLAIMABLE_TYPES = frozenset(int(t) for t in JobType if t != JobType.UNSPECIFIED)
 
 
 class JobServicer:
@@ -43,6 +56,7 @@ class JobServicer:
         self.repo = repo
         self.paging = paging
         self.watcher = watcher
+        self._releasing: set[asyncio.Future[Job]] = set()  # abandoned claims being given back
 
     def _event(self, event: JobEvent | Heartbeat) -> Encoded[pb.JobEvent]:
         """The event's message. A logged event is one object handed to every watcher (1,000 watchers
@@ -90,6 +104,7 @@ class JobServicer:
             target_path=msg.ms_path or ms_path,
             parameters_json=_parameters_json(msg, c),
             max_attempts=msg.max_attempts or 3,
+            priority=msg.priority,
         )
         if present:
             check_job(job, c)
@@ -103,17 +118,126 @@ class JobServicer:
         """Apply `action` to the job `request.name` names, after raising the violations in `c`
         (the caller's checks of the request's other fields) with any of the name and request_id;
         the transition names the call's caller as its actor."""
+        return job_to_proto(await self._transition_record(method, request, context, c, action, **kwargs))
+
+    async def _transition_record(
+        self, method: str, request: Message, context: Ctx, c: Checker, action: rules.Action, **kwargs: object
+    ) -> Job:
         job_id = c.parsed(names.parse_job_name, getattr(request, "name", ""), "name") or ""
         idem = idempotency(method, request, c)
         c.raise_if_any()
         mutate = partial(_apply, action=action, kwargs=kwargs)
         actor = self.admission.actor(context)
-        job = await self.repo.transition(job_id, mutate, idem, actor=actor)  # type: ignore[arg-type]
-        return job_to_proto(job)
+        return await self.repo.transition(job_id, mutate, idem, actor=actor)  # type: ignore[arg-type]
 
     @unary
     async def StartJob(self, request: pb.StartJobRequest, context: Ctx) -> pb.Job:
-        return await self._transition("StartJob", request, context, Checker(), rules.Action.START)
+        c = Checker()
+        if not request.worker:
+            if request.HasField("lease_duration"):
+                c.add("lease_duration", "only with `worker` (a start without a worker grants no lease)")
+            return await self._transition("StartJob", request, context, c, rules.Action.START)
+        c.text("worker", request.worker, max_len=MAX_WORKER_LEN)
+        lease_us = _lease_duration(request, "lease_duration", c)
+        token = rules.new_token()
+        lease = rules.Lease(grant_hash=rules.token_hash(token), holder=request.worker, duration_us=lease_us)
+        record = await self._transition_record("StartJob", request, context, c, rules.Action.START, lease=lease)
+        job = job_to_proto(record)
+        if record.lease_token_hash == lease.grant_hash:
+            # The token goes to this reply only. A replay of the request_id returns the first result
+            # without it (its lease's hash is the first call's): the token is kept nowhere.
+            job.lease_token = token
+        return job
+
+    @unary
+    async def ClaimJob(self, request: pb.ClaimJobRequest, context: Ctx) -> pb.ClaimJobResponse:
+        c = Checker()
+        for i, t in enumerate(request.types):
+            if int(t) not in _CLAIMABLE_TYPES:
+                c.add(f"types[{i}]", f"unknown job type {t}")
+        ms_path = ""
+        if request.measurement_set:
+            ms_path = c.parsed(names.parse_ms_name, request.measurement_set, "measurement_set") or ""
+        c.text("worker", request.worker, max_len=MAX_WORKER_LEN, required=True)
+        lease_us = _lease_duration(request, "lease_duration", c)
+        wait_us = _duration_us(request, "wait", c, default=0, lo=0, hi=MAX_CLAIM_WAIT_US)
+        c.raise_if_any()
+        spec = ClaimSpec(
+            tuple(sorted(set(request.types))),
+            ms_path,
+            request.min_priority if request.HasField("min_priority") else None,
+        )
+        actor = self.admission.actor(context)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait_us / 1e6
+        remaining = context.time_remaining() if hasattr(context, "time_remaining") else None
+        if remaining is not None:
+            end = min(end, loop.time() + remaining - DEADLINE_MARGIN_S)
+        # Subscribed before the first attempt: a job made claimable after that attempt read the
+        # table is announced on `sub`, so no job that comes during the wait is missed.
+        with self.watcher.bus.subscribe(None) as sub:
+            while True:
+                token = rules.new_token()
+                lease = rules.Lease(grant_hash=rules.token_hash(token), holder=request.worker, duration_us=lease_us)
+                mutate = partial(_apply, action=rules.Action.START, kwargs={"lease": lease})
+                claiming = asyncio.ensure_future(self.repo.claim(spec, mutate, actor=actor))  # type: ignore[arg-type]
+                try:
+                    job = await asyncio.shield(claiming)
+                except asyncio.CancelledError:
+                    # The caller left (cancelled, deadline): a job claimed for it now would wait for
+                    # its lease to expire and lose an attempt. Give it back as soon as the claim ends.
+                    claiming.add_done_callback(partial(self._release, lease=lease, actor=actor))
+                    raise
+                if job is not None:
+                    return pb.ClaimJobResponse(job=job_to_proto(job), lease_token=token)
+                left = end - loop.time()
+                if left <= 0 or sub.closed:
+                    return pb.ClaimJobResponse()
+                await _claimable(sub, spec, min(left, CLAIM_REPOLL_S))
+
+    def _release(self, claiming: asyncio.Future[Job | None], *, lease: rules.Lease, actor: str) -> None:
+        if claiming.cancelled() or claiming.exception() is not None:
+            return
+        job = claiming.result()
+        if job is None:
+            return
+        held = rules.Lease(token_hash=lease.grant_hash)
+        mutate = partial(_apply, action=rules.Action.RELEASE, kwargs={"lease": held, "message": _ABANDONED})
+        task = asyncio.ensure_future(self.repo.transition(job.id, mutate, None, actor=actor))  # type: ignore[arg-type]
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Future[Job]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("giving back an abandoned claim failed: %s", task.exception())
+
+    @unary
+    async def HeartbeatJob(self, request: pb.HeartbeatJobRequest, context: Ctx) -> pb.HeartbeatJobResponse:
+        c = Checker()
+        job_id = c.parsed(names.parse_job_name, request.name, "name") or ""
+        c.text("lease_token", request.lease_token, max_len=256, required=True)
+        duration = 0
+        if request.HasField("lease_duration"):
+            duration = _lease_duration(request, "lease_duration", c)
+        c.raise_if_any()
+        lease = rules.Lease(token_hash=rules.token_hash(request.lease_token), duration_us=duration, renew=True)
+        job = await self.repo.heartbeat(job_id, partial(_renew, lease=lease))
+        return pb.HeartbeatJobResponse(lease_expire_time=timestamp(job.lease_expire_time))
+
+    @unary
+    async def UpdateJob(self, request: pb.UpdateJobRequest, context: Ctx) -> pb.Job:
+        c = Checker()
+        require(request, "job", c)
+        job_id = c.parsed(names.parse_job_name, request.job.name, "job.name") or ""
+        if not request.HasField("update_mask") or not request.update_mask.paths:
+            c.add("update_mask", "required: name the fields to update (`priority`)")
+        for i, path in enumerate(request.update_mask.paths):
+            if path not in ("priority", "*"):
+                c.add(f"update_mask.paths[{i}]", f"{path!r} is not an updatable Job field (only `priority`)")
+        idem = idempotency("UpdateJob", request, c)
+        c.raise_if_any()
+        return job_to_proto(await self.repo.update_priority(job_id, request.job.priority, idem))
 
     @unary
     async def ReportJobProgress(self, request: pb.ReportJobProgressRequest, context: Ctx) -> pb.Job:
@@ -130,6 +254,7 @@ class JobServicer:
             stage=request.stage,
             progress=request.progress_percent,
             message=request.message,
+            lease=_presented(request, c, renew=True),
         )
 
     @unary
@@ -151,13 +276,22 @@ class JobServicer:
             rules.Action.SUCCEED,
             artifacts=list(request.artifacts),
             message=request.message,
+            lease=_presented(request, c),
         )
 
     @unary
     async def FailJob(self, request: pb.FailJobRequest, context: Ctx) -> pb.Job:
         c = Checker()
         c.text("error_message", request.error_message, max_len=4096, required=True)
-        return await self._transition("FailJob", request, context, c, rules.Action.FAIL, message=request.error_message)
+        return await self._transition(
+            "FailJob",
+            request,
+            context,
+            c,
+            rules.Action.FAIL,
+            message=request.error_message,
+            lease=_presented(request, c),
+        )
 
     @unary
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.Job:
@@ -167,7 +301,14 @@ class JobServicer:
 
     @unary
     async def RetryJob(self, request: pb.RetryJobRequest, context: Ctx) -> pb.Job:
-        return await self._transition("RetryJob", request, context, Checker(), rules.Action.RETRY)
+        return await self._transition(
+            "RetryJob",
+            request,
+            context,
+            Checker(),
+            rules.Action.RETRY,
+            ignore_attempt_limit=request.ignore_attempt_limit,
+        )
 
     @unary
     async def AppendJobLog(self, request: pb.AppendJobLogRequest, context: Ctx) -> pb.AppendJobLogResponse:
@@ -253,3 +394,65 @@ def _parameters_json(msg: pb.Job, c: Checker) -> str:
 
 def _apply(job: Job, now: int, *, action: rules.Action, kwargs: dict[str, object]) -> tuple[Job, object, object]:
     return rules.apply(job, action, now, **kwargs)  # type: ignore[arg-type]
+
+
+def _renew(job: Job, now: int, *, lease: rules.Lease) -> Job:
+    return rules.heartbeat(job, lease, now)
+
+
+def _presented(request: Message, c: Checker, *, renew: bool = False) -> rules.Lease | None:
+    """The lease a write presents (its `lease_token`), or None: then the write does not check leases."""
+    token: str = getattr(request, "lease_token", "")
+    if not token:
+        return None
+    c.text("lease_token", token, max_len=256)
+    return rules.Lease(token_hash=rules.token_hash(token), renew=renew)
+
+
+def _duration_us(request: Message, field: str, c: Checker, *, default: int, lo: int, hi: int) -> int:
+    """A google.protobuf.Duration field in microseconds: `default` when unset; out of [lo, hi] is a
+    violation of `field`."""
+    if not request.HasField(field):
+        return default
+    d = getattr(request, field)
+    if d.seconds < 0 or d.nanos < 0:
+        c.add(field, "must not be negative")
+        return default
+    if d.nanos >= 1_000_000_000:
+        c.add(field, "nanos must be below 1,000,000,000")
+        return default
+    us = d.seconds * 1_000_000 + d.nanos // 1000
+    if not lo <= us <= hi:
+        c.add(field, f"must be between {lo / 1e6:g} s and {hi / 1e6:g} s")
+        return default
+    return int(us)
+
+
+def _lease_duration(request: Message, field: str, c: Checker) -> int:
+    return _duration_us(request, field, c, default=rules.DEFAULT_LEASE_US, lo=rules.MIN_LEASE_US, hi=rules.MAX_LEASE_US)
+
+
+def _could_claim(event: JobEvent, spec: ClaimSpec) -> bool:
+    job = event.job
+    return (
+        job.state == JobState.PENDING
+        and (not spec.types or job.type in spec.types)
+        and (not spec.ms_path or job.ms_path == spec.ms_path)
+        and (spec.min_priority is None or job.priority >= spec.min_priority)
+    )
+
+
+async def _claimable(sub: Subscription, spec: ClaimSpec, timeout_s: float) -> None:
+    """Return when an event may have made a job claimable for `spec` (a job created, retried or
+    re-prioritized into PENDING), when the bus closes or lags, or after `timeout_s`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = await sub.queue.get()
+                if event is None or sub.closed or sub.lagged:
+                    sub.lagged = False
+                    return
+                if _could_claim(event, spec):
+                    return
+    except TimeoutError:
+        return

@@ -183,6 +183,11 @@ JOB_COLUMNS = (
     "error_message",
     "artifacts",
     "log_line_count",
+    "priority",
+    "lease_holder",
+    "lease_expire_time",
+    "lease_duration",
+    "lease_token_hash",
 )
 JOB_SELECT = ", ".join(JOB_COLUMNS)
 
@@ -204,6 +209,7 @@ def job_values(job: Job) -> list[Any]:
 def job_snapshot(job: Job) -> str:
     data = job._asdict()
     data.pop("transitions")
+    data.pop("lease_token_hash")  # events carry the job as watchers see it: no part of its lease's secret
     return json.dumps(data, separators=(",", ":"))
 
 

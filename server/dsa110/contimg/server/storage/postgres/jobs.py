@@ -34,6 +34,16 @@ plain read would let two replicas both start from RUNNING and the second overwri
 change. Each transition and log append therefore locks its job row (`FOR NO KEY UPDATE`) before
 reading it: writers of one job take turns, and a retried request with the same request_id waits for
 the first and then finds its stored result.
+
+Claims and lease expiry
+-----------------------
+ClaimJob takes the first PENDING job in claim order with `FOR NO KEY UPDATE SKIP LOCKED`: a row
+another claimer (of any replica) holds is passed over rather than waited for, and a row whose lock
+was released by a committed claim is re-checked against `state = PENDING` by PostgreSQL before it
+is returned (READ COMMITTED re-evaluates the WHERE clause on the newest version), so a job is
+claimed once. The expiry sweep of every replica locks each due job row and decides on what it
+reads then (domain.jobs.expire): a job renewed, finished or already expired by another replica
+meanwhile is left alone.
 """
 
 from __future__ import annotations
@@ -41,10 +51,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ...domain import jobs as job_rules
 from ...domain.errors import AlreadyExists, NotFound
 from ...domain.names import ms_name
 from ...domain.records import Job, JobEvent, JobEventType, JobLogEntry, JobState, JobTransition, Page
-from ...repositories.protocols import EventPublisher, Idempotency, JobMutation, ListQuery
+from ...repositories.protocols import ClaimSpec, EventPublisher, Idempotency, JobMutation, LeaseRenewal, ListQuery
 from .. import rows
 from ..clock import now_us
 from .database import Database
@@ -137,12 +148,34 @@ async def _record_event(conn: Conn, job: Job, etype: JobEventType, transition: J
     return JobEvent(sequence=seq, type=int(etype), job=job, transition=transition._replace(sequence=seq))
 
 
+_LOCKED = " FOR NO KEY UPDATE SKIP LOCKED"
+
+
+def _claim_query(spec: ClaimSpec) -> tuple[str, list[object]]:
+    where: list[str] = ["state = $1"]
+    params: list[object] = [int(JobState.PENDING)]
+    if spec.types:
+        params.append(list(spec.types))
+        where.append(f"type = ANY(${len(params)}::integer[])")
+    if spec.ms_path:
+        params.append(spec.ms_path)
+        where.append(f"ms_path = ${len(params)}")
+    if spec.min_priority is not None:
+        params.append(spec.min_priority)
+        where.append(f"priority >= ${len(params)}")
+    sql = (
+        f"SELECT {rows.JOB_SELECT} FROM jobs WHERE {' AND '.join(where)} "
+        "ORDER BY priority DESC, create_time, id LIMIT 1" + _LOCKED
+    )
+    return sql, params
+
+
 class PostgresJobs:
     def __init__(self, db: Database, publisher: EventPublisher):
         self.db = db
         self.publisher = publisher
 
-    def _publish(self, result: Result) -> None:
+    def _publish(self, result: tuple[object, JobEvent | None]) -> None:
         if result[1] is not None:
             self.publisher.publish(result[1])
 
@@ -233,6 +266,88 @@ class PostgresJobs:
             return changed, event
 
         return await self._write(body)
+
+    async def claim(self, spec: ClaimSpec, mutate: JobMutation, *, actor: str = "") -> Job | None:
+        sql, params = _claim_query(spec)
+        # A read first (without the lock): a claimer that finds nothing costs no write transaction.
+        if await self.db.fetchrow(sql.removesuffix(_LOCKED), *params) is None:
+            return None
+
+        async def body(conn: Conn) -> tuple[Job | None, JobEvent | None]:
+            found = await conn.fetchrow(sql, *params)  # locked, or skipped by other claimers (module docstring)
+            if found is None:
+                return None, None
+            current = rows.job_from_row(tuple(found))
+            new, transition, etype = mutate(current, now_us())
+            await conn.execute(_UPDATE, *rows.job_values(new)[1:], new.id)
+            before = await _transitions(conn, new.id)
+            event = await _record_event(conn, new, etype, transition._replace(actor=actor))
+            assert event.transition is not None
+            return new._replace(transitions=(*before, event.transition)), event
+
+        claimed, _ = await self.db.write(body, self._publish)
+        return claimed
+
+    async def heartbeat(self, job_id: str, renew: LeaseRenewal) -> Job:
+        async def body(conn: Conn) -> Job:
+            current = await _lock(conn, job_id)
+            if current is None:
+                raise NotFound("JOB", f"jobs/{job_id}")
+            renewed = renew(current, now_us())
+            await conn.execute(
+                "UPDATE jobs SET lease_expire_time = $1, lease_duration = $2 WHERE id = $3",
+                renewed.lease_expire_time,
+                renewed.lease_duration,
+                job_id,
+            )
+            return renewed
+
+        return await self.db.write(body)
+
+    async def expire_leases(self, now: int, limit: int) -> int:
+        due = await self.db.fetch(
+            "SELECT id FROM jobs WHERE state = $1 AND lease_expire_time > 0 AND lease_expire_time <= $2 LIMIT $3",
+            int(JobState.RUNNING),
+            now,
+            limit,
+        )
+        expired = 0
+        for (job_id,) in due:
+
+            async def body(conn: Conn, job_id: str = job_id) -> list[JobEvent]:
+                current = await _lock(conn, job_id)  # decided on the locked row: once across replicas
+                if current is None:
+                    return []
+                events = []
+                for new, transition, etype in job_rules.expire(current, now_us()):
+                    await conn.execute(_UPDATE, *rows.job_values(new)[1:], job_id)
+                    events.append(await _record_event(conn, new, etype, transition))
+                return events
+
+            events = await self.db.write(body, self._publish_all)
+            expired += bool(events)
+        return expired
+
+    def _publish_all(self, events: list[JobEvent]) -> None:
+        for event in events:
+            self.publisher.publish(event)
+
+    async def update_priority(self, job_id: str, priority: int, idem: Idempotency | None) -> Job:
+        async def body(conn: Conn) -> Job:
+            current = await _lock(conn, job_id)
+            earlier = await check_request_id(conn, idem)
+            first = rows.job_remembered(earlier)
+            if first is not None:
+                return first
+            if current is None:
+                raise NotFound("JOB", f"jobs/{job_id}")
+            changed = current._replace(priority=priority, update_time=now_us())
+            await conn.execute(_UPDATE, *rows.job_values(changed)[1:], job_id)
+            changed = await _committed(conn, changed)
+            await remember_request_id(conn, idem, rows.remembered(changed))
+            return changed
+
+        return await self.db.write(body)
 
     async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int:
         async def body(conn: Conn) -> int:

@@ -1,10 +1,10 @@
 """Versioned schema of the PostgreSQL engine. Append new migrations; never edit one that has shipped.
 
 The tables are the SQLite engine's (storage/sqlite/migrations.py: its migrations 1 to 4 are this
-one's 1, its 5 this one's 2) with the same column names and value types, so both engines map rows
-to records with storage/rows.py: times are microseconds since the epoch (bigint), flags 0/1
-(integer), JSON as text. What differs is
-what PostgreSQL does better or differently:
+one's 1, its 5 this one's 2, its 6 this one's 3) with the same column names and value types, so
+both engines map rows to records with storage/rows.py: times are microseconds since the epoch
+(bigint), flags 0/1 (integer), JSON as text. What differs is what PostgreSQL does better or
+differently:
 
 * text compares byte by byte (COLLATE "C"), as in SQLite: lists sort the same on both engines and
   whatever the server's locale, and a page token from one engine continues on the other;
@@ -281,6 +281,23 @@ ALTER TABLE images ADD COLUMN creator text COLLATE "C" NOT NULL DEFAULT '',
     ADD COLUMN last_modifier text COLLATE "C" NOT NULL DEFAULT '';
 ALTER TABLE measurement_sets ADD COLUMN creator text COLLATE "C" NOT NULL DEFAULT '',
     ADD COLUMN last_modifier text COLLATE "C" NOT NULL DEFAULT '';
+""",
+    ),
+    (
+        3,
+        "job claims and leases",
+        """
+-- As the SQLite engine's migration 6: claim order (priority, higher first) and the lease of a
+-- RUNNING job (holder, expiry, length in us, SHA-256 of its token; never the token). Existing
+-- jobs: priority 0, no lease. Constant defaults: no table is rewritten.
+ALTER TABLE jobs ADD COLUMN priority integer NOT NULL DEFAULT 0,
+    ADD COLUMN lease_holder text COLLATE "C" NOT NULL DEFAULT '',
+    ADD COLUMN lease_expire_time bigint NOT NULL DEFAULT 0,
+    ADD COLUMN lease_duration bigint NOT NULL DEFAULT 0,
+    ADD COLUMN lease_token_hash text COLLATE "C" NOT NULL DEFAULT '';
+-- The next claimable job: the first row of this index with state = PENDING that no other
+-- claimer holds locked (FOR UPDATE SKIP LOCKED).
+CREATE INDEX jobs_by_claim ON jobs (state, priority DESC, create_time, id);
 """,
     ),
 ]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ...domain import jobs as job_rules
 from ...domain.errors import AlreadyExists, NotFound
 from ...domain.names import ms_name
 from ...domain.records import Job, JobEvent, JobEventType, JobLogEntry, JobState, JobTransition, Page
-from ...repositories.protocols import EventPublisher, Idempotency, JobMutation, ListQuery
+from ...repositories.protocols import ClaimSpec, EventPublisher, Idempotency, JobMutation, LeaseRenewal, ListQuery
 from .. import rows
 from ..clock import now_us
 from .database import Database
@@ -64,12 +65,37 @@ def _record_event(txn: Txn, job: Job, etype: JobEventType, transition: JobTransi
     return JobEvent(sequence=seq, type=int(etype), job=job, transition=transition._replace(sequence=seq))
 
 
+def _update(txn: Txn, job: Job) -> None:
+    sets = ", ".join(f"{c} = ?" for c in rows.JOB_COLUMNS[1:])
+    txn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*rows.job_values(job)[1:], job.id])
+
+
+def _claim_query(spec: ClaimSpec) -> tuple[str, list[object]]:
+    """The first claimable job's row: one probe of jobs_by_claim (migration 6) when unfiltered."""
+    where: list[str] = ["state = ?"]
+    params: list[object] = [int(JobState.PENDING)]
+    if spec.types:
+        where.append(f"type IN ({placeholders(len(spec.types))})")
+        params.extend(spec.types)
+    if spec.ms_path:
+        where.append("ms_path = ?")
+        params.append(spec.ms_path)
+    if spec.min_priority is not None:
+        where.append("priority >= ?")
+        params.append(spec.min_priority)
+    sql = (
+        f"SELECT {rows.JOB_SELECT} FROM jobs WHERE {' AND '.join(where)} "
+        "ORDER BY priority DESC, create_time, id LIMIT 1"
+    )
+    return sql, params
+
+
 class SQLiteJobs:
     def __init__(self, db: Database, publisher: EventPublisher):
         self.db = db
         self.publisher = publisher
 
-    def _publish(self, result: tuple[Job, JobEvent | None]) -> None:
+    def _publish(self, result: tuple[object, JobEvent | None]) -> None:
         if result[1] is not None:
             self.publisher.publish(result[1])
 
@@ -141,8 +167,7 @@ class SQLiteJobs:
                 return _committed(txn, current), None
             new, transition, etype = mutate(current, now_us())
             transition = transition._replace(actor=actor)
-            sets = ", ".join(f"{c} = ?" for c in rows.JOB_COLUMNS[1:])
-            txn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*rows.job_values(new)[1:], job_id])
+            _update(txn, new)
             event = _record_event(txn, new, etype, transition)
             changed = _committed(txn, new)
             remember_request_id(txn, idem, rows.remembered(changed))
@@ -150,6 +175,86 @@ class SQLiteJobs:
 
         changed, _ = await self.db.write(body, self._publish)
         return changed
+
+    async def claim(self, spec: ClaimSpec, mutate: JobMutation, *, actor: str = "") -> Job | None:
+        sql, params = _claim_query(spec)
+        # A read first: a claimer that finds nothing (most of a waiting claimer's tries) costs the
+        # writer nothing. The write below looks again.
+        if not await self.db.lookup(sql, params):
+            return None
+
+        # The one writer thread runs this whole body in one transaction: the job it finds PENDING is
+        # still PENDING when it is updated, whichever process or claimer asks next.
+        def body(txn: Txn) -> tuple[Job | None, JobEvent | None]:
+            found = txn.fetchall(sql, params)
+            if not found:
+                return None, None
+            new, transition, etype = mutate(rows.job_from_row(found[0]), now_us())
+            _update(txn, new)
+            event = _record_event(txn, new, etype, transition._replace(actor=actor))
+            return _committed(txn, new), event
+
+        claimed, _ = await self.db.write(body, self._publish)
+        return claimed
+
+    async def heartbeat(self, job_id: str, renew: LeaseRenewal) -> Job:
+        def body(txn: Txn) -> Job:
+            current = _load(txn, job_id)
+            if current is None:
+                raise NotFound("JOB", f"jobs/{job_id}")
+            renewed = renew(current, now_us())
+            txn.execute(
+                "UPDATE jobs SET lease_expire_time = ?, lease_duration = ? WHERE id = ?",
+                (renewed.lease_expire_time, renewed.lease_duration, job_id),
+            )
+            return renewed
+
+        return await self.db.write(body)
+
+    async def expire_leases(self, now: int, limit: int) -> int:
+        due = await self.db.lookup(
+            "SELECT id FROM jobs WHERE state = ? AND lease_expire_time > 0 AND lease_expire_time <= ? LIMIT ?",
+            (int(JobState.RUNNING), now, limit),
+        )
+        expired = 0
+        for (job_id,) in due:
+
+            def body(txn: Txn, job_id: str = job_id) -> list[JobEvent]:
+                # Read again inside the write: another process may have renewed, finished or expired
+                # it since (job_rules.expire then changes nothing).
+                current = _load(txn, job_id)
+                if current is None:
+                    return []
+                events = []
+                for new, transition, etype in job_rules.expire(current, now_us()):
+                    _update(txn, new)
+                    events.append(_record_event(txn, new, etype, transition))
+                return events
+
+            events = await self.db.write(body, self._publish_all)
+            expired += bool(events)
+        return expired
+
+    def _publish_all(self, events: list[JobEvent]) -> None:
+        for event in events:
+            self.publisher.publish(event)
+
+    async def update_priority(self, job_id: str, priority: int, idem: Idempotency | None) -> Job:
+        def body(txn: Txn) -> Job:
+            earlier = check_request_id(txn, idem)
+            first = rows.job_remembered(earlier)
+            if first is not None:
+                return first
+            current = _load(txn, job_id)
+            if current is None:
+                raise NotFound("JOB", f"jobs/{job_id}")
+            changed = current._replace(priority=priority, update_time=now_us())
+            _update(txn, changed)
+            changed = _committed(txn, changed)
+            remember_request_id(txn, idem, rows.remembered(changed))
+            return changed
+
+        return await self.db.write(body)
 
     async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int:
         def body(txn: Txn) -> int:

@@ -286,4 +286,20 @@ ALTER TABLE measurement_sets ADD COLUMN creator TEXT NOT NULL DEFAULT '';
 ALTER TABLE measurement_sets ADD COLUMN last_modifier TEXT NOT NULL DEFAULT '';
 """,
     ),
+    (
+        6,
+        "job claims and leases",
+        """
+-- Jobs are claimed by priority (higher first), then age (ClaimJob), and a RUNNING job may hold a
+-- lease: its holder, expiry, length (us) and the SHA-256 of its token (never the token). Existing
+-- jobs: priority 0, no lease.
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN lease_holder TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN lease_expire_time INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN lease_duration INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN lease_token_hash TEXT NOT NULL DEFAULT '';
+-- The next claimable job: one probe of this index (state = PENDING, its order).
+CREATE INDEX jobs_by_claim ON jobs (state, priority DESC, create_time, id);
+""",
+    ),
 ]

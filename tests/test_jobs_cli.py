@@ -51,8 +51,8 @@ async def test_claimed_job_through_its_lease(target: str) -> None:
     progress = await contimg(target, "jobs", "progress", "cli-w", *report, env=lease_env)
     assert progress.code == 0, progress.err
     header, row = progress.out.splitlines()
-    assert header.split()[:6] == ["NAME", "TYPE", "STATE", "STAGE", "PROGRESS", "ATTEMPT"]
-    assert row.split()[:6] == ["jobs/cli-w", "IMAGE", "RUNNING", "IMAGING", "50%", "1/3"] and "w1" in row
+    assert header.split()[:8] == ["NAME", "TYPE", "STATE", "STAGE", "PROGRESS", "ATTEMPT", "PRIORITY", "LEASE_HOLDER"]
+    assert row.split()[:8] == ["jobs/cli-w", "IMAGE", "RUNNING", "IMAGING", "50%", "1/3", "5", "w1"]
 
     appended = await contimg(target, "jobs", "append-log", "cli-w", "first line", "second line")
     assert appended.code == 0 and appended.out.split() == ["LOG_LINES", "2"], appended.err

@@ -99,6 +99,8 @@ JOB_COLUMNS: Columns = [
     ("STAGE", lambda j: _enum(j, "stage")),
     ("PROGRESS", lambda j: f"{j.progress_percent:.0f}%"),
     ("ATTEMPT", lambda j: f"{j.attempt}/{j.max_attempts}"),
+    ("PRIORITY", lambda j: str(j.priority)),
+    ("LEASE_HOLDER", lambda j: j.lease_holder or "-"),  # the worker holding the job's lease
     ("UPDATED", lambda j: j.update_time.ToJsonString() if j.HasField("update_time") else "-"),
     ("TARGET", lambda j: j.ms_path or j.measurement_set),
 ]

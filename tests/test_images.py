@@ -373,7 +373,9 @@ async def test_list_negative_page_size_is_invalid(stubs: Any) -> None:
         "type = SPECTRAL",
         "qa.grade = EXCELLENT",
         "pbcor = maybe",
-        "mid_mjd > 1 OR noise_jy < 2",
+        "mid_mjd > 1 OR",  # OR, NOT and parentheses are valid (test_filter_grammar.py), not dangling or unbalanced
+        "(mid_mjd > 1 OR noise_jy < 2",
+        "NOT mid_mjd",
         "mid_mjd > 1 AND",
         "mid_mjd > 1 noise_jy < 2",
         'create_time > "yesterday"',

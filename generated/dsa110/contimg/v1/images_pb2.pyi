@@ -387,7 +387,7 @@ class ListImagesRequest(_message.Message):
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""
     filter: _builtins.str
-    """AIP-160 subset (comparisons joined by `AND`). Fields: `measurement_set` (name or path, `=`
+    """AIP-160 (comparisons with `AND`, `OR`, `NOT`, parentheses: protos/README.md). Fields: `measurement_set` (name or path, `=`
     only), `type` (e.g. `type = CONTINUUM`), `mid_mjd`, `create_time` (RFC 3339 string),
     `center_ra_deg`, `center_dec_deg`, `noise_jy`, `dynamic_range`, `frequency_ghz`,
     `qa.grade` (e.g. `qa.grade = GOOD`), `pbcor`, `field_name`.

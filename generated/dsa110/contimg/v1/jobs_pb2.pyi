@@ -480,7 +480,7 @@ class ListJobsRequest(_message.Message):
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""
     filter: _builtins.str
-    """AIP-160 subset (comparisons joined by `AND`). Fields: `state` (e.g. `state = RUNNING`),
+    """AIP-160 (comparisons with `AND`, `OR`, `NOT`, parentheses: protos/README.md). Fields: `state` (e.g. `state = RUNNING`),
     `type` (e.g. `type = IMAGE`), `stage`, `measurement_set` (`=` only), `create_time`,
     `update_time` (RFC 3339 strings), `attempt`, `priority`, `lease_holder` (e.g.
     `lease_holder = "host:42"`). At most 2048 characters and 32 conditions; a string value at

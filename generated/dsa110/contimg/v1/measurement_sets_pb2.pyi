@@ -395,7 +395,7 @@ class ListMeasurementSetsRequest(_message.Message):
     unchanged when it is sent (INVALID_ARGUMENT / INVALID_PAGE_TOKEN otherwise).
     """
     filter: _builtins.str
-    """AIP-160 subset: comparisons joined by `AND`. Operators `=`, `!=`, `<`, `<=`, `>`, `>=`.
+    """AIP-160: comparisons joined by `AND`, `OR`, `NOT` and parentheses (protos/README.md). Operators `=`, `!=`, `<`, `<=`, `>`, `>=`.
     Strings in double quotes, enums by their short name (e.g. `stage = IMAGED`).
     Fields: `stage`, `status`, `cal_applied`, `field_name`, `group_id`, `start_mjd`, `mid_mjd`,
     `end_mjd`, `pointing_dec_deg`, `pointing_ra_deg`, `create_time` (RFC 3339 string).

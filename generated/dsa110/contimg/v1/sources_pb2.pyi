@@ -341,7 +341,7 @@ class ListSourcesRequest(_message.Message):
     page_token: _builtins.str
     """Opaque token from a previous response; every other field must be unchanged."""
     filter: _builtins.str
-    """AIP-160 subset (comparisons joined by `AND`). Fields: `eta`, `v`, `chi2_reduced`,
+    """AIP-160 (comparisons with `AND`, `OR`, `NOT`, parentheses: protos/README.md). Fields: `eta`, `v`, `chi2_reduced`,
     `sigma_deviation`, `mean_flux_jy`, `max_flux_jy`, `epoch_count`, `is_variable`, `ra_deg`,
     `dec_deg`, `catalog`, `catalog_flux_mjy`, `last_detection_mjd`.
     Example: `eta > 2 AND epoch_count >= 3 AND dec_deg > 54 AND dec_deg < 55.2`.

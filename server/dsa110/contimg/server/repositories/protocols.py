@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..domain.query import Condition, OrderKey
+from ..domain.query import OrderKey, Term
 from ..domain.records import (
     Image,
     Job,
@@ -40,7 +40,7 @@ class Idempotency:
 
 @dataclass(frozen=True, slots=True)
 class ListQuery:
-    conditions: Sequence[Condition]
+    conditions: Sequence[Term]  # all must hold (query.parse_filter)
     order: Sequence[OrderKey]
     page_size: int
     after: list[object] | None

@@ -17,7 +17,7 @@ from ..domain import names
 from ..domain.checks import Checker, page_size
 from ..domain.errors import InvalidArgument, NotFound
 from ..domain.listing import JOB_DEFAULT_ORDER, JOB_FIELDS, JOB_WATCH_FIELDS
-from ..domain.query import fingerprint, parse_filter
+from ..domain.query import fingerprint, matches, parse_filter
 from ..domain.records import Heartbeat, Job, JobEvent, JobEventType, JobStage, JobState, JobType
 from ..domain.validation import MAX_ARTIFACTS, MAX_LOG_LINES, check_job, check_lines
 from ..events.local import Subscription
@@ -369,15 +369,8 @@ class JobServicer:
         await context.send_initial_metadata(WATCH_OPEN)
 
         def accept(event: JobEvent) -> bool:
-            for cond in conditions:
-                value = {
-                    "state": event.job.state,
-                    "type": event.job.type,
-                    "measurement_set": event.job.ms_path,
-                }[cond.field]
-                if (value == cond.value) != (cond.op == "="):
-                    return False
-            return True
+            values = {"state": event.job.state, "type": event.job.type, "measurement_set": event.job.ms_path}
+            return matches(conditions, values.__getitem__)
 
         async with aclosing(self.watcher.watch_jobs(accept, max(request.after_sequence, 0))) as events:
             async for event in events:

@@ -28,6 +28,7 @@ import asyncpg
 
 from ...domain import sky
 from ...domain.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
+from ...domain.query import fields_of
 from ...domain.records import PHOTOMETRY_NUMBERS, Match, Page, Photometry, PhotometryBatch, PhotometryResult, Source
 from ...domain.variability import FluxSums, add_rows, weights
 from ...repositories.protocols import Idempotency, ListQuery
@@ -186,7 +187,7 @@ def cone_query(
     if q3c:
         # The filters below name sources' columns: the cone's rows stand in for the table.
         columns = dict.fromkeys(["sources.sid", "sources.ra_deg", "sources.dec_deg"])
-        columns.update(dict.fromkeys(_COLUMNS[c.field] for c in query.conditions))
+        columns.update(dict.fromkeys(_COLUMNS[f] for f in fields_of(query.conditions)))
         cells = q3c_cells(ra_deg, dec_deg, radius_deg, params, list(columns))
         source_rows, candidates = "cone_cells AS sources", "true"
     else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ...domain.errors import InvalidArgument
-from ...domain.query import Condition, OrderKey
+from ...domain.query import Condition, Not, Or, OrderKey, Term
 from ...domain.records import Page
 from ...repositories.protocols import ListQuery
 from ...slices import map_in_slices
@@ -34,12 +34,28 @@ class Params:
         return f"${len(self.values)}"
 
 
-def where(conditions: Sequence[Condition], columns: Mapping[str, str], params: Params) -> list[str]:
+def where(conditions: Sequence[Term], columns: Mapping[str, str], params: Params) -> list[str]:
+    """One clause per term (the caller ANDs them), values bound as `$n` parameters, never written
+    into the SQL. A list of comparisons (an AND-only filter) gives the clauses it always did."""
     clauses: list[str] = []
     for c in conditions:
-        value = int(c.value) if isinstance(c.value, bool) else c.value
-        clauses.append(f"{columns[c.field]} {_OPS[c.op]} {params.add(value)}")
+        if isinstance(c, Condition):
+            value = int(c.value) if isinstance(c.value, bool) else c.value
+            clauses.append(f"{columns[c.field]} {_OPS[c.op]} {params.add(value)}")
+        else:
+            clauses.append(_clause(c, columns, params))
     return clauses
+
+
+def _clause(term: Term, columns: Mapping[str, str], params: Params) -> str:
+    """OR/NOT/parenthesized terms; their depth is bounded by the parser (query.MAX_DEPTH)."""
+    if isinstance(term, Condition):
+        value = int(term.value) if isinstance(term.value, bool) else term.value
+        return f"{columns[term.field]} {_OPS[term.op]} {params.add(value)}"
+    if isinstance(term, Not):  # a comparison with NULL is not true: NOT of it is
+        return f"({_clause(term.term, columns, params)}) IS NOT TRUE"
+    joiner = " OR " if isinstance(term, Or) else " AND "
+    return "(" + joiner.join([_clause(t, columns, params) for t in term.terms]) + ")"
 
 
 def order_keys(order: Sequence[OrderKey], columns: Mapping[str, str], tiebreak: str) -> list[tuple[str, bool]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ...domain.errors import InvalidArgument
-from ...domain.query import Condition, OrderKey
+from ...domain.query import Condition, Not, Or, OrderKey, Term
 from ...domain.records import Page
 from ...repositories.protocols import ListQuery
 from ...slices import map_in_slices
@@ -35,15 +35,32 @@ _OPS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
 def where(
-    conditions: Sequence[Condition], columns: Mapping[str, str], *, unindexed: bool = False
+    conditions: Sequence[Term], columns: Mapping[str, str], *, unindexed: bool = False
 ) -> tuple[list[str], list[Any]]:
-    """`unindexed` writes `+column`: the same test, but SQLite may not answer it from an index."""
+    """One clause per term (the caller ANDs them), values bound as `?` parameters, never written
+    into the SQL. `unindexed` writes `+column`: the same test, but SQLite may not answer it from an
+    index. A list of comparisons (an AND-only filter) gives the clauses it always did."""
     clauses: list[str] = []
     params: list[Any] = []
+    plus = "+" if unindexed else ""
     for c in conditions:
-        clauses.append(f"{'+' if unindexed else ''}{columns[c.field]} {_OPS[c.op]} ?")
-        params.append(int(c.value) if isinstance(c.value, bool) else c.value)
+        if isinstance(c, Condition):
+            clauses.append(f"{plus}{columns[c.field]} {_OPS[c.op]} ?")
+            params.append(int(c.value) if isinstance(c.value, bool) else c.value)
+        else:
+            clauses.append(_clause(c, columns, params, plus))
     return clauses, params
+
+
+def _clause(term: Term, columns: Mapping[str, str], params: list[Any], plus: str) -> str:
+    """OR/NOT/parenthesized terms; their depth is bounded by the parser (query.MAX_DEPTH)."""
+    if isinstance(term, Condition):
+        params.append(int(term.value) if isinstance(term.value, bool) else term.value)
+        return f"{plus}{columns[term.field]} {_OPS[term.op]} ?"
+    if isinstance(term, Not):  # a comparison with NULL is not true: NOT of it is
+        return f"({_clause(term.term, columns, params, plus)}) IS NOT TRUE"
+    joiner = " OR " if isinstance(term, Or) else " AND "
+    return "(" + joiner.join([_clause(t, columns, params, plus) for t in term.terms]) + ")"
 
 
 def order_keys(order: Sequence[OrderKey], columns: Mapping[str, str], tiebreak: str) -> list[tuple[str, bool]]:

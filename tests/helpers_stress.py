@@ -427,3 +427,18 @@ async def photometry_problems(database: Path | str, batch_size: int | None = Non
     finally:
         await conn.close()
     return _photometry_violations(results, batch_size)
+
+
+async def exit_status(
+    command: Sequence[str], log: Path, env: dict[str, str] | None = None, wait_s: float = 30.0
+) -> int:
+    """Run a command that should stop by itself (a refused start); its exit status. One that is
+    still running after `wait_s` is killed, never left behind, and fails the test."""
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(*command, stderr=out, env=env)
+        try:
+            return await asyncio.wait_for(proc.wait(), wait_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"still running after {wait_s:.0f} s: {' '.join(command)}") from None

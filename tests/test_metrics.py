@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import PostgresDatabases, ServerFactory, free_port, make_stubs
 from helpers import make_image, make_ms, record_photometry
-from helpers_stress import ServerProcess
+from helpers_stress import ServerProcess, exit_status
 
 ENGINES = ("sqlite", "postgres")
 DEADLINE_S = 30.0
@@ -238,8 +238,7 @@ async def test_a_taken_metrics_port_stops_the_start_with_a_clear_line(tmp_path: 
             server = ServerProcess(
                 tmp_path, port=free_port(), name=f"w{workers}", args=["--workers", workers, "--metrics-port", str(port)]
             )
-            proc = server._spawn()
-            assert await asyncio.to_thread(proc.wait, DEADLINE_S) != 0
+            assert await exit_status(server.command(server.port), server.log_path, wait_s=DEADLINE_S) != 0
             assert f"cannot serve metrics on 127.0.0.1:{port}" in server.log_path.read_text(), server.log_tail()
 
 

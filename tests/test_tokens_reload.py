@@ -15,7 +15,7 @@ import grpc
 from dsa110.contimg.v1 import jobs_pb2, jobs_pb2_grpc
 
 from conftest import free_port
-from helpers_stress import ServerProcess
+from helpers_stress import ServerProcess, exit_status
 
 FLAG_TOKEN = "from-the-flags"
 DEADLINE_S = 30.0
@@ -83,8 +83,6 @@ async def test_a_tokens_file_that_does_not_parse_stops_the_start(tmp_path: Path)
     tokens = tmp_path / "tokens"
     tokens.write_text("write a-token\nbogus\n")
     server = ServerProcess(tmp_path, args=["--tokens-file", str(tokens)], port=free_port())
-    with server.log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(*server.command(server.port), stderr=log)
-        assert await asyncio.wait_for(proc.wait(), DEADLINE_S) == 1
+    assert await exit_status(server.command(server.port), server.log_path, wait_s=DEADLINE_S) == 1
     assert f"{tokens}:2: expected 'write TOKEN'" in server.log_path.read_text()
     assert not (tmp_path / "contimg.sqlite3").exists()

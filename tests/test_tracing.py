@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from conftest import PostgresDatabases, free_port, make_stubs
 from helpers import make_image, make_ms
-from helpers_stress import ServerProcess
+from helpers_stress import ServerProcess, exit_status
 
 ENGINES = ("sqlite", "postgres")
 DEADLINE_S = 30.0
@@ -127,10 +127,7 @@ async def test_without_the_packages_the_flag_fails_the_start_clearly(tmp_path: P
     (hide / "opentelemetry" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
     server = ServerProcess(tmp_path, port=free_port(), args=["--otlp-endpoint", "http://127.0.0.1:1"])
     env = {**os.environ, "PYTHONPATH": str(hide)}
-    with server.log_path.open("wb") as log:
-        command = server.command(server.port)
-        proc = await asyncio.create_subprocess_exec(*command, stderr=log, env=env)
-        assert await asyncio.wait_for(proc.wait(), DEADLINE_S) != 0
+    assert await exit_status(server.command(server.port), server.log_path, env, DEADLINE_S) != 0
     assert "pip install 'contimg-grpc[tracing]'" in server.log_path.read_text()
 
 

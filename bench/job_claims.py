@@ -28,7 +28,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,26 +41,11 @@ from dsa110.contimg.client import AsyncClient, Client, ClientConfig
 from dsa110.contimg.v1 import jobs_pb2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from replicas import Replica, free_port, stop_replica, wait_serving, with_database
+from replicas import Replica, start_replica, stop_replica, wait_serving, with_database
 
-CONSOLE_SCRIPT = Path(sys.executable).with_name("contimg-server")
 DEFAULT_POSTGRES = os.environ.get("CONTIMG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 TOKEN = "bench-claims"
 Job = jobs_pb2.Job
-
-
-def start_server(database: str, workdir: Path, i: int) -> Replica:
-    port = free_port()
-    data_dir = workdir / f"server-{i}"
-    data_dir.mkdir()
-    log = data_dir / "server.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [str(CONSOLE_SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
-             "--database", database, "--write-tokens", TOKEN],
-            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-        )  # fmt: skip
-    return Replica(proc, f"127.0.0.1:{port}", log)
 
 
 def config(target: str) -> ClientConfig:
@@ -273,7 +257,7 @@ def main() -> None:
         try:
             # One at a time: the first creates (migrates) the database, the others open it.
             for i in range(args.servers):
-                servers.append(start_server(database, workdir, i))
+                servers.append(start_replica(database, TOKEN, workdir, i))
                 asyncio.run(wait_serving(servers[-1].target, servers[-1].proc))
             print(f"{args.servers} servers on one {args.engine} database, {os.cpu_count()} CPUs", flush=True)
             asyncio.run(run(args, [s.target for s in servers]))

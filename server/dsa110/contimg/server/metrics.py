@@ -16,7 +16,9 @@ Under `--workers N` every worker writes its values to files in one directory (pr
 multiprocess mode; workers.py makes the directory before forking) and the parent serves their sum
 (metrics_endpoint.py). Gauges say how they add up: `livesum` (queue depths, streams open: the
 service's total), `livemax` (database size: one database), `livemin` (Redis link, storage health:
-0 if any worker is cut off).
+0 if any worker is cut off). A scrape reads the workers' files one after another, so one scrape
+taken during a flush may count a call in one family (handled) and not yet in another (the histogram);
+the next scrape has both.
 """
 
 from __future__ import annotations

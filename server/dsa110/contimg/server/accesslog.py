@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 import grpc
 
 from .rpc_types import Ctx, call_metadata, status_name
-from .servicers.admission import bearer_token
+from .servicers.admission import FORWARDED_FOR, bearer_token
 from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -161,8 +161,10 @@ class AccessLog:
         for end, start, method, code, peer, messages, metadata in calls:
             who = request_id = ""
             if metadata is not None:
-                token, given = _identity(metadata)
+                token, given, browser = _identity(metadata)
                 who = self.caller(token)
+                if browser is not None and peer.startswith("unix:"):  # the browser port's own socket
+                    peer = f"web:{browser}"
                 if given is None:
                     self._numbered += 1
                     given = f"{self._prefix}{self._numbered:x}"
@@ -248,16 +250,20 @@ class _Counting:
         return getattr(self._context, name)
 
 
-def _identity(metadata: Any) -> tuple[str | None, str | None]:
-    """(bearer token, x-request-id) of a call's metadata, in one pass (admission.bearer_token's rules)."""
-    token = request_id = None
+def _identity(metadata: Any) -> tuple[str | None, str | None, str | None]:
+    """(bearer token, x-request-id, x-forwarded-for) of a call's metadata, in one pass
+    (admission.bearer_token's rules); the last is the browser's address (web/gateway.py)."""
+    token = request_id = browser = None
     for key, value in metadata or ():
         if key == "authorization":
             token = bearer_token(((key, value),))
         elif key == REQUEST_ID_KEY:
             text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
             request_id = text.replace(" ", "_")[:MAX_REQUEST_ID]  # one word in the text lines
-    return token, request_id
+        elif key == FORWARDED_FOR:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            browser = text.replace(" ", "_")[:MAX_REQUEST_ID]
+    return token, request_id, browser
 
 
 def _iso(t: float) -> str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
+import socket
 from dataclasses import dataclass, replace
 
 import grpc
@@ -40,6 +42,8 @@ from .servicers.measurement_sets import MSServicer
 from .servicers.sources import SourceServicer
 from .storage.engine import Storage, open_storage
 from .tracing import Tracing
+from .web.listener import WebServer, WebTls, private_address
+from .web.listener import bind as bind_web
 
 log = logging.getLogger("contimg.server")
 
@@ -47,7 +51,9 @@ IMAGE_SERVICE = images_pb2.DESCRIPTOR.services_by_name["ImageService"]
 SOURCE_SERVICE = sources_pb2.DESCRIPTOR.services_by_name["SourceService"]
 JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"]
 MS_SERVICE = measurement_sets_pb2.DESCRIPTOR.services_by_name["MSService"]
-SERVICE_NAMES = tuple(s.full_name for s in (IMAGE_SERVICE, SOURCE_SERVICE, JOB_SERVICE, MS_SERVICE))
+SERVICES = (IMAGE_SERVICE, SOURCE_SERVICE, JOB_SERVICE, MS_SERVICE)
+SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 
 PENDING_CALLS_SOFT_LIMIT = 10_000
@@ -88,6 +94,7 @@ class BindError(StartupError):
 class ContimgServer:
     config: ServerConfig
     port: int = 0
+    web_socket: socket.socket | None = None  # --web-port's, bound by the parent of --workers
 
     def __post_init__(self) -> None:
         self.bus = LocalEventBus()
@@ -115,6 +122,7 @@ class ContimgServer:
         self._server: grpc.aio.Server | None = None
         self.admission: Admission | None = None  # tokens and capacity, once started
         self.servicers: dict[str, object] = {}  # service name -> servicer, once started
+        self.web: WebServer | None = None  # --web-port, once started
 
     async def start(self) -> int:
         cfg = self.config
@@ -131,11 +139,14 @@ class ContimgServer:
             # First: a port that cannot be bound stops the start before anything else is open.
             host = self.config.metrics_host or self.config.host
             self.metrics_endpoint = metrics_endpoint.serve(host, self.config.metrics_port, self.metrics.registry)
+        if cfg.web_port:
+            self.web = self._web_server()  # a missing package or a taken port stops the start here
         try:
             await self.storage.open()
         except BaseException:
             if self.metrics_endpoint is not None:
                 self.metrics_endpoint.close()
+            self._close_web()
             raise
         if self.redis is not None:
             await self.redis.start(self.health)
@@ -178,10 +189,13 @@ class ContimgServer:
         enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
         try:
             self.port = self._bind(server)
+            if self.web is not None and not server.add_insecure_port(self.web.target):
+                self.port = 0
         except RuntimeError:  # grpc raises where it used to return 0; its own log line says why
             self.port = 0
         if self.port == 0:
             # Close storage before raising: its threads would otherwise keep the process alive.
+            self._close_web()
             await self.tailer.stop()
             if self.redis is not None:
                 await self.redis.stop()
@@ -193,6 +207,8 @@ class ContimgServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.tracing is not None:
             self.tracing.start()
+        if self.web is not None:
+            self.web.start((*SERVICES, HEALTH_SERVICE))
         await self.storage_health.start()  # "" SERVING while the database takes writes
         self.housekeeping.start()
         self.leases.start()
@@ -210,6 +226,26 @@ class ContimgServer:
         if self.access is not None:
             behaviour = self.access.wrap(method, behaviour, streams)
         return behaviour
+
+    def _web_server(self) -> WebServer:
+        cfg = self.config
+        try:
+            import connectrpc  # noqa: F401
+            import hypercorn  # noqa: F401
+        except ImportError as exc:
+            raise StartupError(f"--web-port needs the web extra: pip install 'contimg-grpc[web]' ({exc})") from None
+        sock = self.web_socket or bind_web(cfg.web_host or cfg.host, cfg.web_port)
+        target, directory = private_address()
+        origins = tuple(o.strip() for o in cfg.web_cors_origin.split(",") if o.strip())
+        tls = WebTls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
+        return WebServer(sock, target, directory, origins, cfg.max_message_mb * 1024 * 1024, tls)
+
+    def _close_web(self) -> None:
+        """Before the server started: the socket and the private directory."""
+        if self.web is not None:
+            self.web.sock.close()
+            shutil.rmtree(self.web.directory, ignore_errors=True)
+            self.web = None
 
     def _start_metrics(self, metrics: ServerMetrics) -> None:
         sources = self.servicers[SOURCE_SERVICE.name]
@@ -265,7 +301,11 @@ class ContimgServer:
             await self.sampler.stop()
         await self.health.enter_graceful_shutdown()
         self.bus.close()  # watch streams end now (UNAVAILABLE, resumable) instead of holding the grace period
-        await self._server.stop(self.config.grace_s if grace is None else grace)
+        draining = [self._server.stop(self.config.grace_s if grace is None else grace)]
+        if self.web is not None:  # browsers' calls in flight are gRPC calls: they drain the same way
+            draining.append(self.web.stop())
+        await asyncio.gather(*draining)
+        self.web = None
         self._server = None
         await self.tailer.stop()
         if self.redis is not None:
@@ -286,9 +326,9 @@ class ContimgServer:
             await self._server.wait_for_termination()
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, web_socket: socket.socket | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads the tokens."""
-    server = ContimgServer(config)
+    server = ContimgServer(config, web_socket=web_socket)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -47,7 +47,7 @@ def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> 
             from dsa110.contimg.demo import fill_if_empty
 
             await fill_if_empty(cfg, demo_images)
-        await serve(cfg)
+        await serve(cfg, web_socket)
 
     def serve_one() -> None:
         try:
@@ -55,6 +55,14 @@ def _serve(cfg: config_mod.ServerConfig, demo_images: int, claim: PortClaim) -> 
         except StartupError as exc:  # a clear line, not a traceback (database unwritable, port taken, ...)
             raise SystemExit(f"contimg-server: {exc}") from None
 
+    web_socket = None
+    if cfg.workers > 1 and cfg.web_port:  # bound once, before the fork: every worker serves it
+        from .web.listener import bind
+
+        try:
+            web_socket = bind(cfg.web_host or cfg.host, cfg.web_port)
+        except StartupError as exc:
+            raise SystemExit(f"contimg-server: {exc}") from None
     if cfg.workers > 1:
         from .workers import run_workers
 

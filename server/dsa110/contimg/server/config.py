@@ -108,6 +108,21 @@ class ServerConfig:
             "caller's (a caller's sampling decision is followed)"
         },
     )
+    web_port: int = field(
+        default=0,
+        metadata={
+            "help": "serve the same services to browsers, over gRPC-Web and the Connect protocol (binary or JSON), "
+            "on this port (0: off; needs the `web` extra)"
+        },
+    )
+    web_host: str = field(default="", metadata={"help": "address of the browser port (default: --host)"})
+    web_cors_origin: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated origins whose pages may call the browser port, e.g. https://dash.example.org "
+            "('*': any; empty: only pages served from the same origin)"
+        },
+    )
     uvloop: bool = field(default=True, metadata={"help": "run on uvloop when installed"})
     write_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to write"})
     read_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to read only"})
@@ -225,7 +240,7 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
     config = ServerConfig(**values)
     if config.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise SystemExit("invalid synchronous mode: use FULL, NORMAL or EXTRA")
-    if not 0 <= config.port <= 65535 or not 0 <= config.metrics_port <= 65535:
+    if not all(0 <= port <= 65535 for port in (config.port, config.metrics_port, config.web_port)):
         raise SystemExit("invalid port")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")

@@ -39,6 +39,8 @@ from google.rpc import code_pb2
 from ..rpc_types import Ctx, call_metadata
 from .status import rich_status
 
+FORWARDED_FOR = "x-forwarded-for"  # set by the browser port (web/gateway.py), trusted from it alone
+
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 READ_PREFIXES = ("Get", "List", "Search", "BatchGet", "Watch")
 
@@ -136,6 +138,8 @@ def caller_of(token: str | None, context: Ctx) -> str:
     if token:
         return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     peer: str = context.peer()  # "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:..."
+    if peer.startswith("unix:"):  # the browser port's private socket (web/): the browser's own address
+        peer = next((str(v) for k, v in call_metadata(context) if k == FORWARDED_FOR), peer)
     host, sep, port = peer.rpartition(":")
     return host if sep and port.isdigit() else peer
 

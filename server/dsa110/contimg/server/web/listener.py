@@ -1,0 +1,130 @@
+"""The browser port: its socket, and hypercorn serving the gateway on this process's event loop.
+
+The gRPC server gets a second, private listener (a Unix socket in a directory only this user can
+enter) that the gateway's channel dials: no TLS to repeat, no TCP, and nobody else can use it to
+get around --tls-client-ca. Under --workers the parent binds the browser port before forking and
+every worker serves the inherited socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from ..domain.errors import StartupError
+
+log = logging.getLogger("contimg.web")
+
+LISTEN_BACKLOG = 1024
+HYPERCORN_LOG = logging.getLogger("contimg.web.hypercorn")
+HYPERCORN_LOG.setLevel(logging.WARNING)
+
+
+class WebBindError(StartupError):
+    """The browser port could not be bound."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The browser port's listening socket; fails now, before anything else is open, if taken."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise WebBindError(f"cannot serve browsers on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)  # --workers: each worker serves this socket
+    return sock
+
+
+def private_address() -> tuple[str, str]:
+    """(grpc address of a fresh Unix socket only this user can reach, its directory)."""
+    directory = tempfile.mkdtemp(prefix="contimg-web-")  # mode 0700
+    return f"unix:{Path(directory) / 'grpc.sock'}", directory
+
+
+@dataclass
+class WebTls:
+    cert: str
+    key: str
+    client_ca: str = ""
+
+
+@dataclass
+class WebServer:
+    """hypercorn serving the gateway on `sock`, forwarding to the gRPC server at `target`."""
+
+    sock: socket.socket
+    target: str
+    directory: str
+    origins: tuple[str, ...]
+    max_bytes: int
+    tls: WebTls | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _channel: grpc.aio.Channel | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def start(self, services: Iterable[ServiceDescriptor]) -> None:
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        from .cors import Cors
+        from .departures import Departures
+        from .gateway import Gateway
+
+        options = [
+            ("grpc.max_send_message_length", self.max_bytes),
+            ("grpc.max_receive_message_length", self.max_bytes),
+        ]
+        self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        app = Cors(Departures(Gateway(self._channel, services, self.max_bytes)), self.origins)
+        config = Config()
+        # hypercorn closes the socket it is given when it stops: give it its own descriptor of ours.
+        bind = [f"fd://{os.dup(self.sock.fileno())}"]
+        config.bind = bind
+        config.accesslog = None  # the gRPC server logs every call once
+        config.errorlog = HYPERCORN_LOG  # its own start line repeats ours and says "CTRL + C to quit"
+        config.graceful_timeout = 1.0  # watch streams end with the bus before this (app.stop)
+        config.keep_alive_timeout = 75.0
+        if self.tls is not None:
+            config.certfile, config.keyfile = self.tls.cert, self.tls.key
+            if self.tls.client_ca:
+                config.ca_certs = self.tls.client_ca
+                config.verify_mode = ssl.CERT_REQUIRED
+            config.bind, config.insecure_bind = bind, []
+        self._task = asyncio.create_task(
+            serve(app, config, shutdown_trigger=self._stopping.wait, mode="asgi"),  # type: ignore[arg-type]
+            name="web",
+        )
+        scheme = "https" if self.tls is not None else "http"
+        log.info("serving browsers (gRPC-Web, Connect) on %s://%s:%d", scheme, *self.sock.getsockname()[:2])
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+            self._task = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        self.sock.close()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,324 @@
+"""The browser port (`--web-port`): the same services over gRPC-Web and the Connect protocol.
+
+The calls here are made with connect-python's own client over real HTTP (the wire formats a
+browser's client speaks), against a real server; tests/test_browser.py drives a real browser.
+What must hold: replies equal the native ones, errors keep their code and rich details, tokens and
+deadlines pass through, streams deliver events live and end on the server when the browser goes,
+and CORS lets in the origins configured and no others (not even their writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from connectrpc.client import ConnectClient
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.method import IdempotencyLevel, MethodInfo
+from connectrpc.protocol import ProtocolType
+from dsa110.contimg.server.app import ContimgServer
+from dsa110.contimg.server.config import ServerConfig
+from dsa110.contimg.server.domain.errors import StartupError
+from dsa110.contimg.server.events.watch import HEARTBEAT_S
+from dsa110.contimg.v1 import images_pb2, jobs_pb2
+from google.rpc import error_details_pb2
+
+from conftest import free_port
+from helpers import make_image, make_ms
+from helpers_stress import ServerProcess, until
+
+ORIGIN = "https://dash.example.org"
+TOKEN = "web-writer-token"
+
+# (protocol, JSON?) as browsers' clients speak them: gRPC-Web (binary), Connect binary, Connect JSON.
+PROTOCOLS = {
+    "grpc-web": (ProtocolType.GRPC_WEB, False),
+    "connect-proto": (ProtocolType.CONNECT, False),
+    "connect-json": (ProtocolType.CONNECT, True),
+}
+
+
+def method(service: str, name: str, request: Any, reply: Any) -> MethodInfo[Any, Any]:
+    return MethodInfo(
+        name=name,
+        service_name=f"dsa110.contimg.v1.{service}",
+        input=request,
+        output=reply,
+        idempotency_level=IdempotencyLevel.UNKNOWN,
+    )
+
+
+LIST_IMAGES = method("ImageService", "ListImages", images_pb2.ListImagesRequest, images_pb2.ListImagesResponse)
+CREATE_JOB = method("JobService", "CreateJob", jobs_pb2.CreateJobRequest, jobs_pb2.Job)
+LIST_JOBS = method("JobService", "ListJobs", jobs_pb2.ListJobsRequest, jobs_pb2.ListJobsResponse)
+WATCH_JOB = method("JobService", "WatchJob", jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent)
+
+
+@pytest.fixture
+async def web(server_factory: Any) -> Any:
+    """A server with its browser port, writes needing TOKEN, one allowed browser origin."""
+    return await server_factory(
+        web_port=free_port(),
+        web_cors_origin=ORIGIN,
+        write_tokens=TOKEN,
+        allow_anonymous_writes=False,
+        max_watch_streams=50,
+    )
+
+
+def client(srv: Any, protocol: str) -> ConnectClient:
+    kind, as_json = PROTOCOLS[protocol]
+    return ConnectClient(f"http://127.0.0.1:{srv.config.web_port}", protocol=kind, proto_json=as_json)
+
+
+async def native(srv: Any) -> Any:
+    from conftest import make_stubs
+
+    return make_stubs(grpc.aio.insecure_channel(srv.target))
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_replies_equal_native_ones(web: Any, protocol: str) -> None:
+    stubs = await native(web)
+    request = images_pb2.ListImagesRequest(page_size=3, order_by="mid_mjd desc")
+    async with client(web, protocol) as c:
+        empty = await c.execute_unary(request=request, method=LIST_IMAGES)
+        assert list(empty.images) == []
+        created = await c.execute_unary(
+            request=jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)),
+            method=CREATE_JOB,
+            headers=auth(),
+        )
+        assert created.name.startswith("jobs/")
+        assert created.state == jobs_pb2.Job.STATE_PENDING
+        via_web = await c.execute_unary(request=jobs_pb2.ListJobsRequest(), method=LIST_JOBS)
+    via_grpc = await stubs.jobs.ListJobs(jobs_pb2.ListJobsRequest())
+    assert via_web == via_grpc
+    assert [j.name for j in via_web.jobs] == [created.name]
+    await stubs.channel.close()
+
+
+async def test_images_equal_native_ones_over_every_protocol(server_factory: Any) -> None:
+    srv = await server_factory(web_port=free_port())
+    stubs = await native(srv)
+    ms = await make_ms(stubs)
+    for _ in range(4):
+        await make_image(stubs, ms.name)
+    request = images_pb2.ListImagesRequest(page_size=3, order_by="mid_mjd desc")
+    via_grpc = await stubs.images.ListImages(request)
+    assert len(via_grpc.images) == 3 and via_grpc.next_page_token
+    for protocol in PROTOCOLS:
+        async with client(srv, protocol) as c:
+            assert await c.execute_unary(request=request, method=LIST_IMAGES) == via_grpc, protocol
+    await stubs.channel.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_errors_keep_their_code_and_details(web: Any, protocol: str) -> None:
+    async with client(web, protocol) as c:
+        with pytest.raises(ConnectError) as bad:
+            await c.execute_unary(request=images_pb2.ListImagesRequest(filter="noise_jy <"), method=LIST_IMAGES)
+        assert bad.value.code == Code.INVALID_ARGUMENT
+        assert "filter" in bad.value.message
+        fields = []
+        for detail in bad.value.details:
+            found = error_details_pb2.BadRequest()
+            if detail.Unpack(found):
+                fields += [v.field for v in found.field_violations]
+        assert fields == ["filter"]
+
+        with pytest.raises(ConnectError) as missing:
+            await c.execute_unary(
+                request=jobs_pb2.GetJobRequest(name="jobs/no-such-job"),
+                method=method("JobService", "GetJob", jobs_pb2.GetJobRequest, jobs_pb2.Job),
+            )
+        assert missing.value.code == Code.NOT_FOUND
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_writes_need_the_token_through_the_browser_port_too(web: Any, protocol: str) -> None:
+    request = jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE))
+    async with client(web, protocol) as c:
+        with pytest.raises(ConnectError) as anonymous:
+            await c.execute_unary(request=request, method=CREATE_JOB)
+        with pytest.raises(ConnectError) as wrong:
+            await c.execute_unary(request=request, method=CREATE_JOB, headers=auth("not-a-token"))
+        assert {anonymous.value.code, wrong.value.code} <= {Code.UNAUTHENTICATED, Code.PERMISSION_DENIED}
+        jobs = await c.execute_unary(request=jobs_pb2.ListJobsRequest(), method=LIST_JOBS)
+        assert list(jobs.jobs) == []  # nothing half-written
+        job = await c.execute_unary(request=request, method=CREATE_JOB, headers=auth())
+        assert job.name.startswith("jobs/")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_watch_job_streams_events_live(web: Any, protocol: str) -> None:
+    stubs = await native(web)
+    md = (("authorization", f"Bearer {TOKEN}"),)
+    job = await stubs.jobs.CreateJob(
+        jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)), metadata=md
+    )
+    states: list[int] = []
+
+    async def drive() -> None:
+        await stubs.jobs.StartJob(jobs_pb2.StartJobRequest(name=job.name), metadata=md)
+        await stubs.jobs.ReportJobProgress(
+            jobs_pb2.ReportJobProgressRequest(name=job.name, progress_percent=50.0, message="half"), metadata=md
+        )
+        await stubs.jobs.SucceedJob(jobs_pb2.SucceedJobRequest(name=job.name, message="done"), metadata=md)
+
+    driver: asyncio.Task[None] | None = None
+    async with client(web, protocol) as c:
+        stream = c.execute_server_stream(request=jobs_pb2.WatchJobRequest(name=job.name), method=WATCH_JOB)
+        async for event in stream:
+            if event.type == jobs_pb2.JobEvent.TYPE_HEARTBEAT:
+                continue
+            states.append(event.job.state)
+            if driver is None:  # the stream is open and has the job as it is: drive it from now on
+                driver = asyncio.create_task(drive())
+            if event.job.state == jobs_pb2.Job.STATE_SUCCEEDED:
+                break
+    assert driver is not None
+    await driver
+    assert states[0] == jobs_pb2.Job.STATE_PENDING
+    assert states[-1] == jobs_pb2.Job.STATE_SUCCEEDED
+    assert jobs_pb2.Job.STATE_RUNNING in states
+    await stubs.channel.close()
+
+
+async def test_a_browser_that_leaves_a_watch_ends_it_on_the_server(web: Any) -> None:
+    """Ended at once, not at the next heartbeat (30 s) when the write to the gone browser fails."""
+    admission = web.server.admission
+    for protocol in PROTOCOLS:
+        async with client(web, protocol) as c:
+            stream = c.execute_server_stream(request=jobs_pb2.WatchJobsRequest(), method=WATCH_JOBS)
+            async for _event in stream:
+                assert admission.watches.active == 1
+                break
+            await stream.aclose()  # type: ignore[attr-defined]
+        await until(lambda: admission.watches.active == 0, f"{protocol}: the watch to end", wait_s=HEARTBEAT_S / 3)
+
+
+WATCH_JOBS = method("JobService", "WatchJobs", jobs_pb2.WatchJobsRequest, jobs_pb2.JobEvent)
+
+
+async def test_deadline_passes_through(web: Any) -> None:
+    async with client(web, "connect-proto") as c:
+        stream = c.execute_server_stream(request=jobs_pb2.WatchJobsRequest(), method=WATCH_JOBS, timeout_ms=300)
+        with pytest.raises(ConnectError) as late:
+            async for _event in stream:
+                pass
+    assert late.value.code == Code.DEADLINE_EXCEEDED
+    await until(lambda: web.server.admission.watches.active == 0, "the server's watch stream to end")
+
+
+def http_call(port: int, verb: str, path: str, headers: dict[str, str], body: bytes = b"") -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(verb, path, body=body, headers=headers)
+    reply = conn.getresponse()
+    reply.read()
+    conn.close()
+    return reply
+
+
+async def test_cors_lets_in_configured_origins_only(web: Any) -> None:
+    port = web.config.web_port
+    path = "/dsa110.contimg.v1.JobService/CreateJob"
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    allowed = await asyncio.to_thread(http_call, port, "OPTIONS", path, {"Origin": ORIGIN, **ask})
+    assert allowed.status == 204
+    assert allowed.getheader("access-control-allow-origin") == ORIGIN
+    assert "authorization" in (allowed.getheader("access-control-allow-headers") or "")
+    assert "POST" in (allowed.getheader("access-control-allow-methods") or "")
+
+    other = await asyncio.to_thread(http_call, port, "OPTIONS", path, {"Origin": "https://evil.example", **ask})
+    assert other.status == 403
+    assert other.getheader("access-control-allow-origin") is None
+
+    # A write sent anyway from a page the operator did not allow (no preflight: a script outside a
+    # browser, or a browser bug) must not run.
+    body = b'{"job": {"type": "TYPE_IMAGE"}}'
+    write = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    refused = await asyncio.to_thread(http_call, port, "POST", path, {"Origin": "https://evil.example", **write}, body)
+    assert refused.status == 403
+    done = await asyncio.to_thread(http_call, port, "POST", path, {"Origin": ORIGIN, **write}, body)
+    assert done.status == 200
+    assert done.getheader("access-control-allow-origin") == ORIGIN
+    assert "grpc-status" in (done.getheader("access-control-expose-headers") or "")
+    stubs = await native(web)
+    assert len((await stubs.jobs.ListJobs(jobs_pb2.ListJobsRequest())).jobs) == 1  # the allowed one only
+    await stubs.channel.close()
+
+
+async def test_a_taken_browser_port_stops_the_start_with_nothing_open(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = ServerConfig(host="127.0.0.1", port=0, data_dir=tmp_path, web_port=port, allow_anonymous_writes=True)
+        srv = ContimgServer(cfg)
+        with pytest.raises(StartupError, match="browsers"):
+            await srv.start()
+    assert not (tmp_path / "contimg.sqlite3").exists()  # refused before the database was opened
+
+
+async def test_workers_serve_the_browser_port_together(tmp_path: Path) -> None:
+    web_port = free_port()
+    proc = ServerProcess(
+        tmp_path, port=free_port(), args=["--workers", "2", "--web-port", str(web_port)], name="workers"
+    )
+    await proc.start()
+    try:
+        stubs = await native(proc)
+        ms = await make_ms(stubs)
+        image = await make_image(stubs, ms.name)
+        for _ in range(12):  # new connections each time: both workers' share of the socket answers
+            async with ConnectClient(f"http://127.0.0.1:{web_port}", protocol=ProtocolType.GRPC_WEB) as c:
+                reply = await c.execute_unary(request=images_pb2.ListImagesRequest(), method=LIST_IMAGES)
+                assert [i.name for i in reply.images] == [image.name]
+        await stubs.channel.close()
+    finally:
+        assert proc.terminate() == 0, proc.log_tail()
+    assert "serving browsers" in proc.log_tail(200)
+
+
+async def test_with_tls_the_browser_port_serves_https(server_factory: Any, tmp_path: Path) -> None:
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    subject = ["-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    await asyncio.to_thread(subprocess.run, [*openssl, *subject, *files], check=True, capture_output=True)
+    srv = await server_factory(web_port=free_port(), tls_cert=str(cert), tls_key=str(key))
+    trusted = ssl.create_default_context(cafile=str(cert))
+
+    def post(context: ssl.SSLContext | None) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.config.web_port, timeout=10, context=context)
+        conn.request(
+            "POST",
+            "/dsa110.contimg.v1.ImageService/ListImages",
+            body=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+
+    status, body = await asyncio.to_thread(post, trusted)
+    assert (status, body) == (200, b"{}")  # no images yet: the empty reply, as JSON
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncio.to_thread(post, ssl.create_default_context())  # not our CA: refused
+    plain = http.client.HTTPConnection("127.0.0.1", srv.config.web_port, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+        await asyncio.to_thread(lambda: (plain.request("POST", "/", body=b"{}"), plain.getresponse().read()))

@@ -3,6 +3,7 @@ or JSON, every call counted once with its code, none lost at shutdown, and silen
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -21,7 +22,7 @@ ENGINES = ("sqlite",)  # the log is the server's, not the storage's
 
 async def _calls(server: ServerProcess) -> dict[str, list[str]]:
     """A CreateJob, three GetJob (one OK, two NOT_FOUND), a WatchJob stream that ends with the job
-    (snapshot, started, succeeded): the codes expected per method."""
+    (snapshot, started, succeeded), a ClaimJob its caller cancels: the codes expected per method."""
     async with grpc.aio.insecure_channel(server.target) as channel:
         jobs = make_stubs(channel).jobs
         job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=jobs_pb2.Job.TYPE_IMAGE)))
@@ -37,9 +38,17 @@ async def _calls(server: ServerProcess) -> dict[str, list[str]]:
         while (event := await call.read()) is not grpc.aio.EOF:
             rest.append(event)
         assert len(rest) == 2  # started, succeeded: the stream ends after the final state
+        # A unary call its caller cancels while it waits (no job of that type to claim, for 30 s).
+        waiting = jobs_pb2.ClaimJobRequest(types=[jobs_pb2.Job.TYPE_CALIBRATE], worker="w", wait={"seconds": 30})
+        claim = jobs.ClaimJob(waiting)
+        await jobs.GetJob(jobs_pb2.GetJobRequest(name=job.name))  # a round trip later: the claim is waiting
+        claim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claim
     return {
+        "ClaimJob": ["CANCELLED"],
         "CreateJob": ["OK"],
-        "GetJob": ["OK", "NOT_FOUND", "NOT_FOUND"],
+        "GetJob": ["OK", "NOT_FOUND", "NOT_FOUND", "OK"],
         "WatchJob": ["OK"],
         "StartJob": ["OK"],
         "SucceedJob": ["OK"],

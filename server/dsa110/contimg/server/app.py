@@ -183,6 +183,8 @@ class ContimgServer:
         for service, servicer in servicers:
             servicer.admission = admission
             servicer.reads = self.storage.read_cache
+            if self.access is not None:
+                servicer.recorder = self.access.recorder(service.full_name)
             # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).
             add_service(server, service, servicer, self._wrap)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -220,10 +222,12 @@ class ContimgServer:
         return self.port
 
     def _wrap(self, method: str, behaviour: Behaviour, streams: bool) -> Behaviour:
-        """Each method's handler inside its span (tracing.py), inside its log line and metrics (accesslog.py)."""
+        """Each method's handler inside its span (tracing.py), inside its log line and metrics
+        (accesslog.py), unless its envelope records the call itself (servicers/envelope.py)."""
+        records = getattr(behaviour, "records_calls", False)
         if self.tracing is not None:
             behaviour = self.tracing.wrap(method, behaviour, streams)
-        if self.access is not None:
+        if self.access is not None and not records:
             behaviour = self.access.wrap(method, behaviour, streams)
         return behaviour
 

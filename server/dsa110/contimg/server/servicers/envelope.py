@@ -11,10 +11,11 @@ when it is not. Only a complete, successful reply is kept; errors are computed e
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -26,6 +27,9 @@ from ..streams import send_all
 from .decoding import UNDECODABLE, Oversized, Raw, Unread
 from .encoded import Encoded
 from .status import abort, refusal_for_oversized, undecodable_status
+
+if TYPE_CHECKING:
+    from ..accesslog import Recorder
 
 R = TypeVar("R")
 # Requests above this size are answered without their reply being kept (hashing them would cost
@@ -93,19 +97,31 @@ def unary(fn: Callable[[Any, Any, Ctx], Awaitable[R]]) -> Callable[..., Awaitabl
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> R:
-        if (refused := _admit(self, name, context)) is not None:
-            await context.abort_with_status(refused)
+        recorder: Recorder | None = self.recorder
+        began = recorder.begin(name, context) if recorder is not None else None
         try:
-            if request.__class__ is Unread:  # a write, admitted before its body was read
-                request = await request.read()
-            if (refused := _unreadable(request)) is not None:
+            if (refused := _admit(self, name, context)) is not None:
                 await context.abort_with_status(refused)
-            return await fn(self, request, context)
-        except (DomainError, Exception) as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            await abort(context, exc, fn.__qualname__)
+            try:
+                if request.__class__ is Unread:  # a write, admitted before its body was read
+                    request = await request.read()
+                if (refused := _unreadable(request)) is not None:
+                    await context.abort_with_status(refused)
+                return await fn(self, request, context)
+            except (DomainError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await abort(context, exc, fn.__qualname__)
+        except BaseException as exc:
+            if began is not None:
+                recorder.end(began, _failure(exc, context), context)  # type: ignore[union-attr]
+                began = None
+            raise
+        finally:
+            if began is not None:
+                recorder.end(began, context.code(), context)  # type: ignore[union-attr]
 
+    wrapper.records_calls = True  # type: ignore[attr-defined]  # handlers.py: no access-log wrapper
     return wrapper
 
 
@@ -115,26 +131,45 @@ def read(fn: Callable[[Any, Any, Ctx], Awaitable[Any]]) -> Callable[..., Awaitab
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> Encoded[Any]:
-        if (refused := _admit(self, name, context)) is not None:
-            await context.abort_with_status(refused)
+        recorder: Recorder | None = self.recorder
+        began = recorder.begin(name, context) if recorder is not None else None
         try:
-            found = _Lookup(self.reads, name, request)
-            if found.kept is not None and self.reads.barrier is not None:
-                await found.confirmed(self.reads, request)
-            if found.kept is not None:
-                return found.kept  # type: ignore[no-any-return]
-            if (refused := _unreadable(found.request)) is not None:
+            if (refused := _admit(self, name, context)) is not None:
                 await context.abort_with_status(refused)
-            reply = _encoded(await fn(self, found.request, context))
-            found.keep(self.reads, reply, len(reply.data))
-            return reply
-        except (DomainError, Exception) as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            await abort(context, exc, fn.__qualname__)
+            try:
+                found = _Lookup(self.reads, name, request)
+                if found.kept is not None and self.reads.barrier is not None:
+                    await found.confirmed(self.reads, request)
+                if found.kept is not None:
+                    return found.kept  # type: ignore[no-any-return]
+                if (refused := _unreadable(found.request)) is not None:
+                    await context.abort_with_status(refused)
+                reply = _encoded(await fn(self, found.request, context))
+                found.keep(self.reads, reply, len(reply.data))
+                return reply
+            except (DomainError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await abort(context, exc, fn.__qualname__)
+        except BaseException as exc:
+            if began is not None:
+                recorder.end(began, _failure(exc, context), context)  # type: ignore[union-attr]
+                began = None
+            raise
+        finally:
+            if began is not None:
+                recorder.end(began, context.code(), context)  # type: ignore[union-attr]
 
     wrapper.reads_raw = True  # type: ignore[attr-defined]  # handlers.py: hand it the request's bytes
+    wrapper.records_calls = True  # type: ignore[attr-defined]  # handlers.py: no access-log wrapper
     return wrapper
+
+
+def _failure(exc: BaseException, context: Ctx) -> object:
+    """The status code of a call that ended by `exc`, for its log line."""
+    if exc.__class__ is asyncio.CancelledError:
+        return "CANCELLED"
+    return context.code() if isinstance(exc, grpc.aio.AbortError) else "UNKNOWN"
 
 
 def streaming(

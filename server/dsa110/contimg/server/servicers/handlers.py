@@ -82,6 +82,7 @@ def _read_after_admission(behaviour: Behaviour) -> Behaviour:
     async def handle(requests: Any, context: Any) -> Any:
         return await behaviour(Unread(requests), context)
 
+    handle.records_calls = getattr(behaviour, "records_calls", False)  # type: ignore[attr-defined]
     return handle
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dsa110.contimg.v1 import images_pb2 as pb
 from google.protobuf import empty_pb2
 
+from ..accesslog import Recorder
 from ..domain import names
 from ..domain.checks import Checker
 from ..domain.errors import NotFound
@@ -38,6 +39,7 @@ class ImageServicer:
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
     reads: ReadCache = no_cache()  # the server sets its own (readcache.py)
+    recorder: Recorder | None = None  # the server's, when it logs or counts calls (accesslog.py)
 
     def __init__(self, repo: ImageRepository, paging: Paging):
         self.repo = repo

@@ -12,6 +12,7 @@ from functools import partial
 from dsa110.contimg.v1 import jobs_pb2 as pb
 from google.protobuf.message import Message
 
+from ..accesslog import Recorder
 from ..domain import jobs as rules
 from ..domain import names
 from ..domain.checks import Checker, page_size
@@ -51,6 +52,7 @@ class JobServicer:
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
     reads: ReadCache = no_cache()  # the server sets its own (readcache.py)
+    recorder: Recorder | None = None  # the server's, when it logs or counts calls (accesslog.py)
 
     def __init__(self, repo: JobRepository, paging: Paging, watcher: JobWatcher):
         self.repo = repo

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dsa110.contimg.v1 import measurement_sets_pb2 as pb
 from google.protobuf import empty_pb2
 
+from ..accesslog import Recorder
 from ..domain import names
 from ..domain.checks import Checker
 from ..domain.errors import NotFound
@@ -41,6 +42,7 @@ class MSServicer:
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
     reads: ReadCache = no_cache()  # the server sets its own (readcache.py)
+    recorder: Recorder | None = None  # the server's, when it logs or counts calls (accesslog.py)
 
     def __init__(self, repo: MeasurementSetRepository, paging: Paging):
         self.repo = repo

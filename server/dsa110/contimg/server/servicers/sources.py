@@ -8,6 +8,7 @@ from functools import partial
 
 from dsa110.contimg.v1 import sources_pb2 as pb
 
+from ..accesslog import Recorder
 from ..domain import names, photometry_request
 from ..domain.checks import Checker
 from ..domain.errors import NotFound
@@ -39,6 +40,7 @@ class SourceServicer:
 
     admission: Admission = OPEN  # the server sets its own (tokens, concurrency limit)
     reads: ReadCache = no_cache()  # the server sets its own (readcache.py)
+    recorder: Recorder | None = None  # the server's, when it logs or counts calls (accesslog.py)
 
     def __init__(self, repo: SourceRepository, paging: Paging):
         self.repo = repo

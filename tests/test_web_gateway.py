@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from connectrpc.client import ConnectClient
+from connectrpc.client import ConnectClient, ResponseMetadata
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.method import IdempotencyLevel, MethodInfo
@@ -177,15 +177,17 @@ async def test_watch_job_streams_events_live(web: Any, protocol: str) -> None:
 
     driver: asyncio.Task[None] | None = None
     async with client(web, protocol) as c:
-        stream = c.execute_server_stream(request=jobs_pb2.WatchJobRequest(name=job.name), method=WATCH_JOB)
-        async for event in stream:
-            if event.type == jobs_pb2.JobEvent.TYPE_HEARTBEAT:
-                continue
-            states.append(event.job.state)
-            if driver is None:  # the stream is open and has the job as it is: drive it from now on
-                driver = asyncio.create_task(drive())
-            if event.job.state == jobs_pb2.Job.STATE_SUCCEEDED:
-                break
+        with ResponseMetadata() as reply:
+            stream = c.execute_server_stream(request=jobs_pb2.WatchJobRequest(name=job.name), method=WATCH_JOB)
+            async for event in stream:
+                if event.type == jobs_pb2.JobEvent.TYPE_HEARTBEAT:
+                    continue
+                states.append(event.job.state)
+                if driver is None:  # the stream is open and has the job as it is: drive it from now on
+                    assert reply.headers().get("contimg-watch") == "open"  # the server's metadata, passed on
+                    driver = asyncio.create_task(drive())
+                if event.job.state == jobs_pb2.Job.STATE_SUCCEEDED:
+                    break
     assert driver is not None
     await driver
     assert states[0] == jobs_pb2.Job.STATE_PENDING

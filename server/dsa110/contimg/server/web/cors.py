@@ -41,6 +41,7 @@ EXPOSED_HEADERS = (
     "grpc-encoding",
     "connect-content-encoding",
     "content-encoding",
+    "contimg-watch",  # a watch stream is registered (its first message may be long in coming)
 )
 PREFLIGHT_MAX_AGE_S = 7200
 

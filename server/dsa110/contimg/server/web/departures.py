@@ -3,8 +3,10 @@
 A watch stream whose page was closed would otherwise run on until its next write failed, up to a
 heartbeat interval later (30 s), holding a watch slot of the caller's and a gRPC stream: hypercorn
 tells an application that its client left only through `receive()`, which connect-python stops
-calling once it has read the request. Here a task keeps listening after the request is read, and
-cancels the call when `http.disconnect` comes; the gateway's stream then cancels its gRPC call.
+calling once it has read the request (its own watch notices only when the next message is sent).
+Here a task alone listens after the request is read (the application's later `receive()` calls
+wait for what it hears), and cancels the call when `http.disconnect` comes; the gateway's stream
+then cancels its gRPC call.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ class Departures:
         call = asyncio.current_task()
         assert call is not None
         read = asyncio.Event()
+        gone = asyncio.Event()
         left = False
 
         async def reading() -> Message:
+            if read.is_set():  # the request is read: only a departure is left to hear, and we listen
+                await gone.wait()
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 read.set()
@@ -39,6 +45,7 @@ class Departures:
             await read.wait()
             while (await receive())["type"] != "http.disconnect":
                 pass
+            gone.set()
             left = True
             call.cancel()
 

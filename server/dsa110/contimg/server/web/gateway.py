@@ -16,7 +16,7 @@ import grpc
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.method import IdempotencyLevel, MethodInfo
-from connectrpc.request import RequestContext
+from connectrpc.request import Headers, RequestContext
 from connectrpc.server import ConnectASGIApplication, Endpoint
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -29,6 +29,7 @@ from ..servicers.admission import FORWARDED_FOR  # the browser's address, for th
 # Request headers that mean something to the gRPC server (tokens, request ids, trace context).
 FORWARDED_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate")
 STATUS_DETAILS = "grpc-status-details-bin"
+RESERVED_PREFIXES = ("grpc-", "content-", "connect-", ":")
 
 _CODES = {status: Code[status.name] for status in grpc.StatusCode if status.name not in ("OK", "CANCELLED")}
 _CODES[grpc.StatusCode.CANCELLED] = Code.CANCELED
@@ -83,8 +84,10 @@ def _endpoint(channel: grpc.aio.Channel, method: MethodDescriptor) -> Any:  # co
 
 def _unary(stub: grpc.aio.UnaryUnaryMultiCallable[Message, Message]) -> Unary:
     async def forward(request: Message, ctx: Ctx) -> Message:
+        call = stub(request, metadata=_metadata(ctx), timeout=_timeout(ctx))
         try:
-            reply: Message = await stub(request, metadata=_metadata(ctx), timeout=_timeout(ctx))
+            reply: Message = await call
+            _copy(await call.initial_metadata(), ctx.response_headers())
         except grpc.aio.AioRpcError as exc:
             raise _connect_error(exc) from None
         return reply
@@ -96,6 +99,8 @@ def _streaming(stub: grpc.aio.UnaryStreamMultiCallable[Message, Message]) -> Str
     async def forward(request: Message, ctx: Ctx) -> AsyncIterator[Message]:
         call = stub(request, metadata=_metadata(ctx), timeout=_timeout(ctx))
         try:
+            # Sent with the first message (e.g. `contimg-watch: open`: the watch is registered)
+            _copy(await call.initial_metadata(), ctx.response_headers())
             async for message in call:
                 yield message
         except grpc.aio.AioRpcError as exc:
@@ -104,6 +109,13 @@ def _streaming(stub: grpc.aio.UnaryStreamMultiCallable[Message, Message]) -> Str
             call.cancel()  # the browser went away (or the stream ended): the server's watcher goes too
 
     return forward
+
+
+def _copy(metadata: grpc.aio.Metadata | None, headers: Headers) -> None:
+    """The server's own response metadata, as HTTP headers (not gRPC's, not binary values)."""
+    for key, value in metadata or ():
+        if isinstance(value, str) and not key.startswith(RESERVED_PREFIXES):
+            headers[key] = value
 
 
 def _metadata(ctx: Ctx) -> tuple[tuple[str, str], ...]:

@@ -118,6 +118,14 @@ class WebServer:
         log.info("serving browsers (gRPC-Web, Connect) on %s://%s:%d", scheme, *self.sock.getsockname()[:2])
 
     async def stop(self) -> None:
+        """Never raises: a failure here must not keep the server from closing its storage and exiting
+        (a socket closed twice once left the process hanging after SIGTERM)."""
+        try:
+            await self._stop()
+        except Exception:
+            log.exception("stopping the browser port failed")
+
+    async def _stop(self) -> None:
         self._stopping.set()
         if self._task is not None:
             with contextlib.suppress(Exception):

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import PostgresDatabases, ServerFactory, free_port, make_stubs
 from helpers import make_image, make_ms, record_photometry
 from helpers_stress import ServerProcess, exit_status
+from helpers_stress import until as until_true
 
 ENGINES = ("sqlite", "postgres")
 DEADLINE_S = 30.0
@@ -290,3 +291,43 @@ def test_the_dashboard_and_the_alerts_use_only_series_the_server_exports() -> No
     assert {"ContimgDown", "ContimgHighErrorRate", "ContimgSlowUnaryCalls", "ContimgWriterBacklog"} <= names
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert [job["job_name"] for job in scrape["scrape_configs"]] == ["contimg"]  # the rules' job="contimg"
+
+
+async def test_idle_connections_to_the_metrics_port_hold_a_bounded_number_of_threads(
+    server_factory: ServerFactory,
+) -> None:
+    """prometheus_client's server gave every connection a thread of its own: 200 connections left
+    idle held 200 threads. Now at most MAX_SCRAPES are served at once, the rest are closed unanswered,
+    and once the idle ones go a scrape is answered again."""
+    import socket
+    import threading
+
+    from dsa110.contimg.server.metrics_endpoint import MAX_SCRAPES
+
+    port = free_port()
+    srv = await server_factory(metrics_port=port)
+    endpoint = srv.server.metrics_endpoint
+    assert endpoint is not None
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+    try:
+        http = endpoint.server
+        await until_true(lambda: http.accepted + http.refused == len(idle), "every connection taken or refused")
+        assert http.refused >= len(idle) // 2  # the kept ones leave after SCRAPE_TIMEOUT_S, then a few more
+        assert threading.active_count() <= before + MAX_SCRAPES
+    finally:
+        for conn in idle:
+            conn.close()
+    samples = await until_scraped(port)
+    assert any(name == "grpc_server_started_total" or name.startswith("contimg_") for name, _ in samples)
+
+
+async def until_scraped(port: int) -> Samples:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            return await asyncio.to_thread(scrape, port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)

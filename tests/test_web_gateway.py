@@ -324,3 +324,23 @@ async def test_with_tls_the_browser_port_serves_https(server_factory: Any, tmp_p
     plain = http.client.HTTPConnection("127.0.0.1", srv.config.web_port, timeout=10)
     with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
         await asyncio.to_thread(lambda: (plain.request("POST", "/", body=b"{}"), plain.getresponse().read()))
+
+
+def test_cors_origins_repeat_and_are_checked() -> None:
+    import argparse
+
+    from dsa110.contimg.server import config as config_mod
+
+    parser = argparse.ArgumentParser()
+    config_mod.add_arguments(parser)
+
+    def configured(*flags: str) -> ServerConfig:
+        return config_mod.from_sources(parser.parse_args(list(flags)), environ={})
+
+    twice = configured("--web-cors-origin", "https://a.example", "--web-cors-origin", "https://b.example:8443/")
+    assert twice.web_cors_origin == "https://a.example,https://b.example:8443/"  # both, not the last alone
+    tokens = configured("--write-tokens", "one", "--write-tokens", "two,three")
+    assert tokens.write_tokens == "one,two,three"
+    for bad in ("dash.example.org", "https://dash.example.org/app", "https://a.example,ftp:/x"):
+        with pytest.raises(SystemExit, match="invalid --web-cors-origin"):
+            configured("--web-cors-origin", bad)

@@ -120,12 +120,17 @@ class ServerConfig:
         default="",
         metadata={
             "help": "comma-separated origins whose pages may call the browser port, e.g. https://dash.example.org "
-            "('*': any; empty: only pages served from the same origin)"
+            "('*': any; empty: only pages served from the same origin; repeatable)",
+            "list": True,
         },
     )
     uvloop: bool = field(default=True, metadata={"help": "run on uvloop when installed"})
-    write_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to write"})
-    read_tokens: str = field(default="", metadata={"help": "comma-separated bearer tokens allowed to read only"})
+    write_tokens: str = field(
+        default="", metadata={"help": "comma-separated bearer tokens allowed to write (repeatable)", "list": True}
+    )
+    read_tokens: str = field(
+        default="", metadata={"help": "comma-separated bearer tokens allowed to read only (repeatable)", "list": True}
+    )
     tokens_file: str = field(
         default="",
         metadata={
@@ -219,6 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}; default {f.default}]"
         if f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.metadata.get("list"):  # given twice, both count (not the last one alone)
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, help=help_text)
 
@@ -233,6 +240,8 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
             raw, source = env[env_name(f.name)], env_name(f.name)
         if raw is None:
             continue
+        if isinstance(raw, list):  # a repeatable flag, given once or more
+            raw = ",".join(raw)
         try:
             values[f.name] = raw if isinstance(raw, bool) else _convert(f.type, str(raw))
         except ValueError as exc:
@@ -254,4 +263,11 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
         raise SystemExit("--read-cache-mb must be 0 or more")
     if config.workers < 1 or config.readers < 1:
         raise SystemExit("workers and readers must be at least 1")
+    for origin in config.web_cors_origin.split(","):
+        if origin.strip() and not ORIGIN.fullmatch(origin.strip().rstrip("/")):
+            raise SystemExit(f"invalid --web-cors-origin {origin.strip()!r}: an origin is scheme://host[:port], or *")
     return config
+
+
+# What a browser sends as Origin: no path, no query (a browser never matches one with a path).
+ORIGIN = re.compile(r"\*|[a-z][a-z0-9+.-]*://[^/?#\s]+")

@@ -176,6 +176,54 @@ async def test_update_job_changes_priority_and_so_the_claim_order(stubs: Stubs) 
     )
 
 
+async def test_update_job_is_an_event_watchers_see_with_its_actor(stubs: Stubs) -> None:
+    job = await create(stubs)
+    watch = stubs.jobs.WatchJob(jobs_pb2.WatchJobRequest(name=job.name))
+    snapshot = await watch.read()
+    assert snapshot.type == jobs_pb2.JobEvent.TYPE_SNAPSHOT
+    mask = field_mask_pb2.FieldMask(paths=["priority"])
+    request = jobs_pb2.UpdateJobRequest(
+        job=Job(name=job.name, priority=5), update_mask=mask, request_id=str(uuid.uuid4())
+    )
+    await stubs.jobs.UpdateJob(request)
+    await stubs.jobs.UpdateJob(request)  # the same request again: no second change, no second event
+    same = jobs_pb2.UpdateJobRequest(job=Job(name=job.name, priority=5), update_mask=mask)
+    unchanged = await stubs.jobs.UpdateJob(same)  # the priority it has: nothing to tell
+    await stubs.jobs.StartJob(jobs_pb2.StartJobRequest(name=job.name))
+    updated = await watch.read()
+    assert updated.type == jobs_pb2.JobEvent.TYPE_UPDATED
+    assert updated.job.priority == 5 and updated.job.state == S.STATE_PENDING
+    t = updated.transition
+    assert (t.from_state, t.to_state, t.message) == (S.STATE_PENDING, S.STATE_PENDING, "priority 0 -> 5")
+    assert t.actor == "anonymous" and t.sequence == updated.sequence
+    assert micros(unchanged.update_time) == micros(updated.job.update_time)
+    started = await watch.read()  # next comes the start: the repeats made no event
+    assert started.type == jobs_pb2.JobEvent.TYPE_STATE_CHANGED and started.transition.to_state == S.STATE_RUNNING
+    watch.cancel()
+    history = (await get(stubs, job.name)).transitions
+    assert [(h.to_state, h.message) for h in history][:2] == [
+        (S.STATE_PENDING, ""),
+        (S.STATE_PENDING, "priority 0 -> 5"),
+    ]
+
+
+async def test_a_waiting_claim_wakes_when_a_job_is_raised_to_its_priority(
+    stubs: Stubs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken by the UPDATED event: with the claim's re-poll put out of reach, only the event can."""
+    from dsa110.contimg.server.servicers import jobs as job_servicer
+
+    monkeypatch.setattr(job_servicer, "CLAIM_REPOLL_S", 3600.0)
+    low = await create(stubs, priority=1)
+    waiting = asyncio.ensure_future(claim(stubs, worker="urgent", min_priority=5, wait=seconds(60)))
+    await asyncio.sleep(0.2)  # the claim has looked once and waits
+    assert not waiting.done()
+    mask = field_mask_pb2.FieldMask(paths=["priority"])
+    await stubs.jobs.UpdateJob(jobs_pb2.UpdateJobRequest(job=Job(name=low.name, priority=9), update_mask=mask))
+    reply = await asyncio.wait_for(waiting, 30)
+    assert reply.job.name == low.name and reply.job.priority == 9
+
+
 # ---- leases ------------------------------------------------------------------------------------
 
 

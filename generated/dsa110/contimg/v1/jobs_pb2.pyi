@@ -355,6 +355,10 @@ class JobEvent(_message.Message):
         sequence when the stream started) and again after 30 s without events. A client that
         reconnects with it as `after_sequence` misses nothing, even if no job event came yet.
         """
+        TYPE_UPDATED: JobEvent._Type.ValueType  # 6
+        """UpdateJob changed the job (its priority): `transition` keeps the job's state (from and to
+        are the same), its message says what changed and its actor who changed it.
+        """
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
         """What the event reports."""
@@ -373,6 +377,10 @@ class JobEvent(_message.Message):
     """Carries only `sequence`, the stream's position: WatchJobs sends one first (the latest
     sequence when the stream started) and again after 30 s without events. A client that
     reconnects with it as `after_sequence` misses nothing, even if no job event came yet.
+    """
+    TYPE_UPDATED: JobEvent.Type.ValueType  # 6
+    """UpdateJob changed the job (its priority): `transition` keeps the job's state (from and to
+    are the same), its message says what changed and its actor who changed it.
     """
 
     SEQUENCE_FIELD_NUMBER: _builtins.int

@@ -121,6 +121,16 @@ def apply(
     return new, transition, event_type
 
 
+def reprioritized(job: Job, priority: int, now: int, actor: str) -> tuple[Job, JobTransition | None]:
+    """UpdateJob's change: the job with its new priority, and the transition to record (None when
+    the priority is the one it had: nothing to tell watchers)."""
+    if priority == job.priority:
+        return job, None
+    new = job._replace(priority=priority, update_time=now, transitions=())
+    message = f"priority {job.priority} -> {priority}"
+    return new, JobTransition(int(job.state), int(job.state), job.stage, message, now, actor=actor)
+
+
 def token_hash(token: str) -> str:
     """What storage keeps of a lease token (and compares): its SHA-256, hex."""
     return hashlib.sha256(token.encode()).hexdigest()

@@ -105,6 +105,7 @@ class JobEventType(IntEnum):
     CREATED = 2
     STATE_CHANGED = 3
     PROGRESS = 4
+    UPDATED = 6  # 5 is the proto's HEARTBEAT, which is never stored
 
 
 NO_METRICS: Mapping[str, float] = MappingProxyType({})

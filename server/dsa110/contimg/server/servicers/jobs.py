@@ -239,7 +239,8 @@ class JobServicer:
                 c.add(f"update_mask.paths[{i}]", f"{path!r} is not an updatable Job field (only `priority`)")
         idem = idempotency("UpdateJob", request, c)
         c.raise_if_any()
-        return job_to_proto(await self.repo.update_priority(job_id, request.job.priority, idem))
+        actor = self.admission.actor(context)
+        return job_to_proto(await self.repo.update_priority(job_id, request.job.priority, idem, actor))
 
     @unary
     async def ReportJobProgress(self, request: pb.ReportJobProgressRequest, context: Ctx) -> pb.Job:

@@ -332,22 +332,26 @@ class PostgresJobs:
         for event in events:
             self.publisher.publish(event)
 
-    async def update_priority(self, job_id: str, priority: int, idem: Idempotency | None) -> Job:
-        async def body(conn: Conn) -> Job:
+    async def update_priority(self, job_id: str, priority: int, idem: Idempotency | None, actor: str = "") -> Job:
+        async def body(conn: Conn) -> tuple[Job, JobEvent | None]:
             current = await _lock(conn, job_id)
             earlier = await check_request_id(conn, idem)
             first = rows.job_remembered(earlier)
             if first is not None:
-                return first
+                return first, None
             if current is None:
                 raise NotFound("JOB", f"jobs/{job_id}")
-            changed = current._replace(priority=priority, update_time=now_us())
-            await conn.execute(_UPDATE, *rows.job_values(changed)[1:], job_id)
+            changed, transition = job_rules.reprioritized(current, priority, now_us(), actor)
+            event = None
+            if transition is not None:
+                await conn.execute(_UPDATE, *rows.job_values(changed)[1:], job_id)
+                event = await _record_event(conn, changed, JobEventType.UPDATED, transition)
             changed = await _committed(conn, changed)
             await remember_request_id(conn, idem, rows.remembered(changed))
-            return changed
+            return changed, event
 
-        return await self.db.write(body)
+        job, _ = await self.db.write(body, self._publish)
+        return job
 
     async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int:
         async def body(conn: Conn) -> int:

@@ -239,22 +239,26 @@ class SQLiteJobs:
         for event in events:
             self.publisher.publish(event)
 
-    async def update_priority(self, job_id: str, priority: int, idem: Idempotency | None) -> Job:
-        def body(txn: Txn) -> Job:
+    async def update_priority(self, job_id: str, priority: int, idem: Idempotency | None, actor: str = "") -> Job:
+        def body(txn: Txn) -> tuple[Job, JobEvent | None]:
             earlier = check_request_id(txn, idem)
             first = rows.job_remembered(earlier)
             if first is not None:
-                return first
+                return first, None
             current = _load(txn, job_id)
             if current is None:
                 raise NotFound("JOB", f"jobs/{job_id}")
-            changed = current._replace(priority=priority, update_time=now_us())
-            _update(txn, changed)
+            changed, transition = job_rules.reprioritized(current, priority, now_us(), actor)
+            event = None
+            if transition is not None:
+                _update(txn, changed)
+                event = _record_event(txn, changed, JobEventType.UPDATED, transition)
             changed = _committed(txn, changed)
             remember_request_id(txn, idem, rows.remembered(changed))
-            return changed
+            return changed, event
 
-        return await self.db.write(body)
+        job, _ = await self.db.write(body, self._publish)
+        return job
 
     async def append_log(self, job_id: str, lines: Sequence[str], idem: Idempotency | None) -> int:
         def body(txn: Txn) -> int:

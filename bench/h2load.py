@@ -36,16 +36,21 @@ def run(
     connections: int = 16,
     streams: int = 4,
     threads: int = 1,
+    headers: tuple[str, ...] = ("content-type: application/grpc", "te: trailers"),
+    body: bytes | None = None,
+    h1: bool = False,
 ) -> LoadResult:
     """A timed run (`seconds`) or a counted one (`requests`). Only counted runs account bytes
     exactly (h2load's -D mode counts requests and DATA bytes over different windows), so the
-    bytes-per-request check that tells gRPC errors (no DATA) from successes uses counted runs."""
+    bytes-per-request check that tells gRPC errors (no DATA) from successes uses counted runs.
+    `headers`, `body` (default: `request` as one gRPC frame) and `h1` (HTTP/1.1) serve the browser
+    port's protocols (bench/web_load.py)."""
     h2load = shutil.which("h2load")
     if h2load is None:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
     with tempfile.TemporaryDirectory(prefix="contimg-h2load-") as tmp:
-        body = Path(tmp) / "request.frame"
-        body.write_bytes(grpc_frame(request))
+        payload = Path(tmp) / "request.body"
+        payload.write_bytes(grpc_frame(request) if body is None else body)
         log = Path(tmp) / "requests.log"
         out = subprocess.run(
             [
@@ -57,12 +62,10 @@ def run(
                 "-t",
                 str(threads),
                 *(["-n", str(requests)] if requests else ["-D", f"{seconds:g}"]),
-                "-H",
-                "content-type: application/grpc",
-                "-H",
-                "te: trailers",
+                *(arg for header in headers for arg in ("-H", header)),
+                *(["--h1"] if h1 else []),
                 "-d",
-                str(body),
+                str(payload),
                 f"--log-file={log}",
                 f"http://127.0.0.1:{port}{method}",
             ],

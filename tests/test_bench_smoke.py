@@ -66,3 +66,28 @@ async def _drop(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load missing (apt-get install nghttp2-client)")
+def test_web_load_smoke(tmp_path: Path) -> None:
+    """bench/web_load.py: every browser protocol answers GetImage with an image (it raises on an
+    error reply or a failed call), and the table has a row per protocol."""
+    server = Path(sys.executable).with_name("contimg-server")
+    subprocess.run(
+        [str(server), "demo-data", "--data-dir", str(tmp_path), "--images", "200"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    command = [sys.executable, str(ROOT / "bench" / "web_load.py"), "--data-dir", str(tmp_path)]
+    out = subprocess.run(
+        [*command, "--rounds", "1", "--seconds", "0.3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "calls/s" not in line]
+    assert len(rows) == 5, out.stdout
+    for row in rows:
+        assert float(row.split("|")[2].replace(",", "")) > 0, row

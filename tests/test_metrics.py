@@ -331,3 +331,17 @@ async def until_scraped(port: int) -> Samples:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def test_every_method_has_its_series_at_zero_before_its_first_call(server_factory: ServerFactory) -> None:
+    """Alerts and rate() need a series to exist before it moves: every method is registered at start,
+    unary ones (recorded by their envelope) as well as streams."""
+    port = free_port()
+    await server_factory(metrics_port=port)
+    samples = await until_scraped(port)
+    for method, kind in (("GetImage", "unary"), ("CreateJob", "unary"), ("WatchJobs", "server_stream")):
+        labels = {"grpc_method": method, "grpc_type": kind}
+        found = [
+            v for (n, have), v in samples.items() if n == "grpc_server_started_total" and set(labels.items()) <= have
+        ]
+        assert found == [0.0], (method, found)

@@ -35,6 +35,8 @@ from .servicers.admission import FORWARDED_FOR, bearer_token
 from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from google.protobuf.descriptor import ServiceDescriptor
+
     from .metrics import ServerMetrics
 
 NAME = "contimg.rpc"
@@ -125,7 +127,7 @@ class AccessLog:
 
         return logged
 
-    def recorder(self, service: str) -> Recorder:
+    def recorder(self, service: ServiceDescriptor) -> Recorder:
         """What the envelope of `service`'s unary methods records their calls with (servicers/envelope.py),
         in place of a wrapper of their own: one coroutine fewer per call (see Recorder)."""
         return Recorder(self, service)
@@ -239,25 +241,21 @@ class Recorder:
     around the method's work: the same records as `AccessLog.wrap`'s, without its coroutine around
     each call (measured in bench/README.md). Streams keep `wrap` (they count their messages)."""
 
-    __slots__ = ("_access", "_paths", "service")
+    __slots__ = ("_access", "_paths")
 
-    def __init__(self, access: AccessLog, service: str):
+    def __init__(self, access: AccessLog, service: ServiceDescriptor):
         self._access = access
-        self._paths: dict[str, str] = {}
-        self.service = service
-
-    def method(self, name: str) -> str:
-        """The full path of method `name`, registered with the metrics once."""
-        path = f"/{self.service}/{name}"
-        if self._access.metrics is not None:
-            self._access.metrics.method(path, False)
-        self._paths[name] = path
-        return path
+        # Every method the envelope records (not the server streams: `wrap` has them), its series
+        # registered now, at 0, before its first call (metrics.ServerMetrics.method).
+        self._paths = {m.name: f"/{service.full_name}/{m.name}" for m in service.methods if not m.server_streaming}
+        if access.metrics is not None:
+            for path in self._paths.values():
+                access.metrics.method(path, False)
 
     def begin(self, name: str, context: Ctx) -> Began | None:
         """None when nothing records this call (below INFO and no metrics)."""
         access = self._access
-        path = self._paths.get(name) or self.method(name)
+        path = self._paths[name]
         metrics = access.metrics
         if metrics is not None:
             started = metrics.started_counts

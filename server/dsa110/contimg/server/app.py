@@ -184,7 +184,7 @@ class ContimgServer:
             servicer.admission = admission
             servicer.reads = self.storage.read_cache
             if self.access is not None:
-                servicer.recorder = self.access.recorder(service.full_name)
+                servicer.recorder = self.access.recorder(service)
             # Not the generated add_*_to_server: these handlers also send pre-encoded replies (servicers/encoded.py).
             add_service(server, service, servicer, self._wrap)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import socket
 from dataclasses import dataclass, replace
@@ -247,8 +246,7 @@ class ContimgServer:
     def _close_web(self) -> None:
         """Before the server started: the socket and the private directory."""
         if self.web is not None:
-            self.web.sock.close()
-            shutil.rmtree(self.web.directory, ignore_errors=True)
+            self.web.discard()
             self.web = None
 
     def _start_metrics(self, metrics: ServerMetrics) -> None:

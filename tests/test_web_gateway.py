@@ -10,7 +10,9 @@ and CORS lets in the origins configured and no others (not even their writes).
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
+import json
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +231,51 @@ def http_call(port: int, verb: str, path: str, headers: dict[str, str], body: by
     reply.read()
     conn.close()
     return reply
+
+
+def connect_post(port: int, path: str, content_type: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """A Connect unary call by hand, as curl makes it: the HTTP status and the JSON error body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+    reply = conn.getresponse()
+    data = reply.read()
+    conn.close()
+    return reply.status, json.loads(data) if reply.status != 200 else {}
+
+
+def violations(error: dict[str, Any]) -> list[str]:
+    fields = []
+    for detail in error.get("details", []):
+        if detail["type"] == "google.rpc.BadRequest":
+            found = error_details_pb2.BadRequest.FromString(base64.b64decode(detail["value"] + "=="))
+            fields += [v.field for v in found.field_violations]
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "field"),
+    [
+        ("application/json", b'{"pageSize": 10', "request"),  # not JSON
+        ("application/json", b'{"pageSize": "ten"}', "page_size"),  # a field of the wrong type
+        ("application/json", b'{"page_size": 1.5}', "page_size"),
+        ("application/json", b'{"pageSise": 10}', "request"),  # no such field
+        ("application/json", b"\xff\xfe", "request"),  # not UTF-8
+        ("application/proto", b"\x0a\xff\xff", "request"),  # truncated protobuf
+    ],
+)
+async def test_a_body_that_does_not_decode_is_invalid_argument(
+    web: Any, content_type: str, body: bytes, field: str
+) -> None:
+    """Not `unknown` and HTTP 500 (connect-python's answer): the native server's INVALID_ARGUMENT
+    with a BadRequest naming the field, as Connect's HTTP 400."""
+    path = "/dsa110.contimg.v1.ImageService/ListImages"
+    status, error = await asyncio.to_thread(connect_post, web.config.web_port, path, content_type, body)
+    assert status == 400, (status, error)
+    assert error["code"] == "invalid_argument"
+    assert error["message"].startswith("the request is not a valid ListImagesRequest: ")
+    assert violations(error) == [field]
+    good = b'{"pageSize": 10}' if content_type == "application/json" else b"\x08\x0a"
+    assert (await asyncio.to_thread(connect_post, web.config.web_port, path, content_type, good))[0] == 200
 
 
 async def test_cors_lets_in_configured_origins_only(web: Any) -> None:

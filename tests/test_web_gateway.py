@@ -214,6 +214,41 @@ async def test_a_browser_that_leaves_a_watch_ends_it_on_the_server(web: Any) -> 
 WATCH_JOBS = method("JobService", "WatchJobs", jobs_pb2.WatchJobsRequest, jobs_pb2.JobEvent)
 
 
+async def test_watches_the_server_admits_leave_room_for_other_browser_calls(server_factory: Any) -> None:
+    """The gateway's connections to the server must carry every stream the server would admit and
+    more: else, with the watches at their limit, a browser's read waits for a stream slot (forever,
+    with no deadline) and one more watch waits instead of being refused."""
+    per_connection = 20
+    srv = await server_factory(
+        web_port=free_port(),
+        max_streams_per_connection=per_connection,
+        max_watch_streams=per_connection,
+        max_watch_streams_per_caller=per_connection,
+        max_concurrent_reads=10,
+        max_concurrent_writes=10,
+    )
+    async with client(srv, "connect-proto") as c:
+        streams = [
+            c.execute_server_stream(request=jobs_pb2.WatchJobsRequest(), method=WATCH_JOBS)
+            for _ in range(per_connection)
+        ]
+        for stream in streams:
+            first = await asyncio.wait_for(anext(stream), 10)  # type: ignore[call-overload]
+            assert first.type == jobs_pb2.JobEvent.TYPE_HEARTBEAT
+        assert srv.server.admission.watches.active == per_connection
+        listed = await c.execute_unary(request=images_pb2.ListImagesRequest(), method=LIST_IMAGES, timeout_ms=5000)
+        assert listed.total_size >= 0
+        with pytest.raises(ConnectError) as refused:
+            async for _event in c.execute_server_stream(
+                request=jobs_pb2.WatchJobsRequest(), method=WATCH_JOBS, timeout_ms=5000
+            ):
+                pass
+        assert refused.value.code == Code.RESOURCE_EXHAUSTED, refused.value.message
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+    await until(lambda: srv.server.admission.watches.active == 0, "the watches to end")
+
+
 async def test_deadline_passes_through(web: Any) -> None:
     async with client(web, "connect-proto") as c:
         stream = c.execute_server_stream(request=jobs_pb2.WatchJobsRequest(), method=WATCH_JOBS, timeout_ms=300)

@@ -241,7 +241,11 @@ class ContimgServer:
         target, directory = private_address()
         origins = tuple(o.strip() for o in cfg.web_cors_origin.split(",") if o.strip())
         tls = WebTls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
-        return WebServer(sock, target, directory, origins, cfg.max_message_mb * 1024 * 1024, tls)
+        # Enough connections to the server for every call it admits at once, and a spare for the
+        # ones it refuses (and Health): gateway.Lanes.
+        admitted = cfg.max_watch_streams + cfg.max_concurrent_reads + cfg.max_concurrent_writes
+        connections = -(-admitted // cfg.max_streams_per_connection) + 1
+        return WebServer(sock, target, directory, origins, cfg.max_message_mb * 1024 * 1024, tls, connections)
 
     def _close_web(self) -> None:
         """Before the server started: the socket and the private directory."""

@@ -10,7 +10,7 @@ module only moves messages, metadata, deadlines and errors between it and a gRPC
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -45,14 +45,35 @@ Unary = Callable[[Message, Ctx], Awaitable[Message]]
 Streaming = Callable[[Message, Ctx], AsyncIterator[Message]]
 
 
-class Gateway(ConnectASGIApplication[grpc.aio.Channel]):
-    """Every method of `services`, forwarded over `channel` (to this process's gRPC server)."""
+class Lanes:
+    """The gateway's connections to the server; each call goes on the one with the fewest open.
 
-    def __init__(self, channel: grpc.aio.Channel, services: Iterable[ServiceDescriptor], max_bytes: int) -> None:
+    One HTTP/2 connection carries at most --max-streams-per-connection calls, and the server admits
+    more than that at once (watches, reads and writes have their own limits): on one connection, a
+    browser's call past it would wait for a slot, forever without a deadline, rather than reach
+    the server and be answered or refused."""
+
+    def __init__(self, channels: Sequence[grpc.aio.Channel]) -> None:
+        self.channels = tuple(channels)
+        self.open = [0] * len(self.channels)
+
+    def take(self) -> int:
+        lane = min(range(len(self.open)), key=self.open.__getitem__)
+        self.open[lane] += 1
+        return lane
+
+    def give(self, lane: int) -> None:
+        self.open[lane] -= 1
+
+
+class Gateway(ConnectASGIApplication[Lanes]):
+    """Every method of `services`, forwarded over `lanes` (to this process's gRPC server)."""
+
+    def __init__(self, lanes: Lanes, services: Iterable[ServiceDescriptor], max_bytes: int) -> None:
         methods = [method for service in services for method in service.methods]
         super().__init__(
-            service=channel,
-            endpoints=lambda ch: {f"/{m.containing_service.full_name}/{m.name}": _endpoint(ch, m) for m in methods},
+            service=lanes,
+            endpoints=lambda ls: {f"/{m.containing_service.full_name}/{m.name}": _endpoint(ls, m) for m in methods},
             read_max_bytes=max_bytes,
         )
 
@@ -70,7 +91,7 @@ class Gateway(ConnectASGIApplication[grpc.aio.Channel]):
         await super()._handle_error(exc, ctx, send)
 
 
-def _endpoint(channel: grpc.aio.Channel, method: MethodDescriptor) -> Any:  # connect-python exports no union
+def _endpoint(lanes: Lanes, method: MethodDescriptor) -> Any:  # connect-python exports no union
     if method.client_streaming:  # browsers cannot stream requests (fetch has no duplex)
         raise ValueError(f"{method.full_name}: client streaming cannot be served to browsers")
     request = GetMessageClass(method.input_type)
@@ -83,33 +104,35 @@ def _endpoint(channel: grpc.aio.Channel, method: MethodDescriptor) -> Any:  # co
         idempotency_level=_IDEMPOTENCY.get(method.GetOptions().idempotency_level, IdempotencyLevel.UNKNOWN),
     )
     path = f"/{method.containing_service.full_name}/{method.name}"
+    encode, decode = request.SerializeToString, reply.FromString
     if method.server_streaming:
-        return Endpoint.server_stream(
-            method=info,
-            function=_streaming(channel.unary_stream(path, request.SerializeToString, reply.FromString)),
-        )
-    return Endpoint.unary(
-        method=info, function=_unary(channel.unary_unary(path, request.SerializeToString, reply.FromString))
-    )
+        streams = [channel.unary_stream(path, encode, decode) for channel in lanes.channels]
+        return Endpoint.server_stream(method=info, function=_streaming(lanes, streams))
+    unaries = [channel.unary_unary(path, encode, decode) for channel in lanes.channels]
+    return Endpoint.unary(method=info, function=_unary(lanes, unaries))
 
 
-def _unary(stub: grpc.aio.UnaryUnaryMultiCallable[Message, Message]) -> Unary:
+def _unary(lanes: Lanes, stubs: Sequence[grpc.aio.UnaryUnaryMultiCallable[Message, Message]]) -> Unary:
     async def forward(request: Message, ctx: Ctx) -> Message:
-        call = stub(request, metadata=_metadata(ctx), timeout=_timeout(ctx))
+        lane = lanes.take()
         try:
+            call = stubs[lane](request, metadata=_metadata(ctx), timeout=_timeout(ctx))
             reply: Message = await call
             _copy(await call.initial_metadata(), ctx.response_headers())
         except grpc.aio.AioRpcError as exc:
             raise _connect_error(exc) from None
+        finally:
+            lanes.give(lane)
         return reply
 
     return forward
 
 
-def _streaming(stub: grpc.aio.UnaryStreamMultiCallable[Message, Message]) -> Streaming:
+def _streaming(lanes: Lanes, stubs: Sequence[grpc.aio.UnaryStreamMultiCallable[Message, Message]]) -> Streaming:
     async def forward(request: Message, ctx: Ctx) -> AsyncIterator[Message]:
-        call = stub(request, metadata=_metadata(ctx), timeout=_timeout(ctx))
+        lane, call = lanes.take(), None
         try:
+            call = stubs[lane](request, metadata=_metadata(ctx), timeout=_timeout(ctx))
             # Sent with the first message (e.g. `contimg-watch: open`: the watch is registered)
             _copy(await call.initial_metadata(), ctx.response_headers())
             async for message in call:
@@ -117,7 +140,9 @@ def _streaming(stub: grpc.aio.UnaryStreamMultiCallable[Message, Message]) -> Str
         except grpc.aio.AioRpcError as exc:
             raise _connect_error(exc) from None
         finally:
-            call.cancel()  # the browser went away (or the stream ended): the server's watcher goes too
+            if call is not None:
+                call.cancel()  # the browser went away (or the stream ended): the server's watcher goes too
+            lanes.give(lane)
 
     return forward
 

@@ -74,9 +74,10 @@ class WebServer:
     origins: tuple[str, ...]
     max_bytes: int
     tls: WebTls | None = None
+    connections: int = 1  # to the gRPC server (gateway.Lanes: why more than one)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
-    _channel: grpc.aio.Channel | None = None
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -88,14 +89,15 @@ class WebServer:
 
         from .cors import Cors
         from .departures import Departures
-        from .gateway import Gateway
+        from .gateway import Gateway, Lanes
 
         options = [
             ("grpc.max_send_message_length", self.max_bytes),
             ("grpc.max_receive_message_length", self.max_bytes),
+            ("grpc.use_local_subchannel_pool", 1),  # a connection of its own per channel
         ]
-        self._channel = grpc.aio.insecure_channel(self.target, options=options)
-        app = Cors(Departures(Gateway(self._channel, services, self.max_bytes)), self.origins)
+        self._channels = [grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)]
+        app = Cors(Departures(Gateway(Lanes(self._channels), services, self.max_bytes)), self.origins)
         config = Config()
         # hypercorn closes the socket it is given when it stops: give it its own descriptor of ours.
         bind = [f"fd://{os.dup(self.sock.fileno())}"]
@@ -131,9 +133,9 @@ class WebServer:
             with contextlib.suppress(Exception):
                 await self._task
             self._task = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        for channel in self._channels:
+            await channel.close()
+        self._channels = []
         self.discard()
 
     def discard(self) -> None:

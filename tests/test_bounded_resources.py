@@ -255,6 +255,84 @@ async def test_idle_watch_streams_cannot_take_writers_capacity(served: ServerPro
     assert memory_mb(served.pid)["VmHWM"] < MEMORY_BOUND_MB
 
 
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # and empty SETTINGS
+
+
+def open_files(pid: int) -> tuple[int, int]:
+    """(descriptors open, soft open-files limit) of process `pid`."""
+    with open(f"/proc/{pid}/limits") as limits:
+        soft = next(int(line.split()[3]) for line in limits if line.startswith("Max open files"))
+    return len(list(Path(f"/proc/{pid}/fd").iterdir())), soft
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        while await asyncio.wait_for(reader.read(1 << 16), 2.0):
+            pass
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_idle_connections_past_the_cap_are_closed_as_they_arrive(tmp_path: Path) -> None:
+    """Before: every idle HTTP/2 connection (15 KB, a descriptor) was kept, so a client could take
+    every descriptor of the process (then it could accept nobody and open no file). Now past
+    --max-connections a new connection is closed at once, and the descriptors stay bounded."""
+    server = ServerProcess(tmp_path, args=["--max-connections", "50"], write_token=TOKEN)
+    await server.start()
+    try:
+        before, _ = open_files(server.pid)
+        connections = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(120)]
+        for _, writer in connections:
+            writer.write(HTTP2_PREFACE)
+        closed = await asyncio.gather(*(closed_by_server(reader) for reader, _ in connections))
+        assert sum(closed) >= 120 - 50, sum(closed)
+        assert open_files(server.pid)[0] <= before + 50, (before, open_files(server.pid))
+        for _, writer in connections:
+            writer.close()
+        async with grpc.aio.insecure_channel(server.target) as channel:  # room again once they go
+            jobs = make_stubs(channel).jobs
+            await jobs.CreateJob(jobs_pb2.CreateJobRequest(job=jobs_pb2.Job(type=1)), metadata=WRITER, timeout=10)
+    finally:
+        assert server.terminate() == 0, server.log_tail()
+
+
+class LimitedServer(ServerProcess):
+    """The server started under an open-files limit of (soft, hard), as a shell or systemd sets it."""
+
+    def __init__(self, data_dir: Path, nofile: tuple[int, int], args: list[str]):
+        super().__init__(data_dir, args=args, write_token=TOKEN)
+        self.nofile = nofile
+
+    def command(self, port: int) -> list[str]:
+        limit = f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, {self.nofile}); "
+        return [sys.executable, "-c", limit + "os.execv(sys.argv[1], sys.argv[1:])", *super().command(port)]
+
+
+@pytest.mark.parametrize(
+    ("nofile", "soft_after", "cap_line"),
+    [
+        ((1024, 8192), 4096 + 1024, None),  # the soft limit raised to fit the cap and a reserve
+        ((512, 1500), 1500, "--max-connections lowered from 4096 to 750"),  # the hard limit is too low
+    ],
+    ids=["raised", "hard-limit-too-low"],
+)
+async def test_the_open_files_limit_fits_the_connection_cap(
+    tmp_path: Path, nofile: tuple[int, int], soft_after: int, cap_line: str | None
+) -> None:
+    server = LimitedServer(tmp_path, nofile, args=[])
+    await server.start()
+    try:
+        assert open_files(server.pid)[1] == soft_after
+        log = server.log_path.read_text()
+        if cap_line is None:
+            assert "--max-connections lowered" not in log
+        else:
+            assert cap_line in log, server.log_tail()
+    finally:
+        assert server.terminate() == 0, server.log_tail()
+
+
 CATALOG = env_int("CONTIMG_CONE_FLOOD_CATALOG", 300_000)
 
 

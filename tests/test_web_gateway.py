@@ -249,6 +249,36 @@ async def test_watches_the_server_admits_leave_room_for_other_browser_calls(serv
     await until(lambda: srv.server.admission.watches.active == 0, "the watches to end")
 
 
+async def test_connections_that_stall_are_closed(server_factory: Any) -> None:
+    """Idle, or stopping partway through a request's headers or its body: each is closed after
+    --web-idle-timeout-s (hypercorn's keep-alive timeout; the body's, RequestDeadline with a 408),
+    rather than holding a descriptor and a task for as long as the client likes."""
+    srv = await server_factory(web_port=free_port(), web_idle_timeout_s=1.0)
+    port = srv.config.web_port
+    head = b"POST /dsa110.contimg.v1.ImageService/ListImages HTTP/1.1\r\nHost: x\r\n"
+    stalls = {
+        "idle": b"",
+        "headers": head,
+        "body": head + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    }
+    opened = {name: await asyncio.open_connection("127.0.0.1", port) for name in stalls}
+    for name, sent in stalls.items():
+        opened[name][1].write(sent)
+
+    async def answer(reader: asyncio.StreamReader) -> bytes:
+        return await asyncio.wait_for(reader.read(), 15)  # to EOF: the server closed it
+
+    answers = {name: await answer(reader) for name, (reader, _) in opened.items()}
+    assert answers["idle"] == b"" and answers["headers"] == b"", answers
+    assert answers["body"].startswith(b"HTTP/1.1 408"), answers["body"][:100]
+    for _, writer in opened.values():
+        writer.close()
+    status, _ = await asyncio.to_thread(
+        connect_post, port, "/dsa110.contimg.v1.ImageService/ListImages", "application/json", b"{}"
+    )
+    assert status == 200
+
+
 async def test_deadline_passes_through(web: Any) -> None:
     async with client(web, "connect-proto") as c:
         stream = c.execute_server_stream(request=jobs_pb2.WatchJobsRequest(), method=WATCH_JOBS, timeout_ms=300)

@@ -30,6 +30,7 @@ from .housekeeping import Housekeeping
 from .leases import LeaseSweeper
 from .metrics import Sampler, ServerMetrics
 from .metrics_endpoint import Endpoint
+from .open_files import fit_connections
 from .reflection import enable_server_reflection
 from .replicas import RedisFeatures
 from .servicers.admission import Admission, Limits, TokenPolicy
@@ -58,9 +59,12 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 PENDING_CALLS_SOFT_LIMIT = 10_000
 
 
-def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+def server_options(config: ServerConfig, connections: int | None = None) -> list[tuple[str, int]]:
+    """`connections`: the cap on open client connections (open_files.fit_connections)."""
     size = config.max_message_mb * 1024 * 1024
     return [
+        # Past it, a new connection is closed as it arrives (idle ones cost descriptors, not calls).
+        ("grpc.max_allowed_incoming_connections", connections or config.max_connections),
         ("grpc.max_send_message_length", size),
         ("grpc.max_receive_message_length", size),
         # One connection cannot hold more than this many calls open at once (HTTP/2 streams), well
@@ -171,7 +175,7 @@ class ContimgServer:
         if self.access is not None:
             self.access.caller = lambda token: admission.policy.caller_name(token)  # the policy SIGHUP swapped in
         quiet_departures()
-        server = grpc.aio.server(options=server_options(self.config))
+        server = grpc.aio.server(options=server_options(self.config, fit_connections(cfg.max_connections)))
         servicers: list[tuple[ServiceDescriptor, ImageServicer | SourceServicer | JobServicer | MSServicer]] = [
             (IMAGE_SERVICE, ImageServicer(self.storage.images, paging)),
             (SOURCE_SERVICE, SourceServicer(self.storage.sources, paging)),
@@ -245,7 +249,9 @@ class ContimgServer:
         # ones it refuses (and Health): gateway.Lanes.
         admitted = cfg.max_watch_streams + cfg.max_concurrent_reads + cfg.max_concurrent_writes
         connections = -(-admitted // cfg.max_streams_per_connection) + 1
-        return WebServer(sock, target, directory, origins, cfg.max_message_mb * 1024 * 1024, tls, connections)
+        return WebServer(
+            sock, target, directory, origins, cfg.max_message_mb * 1024 * 1024, tls, connections, cfg.web_idle_timeout_s
+        )
 
     def _close_web(self) -> None:
         """Before the server started: the socket and the private directory."""

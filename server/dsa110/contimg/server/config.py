@@ -83,6 +83,13 @@ class ServerConfig:
         default=1000,
         metadata={"help": "concurrent HTTP/2 streams one connection may open (SETTINGS_MAX_CONCURRENT_STREAMS)"},
     )
+    max_connections: int = field(
+        default=4096,
+        metadata={
+            "help": "client connections open at once, per process; more are closed as they arrive (the "
+            "open-files limit is raised to fit)"
+        },
+    )
     keepalive_time_s: int = field(default=30, metadata={"help": "server keepalive ping interval, seconds"})
     keepalive_timeout_s: int = field(default=10, metadata={"help": "keepalive ping ack timeout, seconds"})
     grace_s: float = field(default=10.0, metadata={"help": "shutdown grace for in-flight RPCs, seconds"})
@@ -122,6 +129,13 @@ class ServerConfig:
             "help": "comma-separated origins whose pages may call the browser port, e.g. https://dash.example.org "
             "('*': any; empty: only pages served from the same origin; repeatable)",
             "list": True,
+        },
+    )
+    web_idle_timeout_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "browser port: seconds a connection may sit idle, or take to send a request (headers and "
+            "body), before it is closed"
         },
     )
     uvloop: bool = field(default=True, metadata={"help": "run on uvloop when installed"})
@@ -263,6 +277,10 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict[str, str]
         raise SystemExit("--read-cache-mb must be 0 or more")
     if config.workers < 1 or config.readers < 1:
         raise SystemExit("workers and readers must be at least 1")
+    if config.max_connections < 1:
+        raise SystemExit("--max-connections must be at least 1")
+    if config.web_idle_timeout_s <= 0:
+        raise SystemExit("--web-idle-timeout-s must be more than 0")
     for origin in config.web_cors_origin.split(","):
         if origin.strip() and not ORIGIN.fullmatch(origin.strip().rstrip("/")):
             raise SystemExit(f"invalid --web-cors-origin {origin.strip()!r}: an origin is scheme://host[:port], or *")

@@ -75,6 +75,7 @@ class WebServer:
     max_bytes: int
     tls: WebTls | None = None
     connections: int = 1  # to the gRPC server (gateway.Lanes: why more than one)
+    idle_timeout_s: float = 30.0  # a connection idle, or a request still arriving (deadlines.py)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -88,6 +89,7 @@ class WebServer:
         from hypercorn.config import Config
 
         from .cors import Cors
+        from .deadlines import RequestDeadline
         from .departures import Departures
         from .gateway import Gateway, Lanes
 
@@ -97,7 +99,8 @@ class WebServer:
             ("grpc.use_local_subchannel_pool", 1),  # a connection of its own per channel
         ]
         self._channels = [grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)]
-        app = Cors(Departures(Gateway(Lanes(self._channels), services, self.max_bytes)), self.origins)
+        gateway = Gateway(Lanes(self._channels), services, self.max_bytes)
+        app = Cors(RequestDeadline(Departures(gateway), self.idle_timeout_s), self.origins)
         config = Config()
         # hypercorn closes the socket it is given when it stops: give it its own descriptor of ours.
         bind = [f"fd://{os.dup(self.sock.fileno())}"]
@@ -105,7 +108,7 @@ class WebServer:
         config.accesslog = None  # the gRPC server logs every call once
         config.errorlog = HYPERCORN_LOG  # its own start line repeats ours and says "CTRL + C to quit"
         config.graceful_timeout = 1.0  # watch streams end with the bus before this (app.stop)
-        config.keep_alive_timeout = 75.0
+        config.keep_alive_timeout = self.idle_timeout_s  # idle, or a request's headers still arriving
         if self.tls is not None:
             config.certfile, config.keyfile = self.tls.cert, self.tls.key
             if self.tls.client_ca:

@@ -13,6 +13,8 @@ cone searches. What each flood did before is in its docstring.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import http.client
 import json
 import random
 import shutil
@@ -27,7 +29,7 @@ import grpc
 import pytest
 from dsa110.contimg.v1 import images_pb2, jobs_pb2, measurement_sets_pb2, sources_pb2
 
-from conftest import PostgresDatabases, make_stubs
+from conftest import PostgresDatabases, free_port, make_stubs
 from helpers_stress import CONSOLE_SCRIPT, ServerProcess, env_int
 from hostile import RawClient, count_ended, grpc_frame
 
@@ -329,6 +331,49 @@ async def test_the_open_files_limit_fits_the_connection_cap(
             assert "--max-connections lowered" not in log
         else:
             assert cap_line in log, server.log_tail()
+    finally:
+        assert server.terminate() == 0, server.log_tail()
+
+
+def web_post(port: int, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes] | str:
+    """(status, body), or how the connection failed (the server may answer and close mid-body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        conn.close()
+
+
+async def test_browser_bodies_are_refused_at_their_size_not_after(tmp_path: Path) -> None:
+    """Before: the browser port read a whole body before checking its size (300 MB took the server
+    from 76 MB to 699 MB) and decompressed a gzip body whole (1 MB of gzipped zeros: 2.1 GB). Now
+    either is refused RESOURCE_EXHAUSTED once it passes the message limit, in the caller's protocol."""
+    port = free_port()
+    server = ServerProcess(tmp_path, args=["--web-port", str(port), "--max-message-mb", "8"], write_token=TOKEN)
+    await server.start()
+    path = "/dsa110.contimg.v1.ImageService/ListImages"
+    bomb = gzip.compress(bytes(1 << 30), 9)  # 1 GiB of zeros in ~1 MB
+    try:
+        connect = {"Content-Type": "application/proto", "Content-Encoding": "gzip"}
+        status, body = await asyncio.to_thread(web_post, port, path, connect, bomb)  # type: ignore[misc]
+        assert status == 429 and b"resource_exhausted" in body and b"decompresses to more than" in body, body
+
+        grpc_web = {"Content-Type": "application/grpc-web+proto", "grpc-encoding": "gzip"}
+        enveloped = b"\x01" + len(bomb).to_bytes(4, "big") + bomb
+        status, body = await asyncio.to_thread(web_post, port, path, grpc_web, enveloped)  # type: ignore[misc]
+        assert status == 200 and b"grpc-status:8" in body.replace(b" ", b""), body[-200:]
+
+        plain = await asyncio.to_thread(web_post, port, path, {"Content-Type": "application/proto"}, bytes(200 << 20))
+        assert plain in ("BrokenPipeError", "ConnectionResetError") or plain[0] == 429, plain  # type: ignore[index]
+
+        assert memory_mb(server.pid)["VmHWM"] < 300, memory_mb(server.pid)
+        fine = gzip.compress(images_pb2.ListImagesRequest(page_size=1).SerializeToString())
+        status, _ = await asyncio.to_thread(web_post, port, path, connect, fine)  # type: ignore[misc]
+        assert status == 200
     finally:
         assert server.terminate() == 0, server.log_tail()
 

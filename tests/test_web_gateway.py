@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import http.client
 import json
 from pathlib import Path
@@ -27,6 +28,7 @@ from dsa110.contimg.server.app import ContimgServer
 from dsa110.contimg.server.config import ServerConfig
 from dsa110.contimg.server.domain.errors import StartupError
 from dsa110.contimg.server.events.watch import HEARTBEAT_S
+from dsa110.contimg.server.web.compression import BoundedGzip
 from dsa110.contimg.v1 import images_pb2, jobs_pb2
 from google.rpc import error_details_pb2
 
@@ -251,7 +253,7 @@ async def test_watches_the_server_admits_leave_room_for_other_browser_calls(serv
 
 async def test_connections_that_stall_are_closed(server_factory: Any) -> None:
     """Idle, or stopping partway through a request's headers or its body: each is closed after
-    --web-idle-timeout-s (hypercorn's keep-alive timeout; the body's, RequestDeadline with a 408),
+    --web-idle-timeout-s (hypercorn's keep-alive timeout; the body's, RequestIntake with a 408),
     rather than holding a descriptor and a task for as long as the client likes."""
     srv = await server_factory(web_port=free_port(), web_idle_timeout_s=1.0)
     port = srv.config.web_port
@@ -456,3 +458,19 @@ def test_cors_origins_repeat_and_are_checked() -> None:
     for bad in ("dash.example.org", "https://dash.example.org/app", "https://a.example,ftp:/x"):
         with pytest.raises(SystemExit, match="invalid --web-cors-origin"):
             configured("--web-cors-origin", bad)
+
+
+def test_bounded_gzip_reads_what_gzip_reads_up_to_its_limit() -> None:
+    unzip = BoundedGzip(1000)
+    assert unzip.decompress(gzip.compress(b"a" * 1000)) == b"a" * 1000
+    assert unzip.decompress(gzip.compress(b"ab") + gzip.compress(b"cd")) == b"abcd"  # two members
+    assert unzip.decompress(unzip.compress(b"xyz")) == b"xyz"
+    refused = {
+        Code.RESOURCE_EXHAUSTED: [gzip.compress(b"a" * 1001), gzip.compress(b"a" * 600) * 2],
+        Code.INVALID_ARGUMENT: [gzip.compress(b"abc")[:-4], b"not gzip"],
+    }
+    for code, bodies in refused.items():
+        for body in bodies:
+            with pytest.raises(ConnectError) as bad:
+                unzip.decompress(body)
+            assert bad.value.code == code, body

@@ -27,6 +27,7 @@ from google.rpc import code_pb2, status_pb2
 
 from ..servicers.admission import FORWARDED_FOR  # the browser's address, for the server's log line
 from ..servicers.status import rich_status
+from .compression import BoundedGzip
 
 # Request headers that mean something to the gRPC server (tokens, request ids, trace context).
 FORWARDED_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate")
@@ -75,6 +76,7 @@ class Gateway(ConnectASGIApplication[Lanes]):
             service=lanes,
             endpoints=lambda ls: {f"/{m.containing_service.full_name}/{m.name}": _endpoint(ls, m) for m in methods},
             read_max_bytes=max_bytes,
+            compressions=(BoundedGzip(max_bytes),),
         )
 
     @property

@@ -75,7 +75,7 @@ class WebServer:
     max_bytes: int
     tls: WebTls | None = None
     connections: int = 1  # to the gRPC server (gateway.Lanes: why more than one)
-    idle_timeout_s: float = 30.0  # a connection idle, or a request still arriving (deadlines.py)
+    idle_timeout_s: float = 30.0  # a connection idle, or a request still arriving (intake.py)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -89,9 +89,9 @@ class WebServer:
         from hypercorn.config import Config
 
         from .cors import Cors
-        from .deadlines import RequestDeadline
         from .departures import Departures
         from .gateway import Gateway, Lanes
+        from .intake import RequestIntake
 
         options = [
             ("grpc.max_send_message_length", self.max_bytes),
@@ -100,7 +100,9 @@ class WebServer:
         ]
         self._channels = [grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)]
         gateway = Gateway(Lanes(self._channels), services, self.max_bytes)
-        app = Cors(RequestDeadline(Departures(gateway), self.idle_timeout_s), self.origins)
+        # A request's envelope (gRPC-Web, Connect streams) adds a few bytes to the message it carries.
+        intake = RequestIntake(Departures(gateway), self.idle_timeout_s, self.max_bytes + 1024)
+        app = Cors(intake, self.origins)
         config = Config()
         # hypercorn closes the socket it is given when it stops: give it its own descriptor of ours.
         bind = [f"fd://{os.dup(self.sock.fileno())}"]

@@ -335,6 +335,27 @@ async def test_the_open_files_limit_fits_the_connection_cap(
         assert server.terminate() == 0, server.log_tail()
 
 
+async def test_gzip_bombs_are_refused_by_their_decompressed_size(served: ServerProcess) -> None:
+    """1 GiB of zeros gzipped to ~1 MB, as a read and as an authorized write: gRPC's core stops
+    decompressing at the message limit (RESOURCE_EXHAUSTED), so the server's memory stays flat."""
+    bomb = gzip.compress(bytes(1 << 30), 9)
+    body = b"\x01" + len(bomb).to_bytes(4, "big") + bomb  # a compressed gRPC message
+    calls = {
+        "/dsa110.contimg.v1.ImageService/GetImage": [],
+        "/dsa110.contimg.v1.SourceService/RecordPhotometry": list(WRITER),
+    }
+    for method, metadata in calls.items():
+        async with RawClient("127.0.0.1", served.port) as client:
+            stream = await client.call(method, None, [("grpc-encoding", "gzip"), *metadata])
+            sent, deadline = 0, time.monotonic() + 30
+            while sent < len(body) and stream not in client.ended and time.monotonic() < deadline:
+                sent = await client.send_rest(stream, body, sent)
+                await asyncio.sleep(0.001)
+            assert await client.ended_status(stream, 30) == RESOURCE_EXHAUSTED, method
+            assert "larger than max" in client.headers.get(stream, {}).get("grpc-message", "")
+    assert memory_mb(served.pid)["VmHWM"] < 300, memory_mb(served.pid)
+
+
 def web_post(port: int, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes] | str:
     """(status, body), or how the connection failed (the server may answer and close mid-body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)

@@ -371,30 +371,48 @@ def web_post(port: int, path: str, headers: dict[str, str], body: bytes) -> tupl
 
 async def test_browser_bodies_are_refused_at_their_size_not_after(tmp_path: Path) -> None:
     """Before: the browser port read a whole body before checking its size (300 MB took the server
-    from 76 MB to 699 MB) and decompressed a gzip body whole (1 MB of gzipped zeros: 2.1 GB). Now
-    either is refused RESOURCE_EXHAUSTED once it passes the message limit, in the caller's protocol."""
+    from 76 MB to 699 MB), decompressed a gzip body whole (1 MB of gzipped zeros: 2.1 GB), and read
+    an anonymous write's body before the token check. Now, as on the gRPC port, a body is refused
+    RESOURCE_EXHAUSTED once it passes its method's limit (a read's 64 KiB, else the message limit),
+    as it arrives and as it decompresses, and a write's token is checked before its body is read."""
     port = free_port()
     server = ServerProcess(tmp_path, args=["--web-port", str(port), "--max-message-mb", "8"], write_token=TOKEN)
     await server.start()
-    path = "/dsa110.contimg.v1.ImageService/ListImages"
-    bomb = gzip.compress(bytes(1 << 30), 9)  # 1 GiB of zeros in ~1 MB
-    try:
-        connect = {"Content-Type": "application/proto", "Content-Encoding": "gzip"}
-        status, body = await asyncio.to_thread(web_post, port, path, connect, bomb)  # type: ignore[misc]
-        assert status == 429 and b"resource_exhausted" in body and b"decompresses to more than" in body, body
+    read = "/dsa110.contimg.v1.ImageService/ListImages"
+    write = "/dsa110.contimg.v1.SourceService/RecordPhotometry"
+    small_bomb = gzip.compress(bytes(50 << 20), 9)  # within a read's 64 KiB; 50 MB decompressed
+    assert len(small_bomb) < 64 << 10
+    big_bomb = gzip.compress(bytes(1 << 30), 9)  # ~1 MB; 1 GiB decompressed
+    gzipped = {"Content-Type": "application/proto", "Content-Encoding": "gzip"}
+    writer = {"Authorization": f"Bearer {TOKEN}"}
+    cut_off = ("BrokenPipeError", "ConnectionResetError")  # answered and closed while still sending
 
-        grpc_web = {"Content-Type": "application/grpc-web+proto", "grpc-encoding": "gzip"}
-        enveloped = b"\x01" + len(bomb).to_bytes(4, "big") + bomb
-        status, body = await asyncio.to_thread(web_post, port, path, grpc_web, enveloped)  # type: ignore[misc]
+    async def post(path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes] | str:
+        return await asyncio.to_thread(web_post, port, path, headers, body)
+
+    try:
+        assert await post(read, gzipped, small_bomb) == (
+            429,
+            b'{"code": "resource_exhausted", "message": "the request decompresses to more than 65536 bytes"}',
+        )
+        big_read = await post(read, gzipped, big_bomb)
+        assert big_read in cut_off or (big_read[0] == 429 and b"larger than 65536" in big_read[1]), big_read
+        status, body = await post(write, {**gzipped, **writer}, big_bomb)  # type: ignore[misc]
+        assert status == 429 and b"decompresses to more than 8388608" in body, body
+        grpc_web = {"Content-Type": "application/grpc-web+proto", "grpc-encoding": "gzip", **writer}
+        enveloped = b"\x01" + len(big_bomb).to_bytes(4, "big") + big_bomb
+        status, body = await post(write, grpc_web, enveloped)  # type: ignore[misc]
         assert status == 200 and b"grpc-status:8" in body.replace(b" ", b""), body[-200:]
 
-        plain = await asyncio.to_thread(web_post, port, path, {"Content-Type": "application/proto"}, bytes(200 << 20))
-        assert plain in ("BrokenPipeError", "ConnectionResetError") or plain[0] == 429, plain  # type: ignore[index]
+        huge = bytes(200 << 20)
+        anonymous = await post(write, {"Content-Type": "application/proto"}, huge)
+        assert anonymous in cut_off or anonymous[0] == 401, anonymous
+        authorized = await post(write, {"Content-Type": "application/proto", **writer}, huge)
+        assert authorized in cut_off or authorized[0] == 429, authorized
 
         assert memory_mb(server.pid)["VmHWM"] < 300, memory_mb(server.pid)
         fine = gzip.compress(images_pb2.ListImagesRequest(page_size=1).SerializeToString())
-        status, _ = await asyncio.to_thread(web_post, port, path, connect, fine)  # type: ignore[misc]
-        assert status == 200
+        assert (await post(read, gzipped, fine))[0] == 200
     finally:
         assert server.terminate() == 0, server.log_tail()
 

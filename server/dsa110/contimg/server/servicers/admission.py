@@ -163,10 +163,8 @@ class Admission:
         """None when the call may run (its slot is given back when the call is done), else the
         status to abort it with."""
         token = bearer_token(call_metadata(context))
-        denied = self.policy.decide(method, token)
-        if denied is not None:
-            code, reason, message = denied
-            return rich_status(code, message, reason)
+        if (refused := self.refusal(method, token)) is not None:
+            return refused
         if method.startswith("Watch"):
             return self._admit_watch(token, context)
         pool = self.reads if is_read(method) else self.writes
@@ -176,6 +174,15 @@ class Admission:
             pool.active += 1
             _when_done(context, pool.leave)
         return None
+
+    def refusal(self, method: str, token: str | None) -> grpc.Status | None:
+        """The token check alone, under the policy in force now (the browser port asks it before it
+        reads a body: web/intake.py)."""
+        denied = self.policy.decide(method, token)
+        if denied is None:
+            return None
+        code, reason, message = denied
+        return rich_status(code, message, reason)
 
     def actor(self, context: Ctx) -> str:
         """Who an admitted write comes from, to record with what it changes (TokenPolicy.caller_name,

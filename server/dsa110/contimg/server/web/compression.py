@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from contextvars import ContextVar
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 GZIP_WBITS = 16 + zlib.MAX_WBITS
+# What the request being read may decompress to, when less than the message limit: its method's
+# own limit (a read takes 64 KiB), set for the request by web/intake.py.
+REQUEST_LIMIT: ContextVar[int] = ContextVar("contimg_web_request_limit", default=0)
 
 
 class BoundedGzip:
@@ -31,18 +35,17 @@ class BoundedGzip:
         return gzip.compress(data, compresslevel=self.level)
 
     def decompress(self, data: bytes | bytearray | memoryview) -> bytes:
+        limit = min(self.max_bytes, REQUEST_LIMIT.get() or self.max_bytes)
         out = bytearray()
         rest = bytes(data)
         while rest:  # a gzip stream may hold several members, one after another
             member = zlib.decompressobj(GZIP_WBITS)
             try:
-                out += member.decompress(rest, self.max_bytes + 1 - len(out))
+                out += member.decompress(rest, limit + 1 - len(out))
             except zlib.error as exc:
                 raise ConnectError(Code.INVALID_ARGUMENT, f"the request is not valid gzip: {exc}") from None
-            if len(out) > self.max_bytes or member.unconsumed_tail:
-                raise ConnectError(
-                    Code.RESOURCE_EXHAUSTED, f"the request decompresses to more than {self.max_bytes} bytes"
-                )
+            if len(out) > limit or member.unconsumed_tail:
+                raise ConnectError(Code.RESOURCE_EXHAUSTED, f"the request decompresses to more than {limit} bytes")
             if not member.eof:
                 raise ConnectError(Code.INVALID_ARGUMENT, "the request is not valid gzip: it ends early")
             rest = member.unused_data

@@ -189,7 +189,12 @@ def undecodable(exc: Exception, request_type: type[Message]) -> ConnectError:
         "INVALID_ARGUMENT",
         violations=[(field, problem)],
     )
-    return ConnectError(Code.INVALID_ARGUMENT, status.details, _details(status.trailing_metadata))
+    return from_status(status)
+
+
+def from_status(status: grpc.Status) -> ConnectError:
+    """A status built as the gRPC server builds its own (servicers/status.py), for a browser."""
+    return ConnectError(_CODES.get(status.code, Code.UNKNOWN), status.details, _details(status.trailing_metadata))
 
 
 def _connect_error(exc: grpc.aio.AioRpcError) -> ConnectError:

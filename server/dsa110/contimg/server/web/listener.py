@@ -19,11 +19,16 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from ..domain.errors import StartupError
+from ..servicers.admission import Admission
+
+if TYPE_CHECKING:
+    from connectrpc.errors import ConnectError
 
 log = logging.getLogger("contimg.web")
 
@@ -84,13 +89,15 @@ class WebServer:
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
-    def start(self, services: Iterable[ServiceDescriptor]) -> None:
+    def start(self, services: Iterable[ServiceDescriptor], admission: Admission) -> None:
+        """`admission`: the gRPC server's, whose token check a write's body waits for here too."""
         from hypercorn.asyncio import serve
         from hypercorn.config import Config
 
+        from ..servicers.handlers import request_limit
         from .cors import Cors
         from .departures import Departures
-        from .gateway import Gateway, Lanes
+        from .gateway import Gateway, Lanes, from_status
         from .intake import RequestIntake
 
         options = [
@@ -100,8 +107,15 @@ class WebServer:
         ]
         self._channels = [grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)]
         gateway = Gateway(Lanes(self._channels), services, self.max_bytes)
-        # A request's envelope (gRPC-Web, Connect streams) adds a few bytes to the message it carries.
-        intake = RequestIntake(Departures(gateway), self.idle_timeout_s, self.max_bytes + 1024)
+
+        def limit(path: str) -> int:  # a read's, else the message limit
+            return request_limit(path.rsplit("/", 1)[-1]) or self.max_bytes
+
+        def refuse(path: str, token: str | None) -> ConnectError | None:
+            refused = admission.refusal(path, token)
+            return None if refused is None else from_status(refused)
+
+        intake = RequestIntake(Departures(gateway), self.idle_timeout_s, limit, refuse)
         app = Cors(intake, self.origins)
         config = Config()
         # hypercorn closes the socket it is given when it stops: give it its own descriptor of ours.

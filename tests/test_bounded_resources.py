@@ -312,23 +312,24 @@ class LimitedServer(ServerProcess):
 
 
 @pytest.mark.parametrize(
-    ("nofile", "soft_after", "cap_line"),
+    ("nofile", "cap", "soft_after", "cap_line"),
     [
-        ((1024, 8192), 4096 + 1024, None),  # the soft limit raised to fit the cap and a reserve
-        ((512, 1500), 1500, "--max-connections lowered from 4096 to 750"),  # the hard limit is too low
+        ((1024, 8192), 4096, 4096 + 1024, None),  # the soft limit raised to fit the cap and a reserve
+        ((512, 1500), 4096, 1500, "--max-connections lowered from 4096 to 750"),  # the hard limit is too low
+        ((512, 1024), 50, 1024, None),  # a small cap is kept, never raised to what the limit allows
     ],
-    ids=["raised", "hard-limit-too-low"],
+    ids=["raised", "hard-limit-too-low", "small-cap-kept"],
 )
 async def test_the_open_files_limit_fits_the_connection_cap(
-    tmp_path: Path, nofile: tuple[int, int], soft_after: int, cap_line: str | None
+    tmp_path: Path, nofile: tuple[int, int], cap: int, soft_after: int, cap_line: str | None
 ) -> None:
-    server = LimitedServer(tmp_path, nofile, args=[])
+    server = LimitedServer(tmp_path, nofile, args=["--max-connections", str(cap)])
     await server.start()
     try:
         assert open_files(server.pid)[1] == soft_after
         log = server.log_path.read_text()
         if cap_line is None:
-            assert "--max-connections lowered" not in log
+            assert "--max-connections lowered" not in log and "--max-connections raised" not in log
         else:
             assert cap_line in log, server.log_tail()
     finally:
@@ -409,6 +410,8 @@ async def test_browser_bodies_are_refused_at_their_size_not_after(tmp_path: Path
         assert anonymous in cut_off or anonymous[0] == 401, anonymous
         authorized = await post(write, {"Content-Type": "application/proto", **writer}, huge)
         assert authorized in cut_off or authorized[0] == 429, authorized
+        health = await post("/grpc.health.v1.Health/Check", {"Content-Type": "application/proto"}, bytes(1 << 20))
+        assert health in cut_off or health[0] == 429, health  # open to all, so a read's limit
 
         assert memory_mb(server.pid)["VmHWM"] < 300, memory_mb(server.pid)
         fine = gzip.compress(images_pb2.ListImagesRequest(page_size=1).SerializeToString())

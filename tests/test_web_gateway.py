@@ -14,10 +14,15 @@ import base64
 import gzip
 import http.client
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from connectrpc.client import ConnectClient, ResponseMetadata
 from connectrpc.code import Code
@@ -200,8 +205,9 @@ async def test_watch_job_streams_events_live(web: Any, protocol: str) -> None:
     await stubs.channel.close()
 
 
-async def test_a_browser_that_leaves_a_watch_ends_it_on_the_server(web: Any) -> None:
-    """Ended at once, not at the next heartbeat (30 s) when the write to the gone browser fails."""
+async def test_a_browser_that_leaves_a_watch_ends_it_on_the_server(web: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Ended at once, not at the next heartbeat (30 s) when the write to the gone browser fails;
+    quietly (it once logged an ERROR traceback from hypercorn each time)."""
     admission = web.server.admission
     for protocol in PROTOCOLS:
         async with client(web, protocol) as c:
@@ -211,6 +217,7 @@ async def test_a_browser_that_leaves_a_watch_ends_it_on_the_server(web: Any) -> 
                 break
             await stream.aclose()  # type: ignore[attr-defined]
         await until(lambda: admission.watches.active == 0, f"{protocol}: the watch to end", wait_s=HEARTBEAT_S / 3)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 WATCH_JOBS = method("JobService", "WatchJobs", jobs_pb2.WatchJobsRequest, jobs_pb2.JobEvent)
@@ -253,8 +260,9 @@ async def test_watches_the_server_admits_leave_room_for_other_browser_calls(serv
 
 async def test_connections_that_stall_are_closed(server_factory: Any) -> None:
     """Idle, or stopping partway through a request's headers or its body: each is closed after
-    --web-idle-timeout-s (hypercorn's keep-alive timeout; the body's, RequestIntake with a 408),
-    rather than holding a descriptor and a task for as long as the client likes."""
+    --web-idle-timeout-s (hypercorn's keep-alive timeout; the body's, RequestIntake: answered
+    DEADLINE_EXCEEDED in the caller's protocol), rather than holding a descriptor and a task for as
+    long as the client likes."""
     srv = await server_factory(web_port=free_port(), web_idle_timeout_s=1.0)
     port = srv.config.web_port
     head = b"POST /dsa110.contimg.v1.ImageService/ListImages HTTP/1.1\r\nHost: x\r\n"
@@ -262,6 +270,8 @@ async def test_connections_that_stall_are_closed(server_factory: Any) -> None:
         "idle": b"",
         "headers": head,
         "body": head + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        "grpc-web body": head.replace(b"ImageService/ListImages", b"JobService/WatchJobs")
+        + b"Content-Type: application/grpc-web+proto\r\nContent-Length: 1000\r\n\r\n\x00\x00",
     }
     opened = {name: await asyncio.open_connection("127.0.0.1", port) for name in stalls}
     for name, sent in stalls.items():
@@ -272,13 +282,90 @@ async def test_connections_that_stall_are_closed(server_factory: Any) -> None:
 
     answers = {name: await answer(reader) for name, (reader, _) in opened.items()}
     assert answers["idle"] == b"" and answers["headers"] == b"", answers
-    assert answers["body"].startswith(b"HTTP/1.1 408"), answers["body"][:100]
+    assert answers["body"].startswith(b"HTTP/1.1 504") and b"deadline_exceeded" in answers["body"], answers["body"]
+    grpc_web = answers["grpc-web body"]
+    assert grpc_web.startswith(b"HTTP/1.1 200") and b"grpc-status:4" in grpc_web.replace(b" ", b""), grpc_web
     for _, writer in opened.values():
         writer.close()
     status, _ = await asyncio.to_thread(
         connect_post, port, "/dsa110.contimg.v1.ImageService/ListImages", "application/json", b"{}"
     )
     assert status == 200
+
+
+async def test_a_header_that_is_not_utf8_is_invalid_argument(web: Any) -> None:
+    """Not `unknown` and HTTP 500 (connect-python's answer), and no traceback in the log."""
+
+    def post() -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", web.config.web_port, timeout=10)
+        conn.putrequest("POST", "/dsa110.contimg.v1.JobService/CreateJob")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Authorization", b"Bearer \xff\xfe")
+        conn.putheader("Content-Length", "2")
+        conn.endheaders(b"{}")
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+
+    status, body = await asyncio.to_thread(post)
+    assert status == 400 and b"invalid_argument" in body and b"not valid UTF-8" in body, (status, body)
+
+
+async def test_a_refused_upload_over_http2_leaves_the_connections_other_streams(web: Any) -> None:
+    """Over HTTP/2 (h2c here; browsers' h2 is over TLS), a write refused before its body is read must
+    not take down the connection: hypercorn 0.18 failed the whole connection, watches included,
+    when DATA came for a stream it had already answered. The rest of the body is read and dropped."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", web.config.web_port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    events: list[Any] = []
+
+    async def pump() -> None:
+        writer.write(conn.data_to_send())
+        await asyncio.wait_for(writer.drain(), 10)
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        assert data, "the server closed the connection"
+        events.extend(conn.receive_data(data))
+
+    async def exchange(until_seen: Callable[[], bool]) -> None:
+        writer.write(conn.data_to_send())
+        await asyncio.wait_for(writer.drain(), 10)
+        while not until_seen():
+            await pump()
+
+    def headers(path: str, token: str = "") -> list[tuple[str, str]]:
+        sent = [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", path)]
+        sent += [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")]
+        return sent + ([("authorization", f"Bearer {token}")] if token else [])
+
+    def data_on(stream: int) -> bool:
+        return any(isinstance(e, h2.events.DataReceived) and e.stream_id == stream for e in events)
+
+    def ended(stream: int) -> bool:
+        return any(isinstance(e, h2.events.StreamEnded) and e.stream_id == stream for e in events)
+
+    watch = conn.get_next_available_stream_id()
+    conn.send_headers(watch, headers("/dsa110.contimg.v1.JobService/WatchJobs"))
+    conn.send_data(watch, b"\x00\x00\x00\x00\x00", end_stream=True)
+    await exchange(lambda: data_on(watch))  # the watch is open: its first message (a heartbeat)
+
+    upload = conn.get_next_available_stream_id()  # an anonymous write, 200 KiB in parts
+    conn.send_headers(upload, headers("/dsa110.contimg.v1.JobService/CreateJob"))
+    body = b"\x00" + (200 << 10).to_bytes(4, "big") + bytes(200 << 10)
+    for at in range(0, len(body), 16 << 10):
+        while conn.local_flow_control_window(upload) < 16 << 10:
+            await pump()
+        conn.send_data(upload, body[at : at + (16 << 10)], end_stream=at + (16 << 10) >= len(body))
+    await exchange(lambda: ended(upload))
+    answer = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == upload)
+    assert b"grpc-status:16" in answer.replace(b" ", b""), answer  # UNAUTHENTICATED
+
+    conn.ping(b"12345678")  # the connection, and the watch on it, are still there
+    await exchange(lambda: any(isinstance(e, h2.events.PingAckReceived) for e in events))
+    assert not any(isinstance(e, h2.events.StreamReset) and e.stream_id == watch for e in events)
+    assert not ended(watch)
+    conn.close_connection()
+    writer.write(conn.data_to_send())
+    writer.close()
 
 
 async def test_deadline_passes_through(web: Any) -> None:
@@ -465,9 +552,11 @@ def test_bounded_gzip_reads_what_gzip_reads_up_to_its_limit() -> None:
     assert unzip.decompress(gzip.compress(b"a" * 1000)) == b"a" * 1000
     assert unzip.decompress(gzip.compress(b"ab") + gzip.compress(b"cd")) == b"abcd"  # two members
     assert unzip.decompress(unzip.compress(b"xyz")) == b"xyz"
+    assert unzip.decompress(gzip.compress(b"a") * 16) == b"a" * 16
+    assert BoundedGzip(1 << 20).decompress(gzip.compress(bytes(1 << 20))) == bytes(1 << 20)  # many slices
     refused = {
         Code.RESOURCE_EXHAUSTED: [gzip.compress(b"a" * 1001), gzip.compress(b"a" * 600) * 2],
-        Code.INVALID_ARGUMENT: [gzip.compress(b"abc")[:-4], b"not gzip"],
+        Code.INVALID_ARGUMENT: [gzip.compress(b"abc")[:-4], b"not gzip", gzip.compress(b"") * 17],
     }
     for code, bodies in refused.items():
         for body in bodies:

@@ -246,9 +246,12 @@ class ContimgServer:
         origins = tuple(o.strip() for o in cfg.web_cors_origin.split(",") if o.strip())
         tls = WebTls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
         # Enough connections to the server for every call it admits at once, and a spare for the
-        # ones it refuses (and Health): gateway.Lanes.
-        admitted = cfg.max_watch_streams + cfg.max_concurrent_reads + cfg.max_concurrent_writes
-        connections = -(-admitted // cfg.max_streams_per_connection) + 1
+        # ones it refuses (and Health): gateway.Lanes. An unlimited pool (0) counts as four
+        # connections' worth.
+        per_connection = cfg.max_streams_per_connection
+        pools = (cfg.max_watch_streams, cfg.max_concurrent_reads, cfg.max_concurrent_writes)
+        admitted = sum(limit or 4 * per_connection for limit in pools)
+        connections = -(-admitted // per_connection) + 1
         return WebServer(
             sock, target, directory, origins, cfg.max_message_mb * 1024 * 1024, tls, connections, cfg.web_idle_timeout_s
         )

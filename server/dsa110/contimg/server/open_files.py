@@ -33,7 +33,9 @@ def fit_connections(wanted: int) -> int:
             log.warning("could not raise the open-files limit from %d to %d: %s", soft, raised, exc)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return wanted
-    fitted = max(soft - RESERVED, soft // 2)
+    fitted = min(wanted, max(soft - RESERVED, soft // 2))
+    if fitted == wanted:
+        return wanted
     log.warning(
         "--max-connections lowered from %d to %d: the open-files limit is %d (raise it, e.g. LimitNOFILE=)",
         wanted,

@@ -25,6 +25,8 @@ ALLOWED_HEADERS = (
     "connect-timeout-ms",
     "connect-accept-encoding",
     "connect-content-encoding",
+    "content-encoding",
+    "grpc-encoding",
     "grpc-timeout",
     "grpc-accept-encoding",
     "x-grpc-web",

@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
 from .cors import App, Message, Receive, Scope, Send
 
 
@@ -52,8 +55,9 @@ class Departures:
         listener = asyncio.create_task(listen(), name="web-departure")
         try:
             await self.app(scope, reading, send)
-        except asyncio.CancelledError:
-            if not left:
+        except (asyncio.CancelledError, ConnectError) as exc:
+            # connect-python turns a stream's cancellation into ConnectError(CANCELED)
+            if not left or (isinstance(exc, ConnectError) and exc.code != Code.CANCELED):
                 raise
             call.uncancel()  # our own cancel: the browser is gone, nothing is left to answer
         finally:

@@ -90,6 +90,8 @@ class Gateway(ConnectASGIApplication[Lanes]):
         tests/test_web_gateway.py fails if a release stops calling it.)"""
         if isinstance(exc, UNDECODABLE) and ctx is not None:
             exc = undecodable(exc, ctx.method().input)
+        elif isinstance(exc, UnicodeDecodeError):  # before the call has a context: its headers
+            exc = ConnectError(Code.INVALID_ARGUMENT, "a request header is not valid UTF-8")
         await super()._handle_error(exc, ctx, send)
 
 

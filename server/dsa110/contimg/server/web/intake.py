@@ -5,17 +5,25 @@ keep-alive timeout; but once the headers are in, it hands the request to the app
 waits for the body as long as the client likes, and connect-python reads a whole body before it
 checks its size. So a client sending a body a byte a minute (or never) held its connection, a
 descriptor and a task forever, and one sending 300 MB took the server from 76 MB to 699 MB before
-being told the request was too large. Here the body must be complete within `seconds` of the
-headers (else 408, and hypercorn closes the connection: the body was never read to its end), and
-the body is refused RESOURCE_EXHAUSTED as soon as it passes its method's limit (a read takes 64 KiB,
-as on the gRPC port; compressed, its decompressed size too: compression.py), in the caller's
-protocol (connect-python answers the ConnectError raised from `receive` as any other). And as on the
-gRPC port, a write's token is checked before its body is read: a refused caller's body never is.
+being told the request was too large. Here, as on the gRPC port:
+
+* a write's token is checked before its body is read (at most a small request's worth is read, so
+  that a client which sent it all gets the answer rather than a reset);
+* the body is refused RESOURCE_EXHAUSTED as soon as it passes its method's limit (a read takes 64 KiB;
+  compressed, its decompressed size too: compression.py);
+* it must be complete within `seconds` of the headers, else DEADLINE_EXCEEDED.
+
+Each refusal is a ConnectError raised from `receive`, which connect-python answers in the caller's
+protocol. Over HTTP/1.1, hypercorn then closes the connection (the body was not read to its end).
+Over HTTP/2 the connection carries other streams, and hypercorn 0.18 fails the whole connection
+when DATA arrives for a stream it has already answered: so there the rest of the body is read and
+dropped (until the deadline) before the answer's last message goes out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -26,17 +34,13 @@ from ..servicers.admission import bearer_token
 from .compression import REQUEST_LIMIT
 from .cors import App, Message, Receive, Scope, Send
 
-# A request's envelope (gRPC-Web, Connect streams) adds a few bytes to the message it carries.
-ENVELOPE_BYTES = 1024
 log = logging.getLogger("contimg.web")
 
+# A request's envelope (gRPC-Web, Connect streams) adds a few bytes to the message it carries.
+ENVELOPE_BYTES = 1024
 REFUSED_READ_BYTES = 64 << 10
 # (method path, bearer token or None) -> the refusal the gRPC server would answer, or None.
 Refusal = Callable[[str, str | None], ConnectError | None]
-
-
-class _Stalled(BaseException):
-    """Raised through the application (not an Exception: connect-python would answer it as one)."""
 
 
 class RequestIntake:
@@ -52,68 +56,83 @@ class RequestIntake:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        deadline = asyncio.get_running_loop().time() + self.seconds
-        path: str = scope["path"]
-        limit = self.limit(path)
-        refused = self.refuse(path, _bearer(scope))
-        arrived = False
-        size = 0
-        answering = False
-
-        async def arriving() -> Message:
-            nonlocal arrived, size
-            if arrived:
-                return await receive()
-            if refused is not None:
-                # Of a refused caller's body, no more than a small request's is read: enough that a
-                # client which sent it all gets the answer, rather than a connection reset under it.
-                while size <= REFUSED_READ_BYTES and not arrived:
-                    message = await timed(receive, deadline)
-                    size += len(message.get("body", b""))
-                    arrived = message["type"] != "http.request" or not message.get("more_body", False)
-                arrived = True
-                client = scope.get("client") or ("?", 0)
-                log.info(
-                    "refused before its body was read: method=%s code=%s peer=web:%s",
-                    path,
-                    refused.code.name,
-                    client[0],
-                )
-                raise refused
-            message = await timed(receive, deadline)
-            if message["type"] != "http.request":
-                arrived = True
-                return message
-            size += len(message.get("body", b""))
-            if size > limit + ENVELOPE_BYTES:
-                arrived = True  # the rest is never read: hypercorn closes the connection after the answer
-                raise ConnectError(Code.RESOURCE_EXHAUSTED, f"the request is larger than {limit} bytes")
-            arrived = not message.get("more_body", False)
-            return message
-
-        async def sending(message: Message) -> None:
-            nonlocal answering
-            answering = answering or message["type"] == "http.response.start"
-            await send(message)
-
-        limited = REQUEST_LIMIT.set(limit)
+        intake = _Intake(self, scope, receive, send)
+        limited = REQUEST_LIMIT.set(intake.limit)
         try:
-            await self.app(scope, arriving, sending)
-        except _Stalled:
-            if not answering:
-                await send({"type": "http.response.start", "status": 408, "headers": [(b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.app(scope, intake.receive, intake.send)
         finally:
             REQUEST_LIMIT.reset(limited)
 
 
-async def timed(receive: Receive, deadline: float) -> Message:
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await receive()
-    except TimeoutError:
-        raise _Stalled from None
+class _Intake:
+    """One request's body as the application reads it, and its answer as it goes out."""
+
+    def __init__(self, rules: RequestIntake, scope: Scope, receive: Receive, send: Send) -> None:
+        self.rules = rules
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.path: str = scope["path"]
+        self.limit = rules.limit(self.path)
+        self.refused = rules.refuse(self.path, _bearer(scope))
+        self.deadline = asyncio.get_running_loop().time() + rules.seconds
+        self.size = 0
+        self.complete = False  # the client has sent its whole body (or gone)
+        self.stopped = False  # the application is told no more of it
+
+    async def receive(self) -> Message:
+        if self.complete or self.stopped:
+            return await self._receive()
+        if self.refused is not None:
+            while self.size <= REFUSED_READ_BYTES and not self.complete:
+                await self._next()
+            self.stopped = True
+            client = self.scope.get("client") or ("?", 0)
+            log.info(
+                "refused before its body was read: method=%s code=%s peer=web:%s",
+                self.path,
+                self.refused.code.name,
+                client[0],
+            )
+            raise self.refused
+        message = await self._next()
+        if self.size > self.limit + ENVELOPE_BYTES:
+            self.stopped = True
+            raise ConnectError(Code.RESOURCE_EXHAUSTED, f"the request is larger than {self.limit} bytes")
+        return message
+
+    async def _next(self) -> Message:
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                message = await self._receive()
+        except TimeoutError:
+            self.stopped = True
+            raise ConnectError(
+                Code.DEADLINE_EXCEEDED, f"the request did not arrive within {self.rules.seconds:g} s"
+            ) from None
+        if message["type"] == "http.request":
+            self.size += len(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+        else:
+            self.complete = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        ends = (message["type"] == "http.response.body" and not message.get("more_body", False)) or (
+            message["type"] == "http.response.trailers" and not message.get("more_trailers", False)
+        )
+        if ends and not self.complete and self.scope.get("http_version") == "2":
+            await self._drop_rest()
+        await self._send(message)
+
+    async def _drop_rest(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(self.deadline):
+                while not self.complete:
+                    message = await self._receive()
+                    self.complete = message["type"] != "http.request" or not message.get("more_body", False)
 
 
 def _bearer(scope: Scope) -> str | None:
-    return bearer_token((k.decode("latin-1"), v) for k, v in scope["headers"] if k == b"authorization")
+    # As text whatever its bytes (a value that is not UTF-8 is an invalid token, not an error).
+    return bearer_token((k.decode(), v.decode("latin-1")) for k, v in scope["headers"] if k == b"authorization")

@@ -9,7 +9,6 @@ every worker serves the inherited socket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("contimg.web")
 
 LISTEN_BACKLOG = 1024
+STOP_S = 5.0  # beyond hypercorn's own graceful timeout (1 s): then its task is cancelled
 HYPERCORN_LOG = logging.getLogger("contimg.web.hypercorn")
 HYPERCORN_LOG.setLevel(logging.WARNING)
 
@@ -94,7 +94,8 @@ class WebServer:
         from hypercorn.asyncio import serve
         from hypercorn.config import Config
 
-        from ..servicers.handlers import request_limit
+        from ..servicers.admission import OPEN_PREFIXES
+        from ..servicers.handlers import READ_REQUEST_BYTES, request_limit
         from .cors import Cors
         from .departures import Departures
         from .gateway import Gateway, Lanes, from_status
@@ -108,7 +109,9 @@ class WebServer:
         self._channels = [grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)]
         gateway = Gateway(Lanes(self._channels), services, self.max_bytes)
 
-        def limit(path: str) -> int:  # a read's, else the message limit
+        def limit(path: str) -> int:  # a read's (Health's too: no token is asked for it), else a write's
+            if path.startswith(OPEN_PREFIXES):
+                return READ_REQUEST_BYTES
             return request_limit(path.rsplit("/", 1)[-1]) or self.max_bytes
 
         def refuse(path: str, token: str | None) -> ConnectError | None:
@@ -149,9 +152,16 @@ class WebServer:
     async def _stop(self) -> None:
         self._stopping.set()
         if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
-            self._task = None
+            # hypercorn waits for its connections; one it has wedged (its HTTP/2 stream table, see
+            # intake.py) would keep the server from exiting after SIGTERM. So: a bound, then cancel.
+            task, self._task = self._task, None
+            _, pending = await asyncio.wait({task}, timeout=STOP_S)
+            if pending:
+                log.warning("the browser port did not stop within %.0f s: cancelling its connections", STOP_S)
+                task.cancel()
+                await asyncio.wait({task}, timeout=STOP_S)
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("the browser port stopped with an error: %s", task.exception())
         for channel in self._channels:
             await channel.close()
         self._channels = []

@@ -368,6 +368,34 @@ async def test_a_refused_upload_over_http2_leaves_the_connections_other_streams(
     writer.close()
 
 
+async def test_writes_refused_before_their_body_are_logged_and_counted(
+    server_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gRPC server never sees a browser's write refused before its body is read, so the browser
+    port records it as the server records its own calls: a log line and the handled series."""
+    srv = await server_factory(
+        web_port=free_port(), write_tokens=TOKEN, allow_anonymous_writes=False, metrics_port=free_port()
+    )
+    path = "/dsa110.contimg.v1.JobService/CreateJob"
+    status, error = await asyncio.to_thread(connect_post, srv.config.web_port, path, "application/json", b"{}")
+    assert status == 401 and error["code"] == "unauthenticated"
+    labels = {"grpc_type": "unary", "grpc_service": "dsa110.contimg.v1.JobService", "grpc_method": "CreateJob"}
+
+    def handled() -> float | None:
+        registry = srv.server.metrics.registry
+        return registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": "UNAUTHENTICATED"})
+
+    await until(lambda: handled() == 1.0, "the refusal to be counted")
+    assert srv.server.metrics.registry.get_sample_value("grpc_server_started_total", labels) == 1.0
+    # The line is written by the same flush that counted the call.
+    lines = [line for line in capsys.readouterr().err.splitlines() if f"method={path} " in line]
+    assert len(lines) == 1 and "code=UNAUTHENTICATED" in lines[0] and "peer=web:127.0.0.1" in lines[0], lines
+    assert "caller=anonymous" in lines[0], lines
+    # A path that names no method is connect-python's 404, not a refusal.
+    missing = await asyncio.to_thread(http_call, srv.config.web_port, "POST", "/no.Such/Method", {}, b"{}")
+    assert missing.status == 404
+
+
 async def test_deadline_passes_through(web: Any) -> None:
     async with client(web, "connect-proto") as c:
         stream = c.execute_server_stream(request=jobs_pb2.WatchJobsRequest(), method=WATCH_JOBS, timeout_ms=300)

@@ -213,7 +213,7 @@ class ContimgServer:
         if self.tracing is not None:
             self.tracing.start()
         if self.web is not None:
-            self.web.start((*SERVICES, HEALTH_SERVICE), admission)
+            self.web.start((*SERVICES, HEALTH_SERVICE), admission, self.access)
         await self.storage_health.start()  # "" SERVING while the database takes writes
         self.housekeeping.start()
         self.leases.start()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import time
 from collections.abc import Callable
 
 from connectrpc.code import Code
@@ -34,23 +34,27 @@ from ..servicers.admission import bearer_token
 from .compression import REQUEST_LIMIT
 from .cors import App, Message, Receive, Scope, Send
 
-log = logging.getLogger("contimg.web")
-
 # A request's envelope (gRPC-Web, Connect streams) adds a few bytes to the message it carries.
 ENVELOPE_BYTES = 1024
 REFUSED_READ_BYTES = 64 << 10
 # (method path, bearer token or None) -> the refusal the gRPC server would answer, or None.
 Refusal = Callable[[str, str | None], ConnectError | None]
+# Told of each call refused here (its scope, refusal, start by perf_counter): the gRPC server never
+# sees it, so its log line and metrics come from here.
+Refused = Callable[[Scope, ConnectError, float], None]
 
 
 class RequestIntake:
     """`limit(path)`: the most a method's request may be; `refuse`: the gRPC server's token check."""
 
-    def __init__(self, app: App, seconds: float, limit: Callable[[str], int], refuse: Refusal) -> None:
+    def __init__(
+        self, app: App, seconds: float, limit: Callable[[str], int], refuse: Refusal, refused: Refused
+    ) -> None:
         self.app = app
         self.seconds = seconds
         self.limit = limit
         self.refuse = refuse
+        self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,6 +79,7 @@ class _Intake:
         self.path: str = scope["path"]
         self.limit = rules.limit(self.path)
         self.refused = rules.refuse(self.path, _bearer(scope))
+        self.began = time.perf_counter()
         self.deadline = asyncio.get_running_loop().time() + rules.seconds
         self.size = 0
         self.complete = False  # the client has sent its whole body (or gone)
@@ -87,13 +92,7 @@ class _Intake:
             while self.size <= REFUSED_READ_BYTES and not self.complete:
                 await self._next()
             self.stopped = True
-            client = self.scope.get("client") or ("?", 0)
-            log.info(
-                "refused before its body was read: method=%s code=%s peer=web:%s",
-                self.path,
-                self.refused.code.name,
-                client[0],
-            )
+            self.rules.refused(self.scope, self.refused, self.began)
             raise self.refused
         message = await self._next()
         if self.size > self.limit + ENVELOPE_BYTES:

@@ -15,14 +15,16 @@ import shutil
 import socket
 import ssl
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from ..accesslog import AccessLog
 from ..domain.errors import StartupError
 from ..servicers.admission import Admission
 
@@ -89,8 +91,11 @@ class WebServer:
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
-    def start(self, services: Iterable[ServiceDescriptor], admission: Admission) -> None:
-        """`admission`: the gRPC server's, whose token check a write's body waits for here too."""
+    def start(
+        self, services: Iterable[ServiceDescriptor], admission: Admission, access: AccessLog | None = None
+    ) -> None:
+        """`admission`: the gRPC server's, whose token check a write's body waits for here too;
+        `access`: its access log and metrics, where calls refused before their body are recorded."""
         from hypercorn.asyncio import serve
         from hypercorn.config import Config
 
@@ -114,11 +119,16 @@ class WebServer:
                 return READ_REQUEST_BYTES
             return request_limit(path.rsplit("/", 1)[-1]) or self.max_bytes
 
+        known = {f"/{s.full_name}/{m.name}" for s in services for m in s.methods}
+
         def refuse(path: str, token: str | None) -> ConnectError | None:
-            refused = admission.refusal(path, token)
+            refused = admission.refusal(path, token) if path in known else None  # else connect-python's 404
             return None if refused is None else from_status(refused)
 
-        intake = RequestIntake(Departures(gateway), self.idle_timeout_s, limit, refuse)
+        def refused(scope: Mapping[str, Any], error: ConnectError, began: float) -> None:
+            record_refusal(access, scope, error.code.name, began)
+
+        intake = RequestIntake(Departures(gateway), self.idle_timeout_s, limit, refuse, refused)
         app = Cors(intake, self.origins)
         config = Config()
         # hypercorn closes the socket it is given when it stops: give it its own descriptor of ours.
@@ -171,3 +181,20 @@ class WebServer:
         """The socket and the private directory (all a server that never started holds)."""
         self.sock.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+RECORDED_HEADERS = (b"authorization", b"x-request-id")
+
+
+def record_refusal(access: AccessLog | None, scope: Mapping[str, Any], code: str, began: float) -> None:
+    """A call the browser port refused before its body (the gRPC server never saw it), as the
+    server's own calls are recorded: one access-log line, and the metrics' started and handled."""
+    client = (scope.get("client") or ("?", 0))[0]
+    path = scope["path"]
+    if access is None:
+        log.info("rpc method=%s code=%s peer=web:%s (refused before its body was read)", path, code, client)
+        return
+    if access.metrics is not None:
+        access.metrics.started_counts[path] = access.metrics.started_counts.get(path, 0) + 1
+    metadata = [(k.decode(), v.decode("latin-1")) for k, v in scope["headers"] if k in RECORDED_HEADERS]
+    access.keep((time.perf_counter(), began, path, code, f"web:{client}", -1, metadata if access.lines else None))

@@ -139,6 +139,15 @@ class AccessLog:
         else:
             self.dropped += 1
 
+    def record(self, path: str, code: str, peer: str, began: float, metadata: Any) -> None:
+        """A call that never reached a servicer (the browser port refused it before its body):
+        started and ended, as a Recorder records a call. `began`: its start, by perf_counter."""
+        if self.metrics is not None:
+            started = self.metrics.started_counts
+            started[path] = started.get(path, 0) + 1
+        lines = self.lines and log.isEnabledFor(logging.INFO)
+        self.keep((time.perf_counter(), began, path, code, peer, -1, metadata if lines else None))
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="access-log")
 

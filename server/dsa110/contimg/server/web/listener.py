@@ -15,7 +15,6 @@ import shutil
 import socket
 import ssl
 import tempfile
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,13 +187,10 @@ RECORDED_HEADERS = (b"authorization", b"x-request-id")
 
 def record_refusal(access: AccessLog | None, scope: Mapping[str, Any], code: str, began: float) -> None:
     """A call the browser port refused before its body (the gRPC server never saw it), as the
-    server's own calls are recorded: one access-log line, and the metrics' started and handled."""
-    client = (scope.get("client") or ("?", 0))[0]
-    path = scope["path"]
+    server's own calls are recorded: one access-log line, and the metrics' started and handled
+    (neither, as for every call, with --no-log-rpcs and no metrics port)."""
     if access is None:
-        log.info("rpc method=%s code=%s peer=web:%s (refused before its body was read)", path, code, client)
         return
-    if access.metrics is not None:
-        access.metrics.started_counts[path] = access.metrics.started_counts.get(path, 0) + 1
+    client = (scope.get("client") or ("?", 0))[0]
     metadata = [(k.decode(), v.decode("latin-1")) for k, v in scope["headers"] if k in RECORDED_HEADERS]
-    access.keep((time.perf_counter(), began, path, code, f"web:{client}", -1, metadata if access.lines else None))
+    access.record(scope["path"], code, f"web:{client}", began, metadata)
